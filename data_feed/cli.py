@@ -1,0 +1,220 @@
+"""The ``data-feed`` command line: run the pipeline, the simulator alone, SQL queries and status."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+import urllib.error
+import urllib.request
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from data_feed.config import Config, ConfigError, load_config
+from data_feed.logs import setup_logging
+from data_feed.runtime import RunDir
+
+if TYPE_CHECKING:
+    from data_feed.spawner import Spawner
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (default: the embedded one)")]
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+def _load(config: Path | None) -> Config:
+    try:
+        return load_config(config)
+    except ConfigError as err:
+        err_console.print(f"[red]error:[/red] {err}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def run(
+    config: ConfigOpt = None,
+    duration: Annotated[float | None, typer.Option(help="stop cleanly after this many seconds")] = None,
+    status: Annotated[bool, typer.Option(help="live status table (when stdout is a terminal)")] = True,
+) -> None:
+    """Run the whole pipeline (simulator, collectors, aggregator) until Ctrl-C or --duration."""
+    cfg = _load(config)
+    run_dir = RunDir(Path(cfg.spawner.run_dir))
+    run_dir.prepare_environment()  # before prometheus_client is imported
+    setup_logging("spawner")
+    from data_feed.spawner import Spawner
+
+    spawner = Spawner(cfg, run_dir)
+    spawner.install_signal_handlers()
+    try:
+        spawner.start()
+    except Exception as err:
+        logging.getLogger("data_feed.spawner").error("start-up failed: %s", err)
+        spawner.stop()
+        raise typer.Exit(1) from None
+    if status and sys.stdout.isatty():
+        _run_with_live_status(spawner, duration)
+    else:
+        spawner.run(duration, on_tick=_StatusLog(spawner))
+    _print_summary(spawner.run_summary())
+
+
+class _StatusLog:
+    """Periodic one-line status in the log when there is no terminal to draw on."""
+
+    INTERVAL_SECONDS = 10.0
+
+    def __init__(self, spawner: Spawner) -> None:
+        self.last = time.monotonic()
+
+    def __call__(self, spawner: Spawner) -> None:
+        if time.monotonic() - self.last < self.INTERVAL_SECONDS:
+            return
+        self.last = time.monotonic()
+        frames = {ex: st.get("frames_received", "0") for ex, st in spawner.collector_states().items()}
+        rows = {ch: v["rows"] for ch, v in spawner.run_summary().items()}
+        logging.getLogger("data_feed.spawner").info("frames received %s; rows landed %s", frames, rows)
+
+
+def _run_with_live_status(spawner: Spawner, duration: float | None) -> None:
+    from rich.live import Live
+
+    rates: dict[str, tuple[float, int]] = {}
+
+    def render() -> Table:
+        table = Table(title="data-feed (Ctrl-C stops cleanly)")
+        for col in ("exchange", "frames/s", "frames", "records cached", "lag (entries)"):
+            table.add_column(col, justify="right" if col != "exchange" else "left")
+        health = spawner.health()
+        for ex, st in spawner.collector_states().items():
+            frames = int(st.get("frames_received", 0))
+            t0, f0 = rates.get(ex, (time.monotonic(), frames))
+            rate = (frames - f0) / max(time.monotonic() - t0, 1e-9)
+            rates[ex] = (time.monotonic(), frames)
+            cached = sum(int(v) for k, v in st.items() if k.startswith("records_"))
+            lag = sum(v for k, v in health["lag"].items() if f":{ex}:" in k)
+            table.add_row(ex, f"{rate:,.0f}", f"{frames:,}", f"{cached:,}", f"{lag:,}")
+        landed = ", ".join(f"{ch} {v['rows']:,}" for ch, v in sorted(spawner.run_summary().items())) or "-"
+        table.caption = f"rows landed: {landed}   roles: " + ", ".join(
+            f"{r['role']}{'' if r['alive'] else ' (down)'}" for r in health["roles"])
+        return table
+
+    last = [0.0]
+    with Live(render(), console=console, refresh_per_second=2) as live:
+        def tick(sp: Spawner) -> None:
+            if time.monotonic() - last[0] >= 1.0:
+                last[0] = time.monotonic()
+                live.update(render())
+
+        spawner.run(duration, on_tick=tick)
+
+
+def _print_summary(summary: dict[str, dict[str, int]]) -> None:
+    table = Table(title="landed this run")
+    for col in ("channel", "rows", "files", "bytes"):
+        table.add_column(col, justify="left" if col == "channel" else "right")
+    for channel, v in sorted(summary.items()):
+        table.add_row(channel, f"{v['rows']:,}", f"{v['files']:,}", f"{v['bytes']:,}")
+    console.print(table)
+
+
+@app.command()
+def sim(config: ConfigOpt = None) -> None:
+    """Run the exchange simulator alone (every exchange whose source is 'simulator')."""
+    cfg = _load(config)
+    if not cfg.simulated():
+        err_console.print("error: no exchange in the config has source: simulator")
+        raise typer.Exit(2)
+    setup_logging("simulator")
+    from data_feed.sim.server import serve_forever
+
+    run_dir = RunDir(Path(cfg.spawner.run_dir))
+    run_dir.sim_dir.mkdir(parents=True, exist_ok=True)
+    asyncio.run(serve_forever(cfg, run_dir.sim_dir, run_dir.sim_dir / "ready.json"))
+
+
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help="SQL over the views trades, l2_book, ticker")],
+    lake: Annotated[Path | None, typer.Option(help="lake directory (default: lake.root of the config)")] = None,
+    fmt: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
+    config: ConfigOpt = None,
+) -> None:
+    """Run SQL over the lake with DuckDB."""
+    from data_feed.query import QueryError, run_query
+
+    root = lake or Path(_load(config).lake.root)
+    try:
+        df = run_query(root, sql)
+    except QueryError as err:
+        err_console.print(f"error: {err}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    if fmt is OutputFormat.csv:
+        sys.stdout.write(df.to_csv(index=False))
+    elif fmt is OutputFormat.json:
+        sys.stdout.write(df.to_json(orient="records", lines=True, date_format="iso") + "\n")
+    else:
+        table = Table()
+        for col in df.columns:
+            table.add_column(str(col))
+        for row in df.itertuples(index=False):
+            table.add_row(*(str(v) for v in row))
+        console.print(table)
+
+
+@app.command()
+def status(config: ConfigOpt = None) -> None:
+    """List the running roles with PID, uptime, restarts, and the aggregator's lag."""
+    cfg = _load(config)
+    state_file = RunDir(Path(cfg.spawner.run_dir)).spawner_file
+    health = _fetch_health(state_file)
+    table = Table(title=f"data-feed: {health['status']} (spawner pid {health['pid']}, up {health['uptime_s']}s)")
+    for col in ("role", "pid", "alive", "uptime (s)", "restarts"):
+        table.add_column(col)
+    for r in health["roles"]:
+        table.add_row(r["role"], str(r["pid"]), "yes" if r["alive"] else "NO", str(r["uptime_s"]), str(r["restarts"]))
+    console.print(table)
+    lag = Table(title="consumer lag (stream entries not yet in the lake)")
+    lag.add_column("stream")
+    lag.add_column("lag", justify="right")
+    for key, value in health["lag"].items():
+        lag.add_row(key, str(value))
+    console.print(lag)
+
+
+def _fetch_health(state_file: Path) -> dict[str, Any]:
+    if not state_file.exists():
+        err_console.print(f"data-feed is not running (no {state_file})")
+        raise typer.Exit(1)
+    port = json.loads(state_file.read_text())["http_port"]
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as resp:
+            body: dict[str, Any] = json.loads(resp.read())
+    except urllib.error.HTTPError as err:  # 503 still carries the health body
+        body = json.loads(err.read())
+    except OSError as err:
+        err_console.print(f"data-feed is not answering on port {port} ({err}); stale {state_file}?")
+        raise typer.Exit(1) from None
+    return body
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Collector role: one OS process per exchange running a cryptofeed FeedHandler.
+
+Data flow: exchange websocket -> cryptofeed parse -> StreamWriter buffers ->
+Redis streams. SIGINT/SIGTERM make cryptofeed stop its connections (no new
+input) and call the writer's ``stop()``, which flushes what was accepted.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis.asyncio as aioredis
+from cryptofeed import FeedHandler
+from cryptofeed.defines import L2_BOOK, TICKER, TRADES
+
+from data_feed.collector.exchanges import Endpoints, feed_class
+from data_feed.collector.writer import StreamWriter
+from data_feed.config import Config, ExchangeConfig
+from data_feed.runtime import Runtime
+
+LOG = logging.getLogger("data_feed.collector")
+
+CRYPTOFEED_CHANNEL = {"trades": TRADES, "l2_book": L2_BOOK, "ticker": TICKER}
+FEED_TIMEOUT_SECONDS = 30  # cryptofeed's watchdog: reconnect after this long without a frame
+
+
+def subscription(ex: ExchangeConfig) -> dict[str, list[str]]:
+    return {CRYPTOFEED_CHANNEL[name]: list(ch.symbols) for name, ch in ex.channels().items()}
+
+
+def build_feed(exchange: str, ex: ExchangeConfig, runtime: Runtime, writer: StreamWriter) -> object:
+    sim = None
+    if ex.source == "simulator":
+        if not (runtime.sim_base_url and runtime.sim_ws_base):
+            raise ValueError(f"exchange={exchange}: source is simulator but no simulator is running")
+        sim = Endpoints(runtime.sim_base_url, runtime.sim_ws_base)
+    cls = feed_class(exchange, sim)
+    sub = subscription(ex)
+    callbacks = {chan: cb for chan, cb in writer.callbacks().items() if chan in sub}
+    max_depth = ex.l2_book.max_depth if ex.l2_book else 0
+    feed = cls(subscription=sub, callbacks=callbacks, max_depth=max_depth, timeout=FEED_TIMEOUT_SECONDS,
+               retries=-1, config={"log": {"disabled": True}})
+    feed.on_frame = writer.frame  # type: ignore[attr-defined]
+    return feed
+
+
+def run(exchange: str, cfg: Config, runtime: Runtime) -> None:
+    """Run until SIGINT/SIGTERM; returns after the final flush."""
+    ex = cfg.exchanges[exchange]
+    client = aioredis.Redis.from_url(runtime.redis_url)
+    writer = StreamWriter(client, exchange, cfg.redis)
+    fh = FeedHandler(config={"log": {"disabled": True}, "uvloop": False})
+    fh.add_feed(build_feed(exchange, ex, runtime, writer))
+    LOG.info("exchange=%s: collecting %s", exchange, subscription(ex))
+    fh.run(start_loop=True, install_signal_handlers=True)
+    LOG.info("exchange=%s: stopped; %d frames received, records cached %s", exchange, writer.frames_received,
+             writer.records_cached)

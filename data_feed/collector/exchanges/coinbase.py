@@ -1,0 +1,80 @@
+"""Coinbase Advanced Trade collector feed: cryptofeed's ``Coinbase`` plus the ticker channel.
+
+cryptofeed 2.4.1 subscribes to trades and level2 only, and hands the book
+callback the frame's timestamp unconverted. Both quirks are mended here, in
+Coinbase's own module. Sample ticker frame::
+
+    {"channel": "ticker", "client_id": "", "timestamp": "2023-02-09T20:30:37.167359596Z",
+     "sequence_num": 0, "events": [{"type": "snapshot", "tickers": [{"type": "ticker",
+     "product_id": "BTC-USD", "price": "21932.98", "best_bid": "21932.97",
+     "best_bid_quantity": "0.2", "best_ask": "21932.98", "best_ask_quantity": "0.1"}]}]}
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from cryptofeed.connection import RestEndpoint, WebsocketEndpoint
+from cryptofeed.defines import TICKER
+from cryptofeed.exchanges import Coinbase
+from cryptofeed.feed import Feed
+from cryptofeed.types import OrderBook, Ticker
+from yapic import json
+
+from data_feed.collector.exchanges.base import CollectorFeedMixin, Endpoints
+
+LOG = logging.getLogger("data_feed.collector")
+
+SIM_PATH = "/coinbase"
+REST_PATH = "/coinbase/api/v3/brokerage"
+
+
+def to_epoch_seconds(value: Any) -> float | None:
+    """Coinbase times arrive as RFC 3339 strings (nanoseconds) or as datetimes parsed from them."""
+    if value is None or isinstance(value, float | int):
+        return value
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    text = str(value).rstrip("Z")
+    whole, _, frac = text.partition(".")
+    base = datetime.fromisoformat(whole).replace(tzinfo=UTC).timestamp()
+    return base + (int(frac[:9].ljust(9, "0")) / 1e9 if frac else 0.0)
+
+
+class CollectorCoinbase(CollectorFeedMixin, Coinbase):
+    websocket_channels = {**Coinbase.websocket_channels, TICKER: "ticker"}
+
+    async def book_callback(self, book_type: str, book: OrderBook, receipt_timestamp: float, **kwargs: Any) -> None:
+        kwargs["timestamp"] = to_epoch_seconds(kwargs.get("timestamp"))
+        await super().book_callback(book_type, book, receipt_timestamp, **kwargs)
+
+    async def parse_frame(self, msg: str, conn: Any, timestamp: float) -> None:
+        # Only ticker and heartbeat frames are ours; the rest go to cryptofeed unchanged.
+        if '"ticker"' not in msg and '"heartbeats"' not in msg:
+            await super().parse_frame(msg, conn, timestamp)
+            return
+        data = json.loads(msg, parse_float=Decimal)
+        if data.get("channel") == "ticker":
+            await self._tickers(data, timestamp)
+
+    async def _tickers(self, data: dict[str, Any], receipt: float) -> None:
+        ts = to_epoch_seconds(data.get("timestamp"))
+        for event in data.get("events", []):
+            for tick in event.get("tickers", []):
+                symbol = self.exchange_symbol_to_std_symbol(tick["product_id"])
+                t = Ticker(self.id, symbol, Decimal(tick["best_bid"]), Decimal(tick["best_ask"]), ts, raw=tick)
+                await self.callback(TICKER, t, receipt)
+
+
+def feed_class(sim: Endpoints | None) -> type[Feed]:
+    attrs: dict[str, object] = {}
+    if sim is not None:
+        attrs["websocket_endpoints"] = [WebsocketEndpoint(f"{sim.ws_base}{SIM_PATH}", options={"compression": None})]
+        attrs["rest_endpoints"] = [RestEndpoint(f"{sim.base_url}{REST_PATH}", routes=Coinbase.rest_endpoints[0].routes)]
+    return type("CollectorCoinbase", (CollectorCoinbase,), attrs)
+
+
+__all__ = ["feed_class"]

@@ -1,0 +1,187 @@
+"""Deployment configuration: one YAML file loaded into frozen, typed objects.
+
+Every role reads its settings from here and nowhere else. Unknown keys and bad
+values stop start-up with the offending key's dotted path in the message, so a
+typo can never silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "data-feed-config.yaml"
+
+SUPPORTED_EXCHANGES = ("BINANCE", "COINBASE")
+MARKET_CHANNELS = ("trades", "l2_book", "ticker")
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names every bad key."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ChannelConfig(_Frozen):
+    """One subscribed channel of one exchange."""
+
+    symbols: tuple[str, ...] = Field(min_length=1, description="cryptofeed-normalized symbols, e.g. BTC-USDT")
+
+    @field_validator("symbols")
+    @classmethod
+    def _symbols_are_normalized(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for sym in value:
+            if "-" not in sym or sym != sym.upper():
+                raise ValueError(f"symbol {sym!r} must be upper case BASE-QUOTE, e.g. BTC-USDT")
+        if len(set(value)) != len(value):
+            raise ValueError("symbols must not repeat")
+        return value
+
+
+class BookChannelConfig(ChannelConfig):
+    max_depth: int = Field(default=100, gt=0, description="levels per side kept by the collector's book")
+
+
+class SimulatedMarketConfig(_Frozen):
+    """The synthetic market the simulator runs for one exchange (ignored for live sources)."""
+
+    trades_per_second: float = Field(default=20.0, gt=0, description="mean trade rate per symbol")
+    book_updates_per_second: float = Field(default=50.0, gt=0, description="mean level-change rate per symbol")
+    levels: int = Field(default=50, gt=0, le=5000, description="price levels per side in the synthetic book")
+
+
+class ExchangeConfig(_Frozen):
+    """One exchange: where its data comes from and which channels to collect."""
+
+    source: Literal["simulator", "live"] = "simulator"
+    trades: ChannelConfig | None = None
+    l2_book: BookChannelConfig | None = None
+    ticker: ChannelConfig | None = None
+    market: SimulatedMarketConfig = SimulatedMarketConfig()
+
+    @model_validator(mode="after")
+    def _at_least_one_channel(self) -> ExchangeConfig:
+        if not self.channels():
+            raise ValueError(f"subscribe to at least one of {', '.join(MARKET_CHANNELS)}")
+        return self
+
+    def channels(self) -> dict[str, ChannelConfig]:
+        """Configured channels by name, in a stable order."""
+        found = {name: getattr(self, name) for name in MARKET_CHANNELS}
+        return {name: cfg for name, cfg in found.items() if cfg is not None}
+
+    def symbols(self) -> tuple[str, ...]:
+        """Every symbol of any channel, first-seen order."""
+        seen: dict[str, None] = {}
+        for cfg in self.channels().values():
+            seen.update(dict.fromkeys(cfg.symbols))
+        return tuple(seen)
+
+
+class RedisConfig(_Frozen):
+    url: str | None = Field(default=None, description="redis:// URL; null starts a private redis-server")
+    stream_maxlen: int = Field(default=200_000, gt=0, description="MAXLEN (entries) of each stream")
+    batch_max_records: int = Field(default=1000, gt=0, description="records per stream entry at most")
+    batch_max_ms: int = Field(default=50, gt=0, description="flush a partial batch after this many ms")
+
+
+class LakeConfig(_Frozen):
+    root: str = Field(default="./lake", description="lake directory")
+    slice_seconds: int = Field(default=60, gt=0, le=86_400, description="slice length, by exchange time")
+    allowed_lateness_seconds: float = Field(default=5.0, ge=0, description="wait this long past a slice end")
+    compression_level: int = Field(default=3, ge=1, le=22, description="zstd level")
+
+
+class DatabaseConfig(_Frozen):
+    url: str = Field(default="sqlite:///./.data-feed/data-feed.db", description="SQLAlchemy URL")
+
+
+class SimulatorConfig(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
+    seed: int = 42
+
+
+class SpawnerConfig(_Frozen):
+    http_port: int = Field(default=9108, ge=0, le=65535, description="/metrics and /health; 0 picks a free port")
+    run_dir: str = Field(default="./.data-feed", description="pid files, run state, metrics, private redis")
+    restart_backoff_max_seconds: float = Field(default=30.0, gt=0)
+    stop_timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+class Config(_Frozen):
+    exchanges: dict[str, ExchangeConfig] = Field(min_length=1)
+    redis: RedisConfig = RedisConfig()
+    lake: LakeConfig = LakeConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    simulator: SimulatorConfig = SimulatorConfig()
+    spawner: SpawnerConfig = SpawnerConfig()
+
+    @field_validator("exchanges")
+    @classmethod
+    def _known_exchanges(cls, value: dict[str, ExchangeConfig]) -> dict[str, ExchangeConfig]:
+        for name in value:
+            if name not in SUPPORTED_EXCHANGES:
+                raise ValueError(f"unknown exchange {name!r}; supported: {', '.join(SUPPORTED_EXCHANGES)}")
+        return value
+
+    def simulated(self) -> dict[str, ExchangeConfig]:
+        return {name: ex for name, ex in self.exchanges.items() if ex.source == "simulator"}
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for item in err.errors():
+        path = ".".join(str(p) for p in item["loc"]) or "<root>"
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{path}: {msg}")
+    return f"invalid config {source}:\n  " + "\n  ".join(lines)
+
+
+def parse_config(data: Mapping[str, Any], source: str = "<dict>") -> Config:
+    """Validate a mapping into a Config, raising ConfigError with key paths."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"invalid config {source}: top level must be a mapping")
+    try:
+        return Config.model_validate(dict(data))
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Load a YAML config file (the embedded default when path is None)."""
+    cfg_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    try:
+        raw = yaml.safe_load(cfg_path.read_text())
+    except OSError as err:
+        raise ConfigError(f"cannot read config {cfg_path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {cfg_path} is not valid YAML: {err}") from None
+    data = dict(raw or {})
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    return parse_config(data, str(cfg_path))
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value

@@ -1,0 +1,86 @@
+"""The lake: Hive-partitioned, zstd parquet time slices; the one definition of lake paths.
+
+Layout::
+
+    {root}/{channel}/exchange={EXCHANGE}/symbol={SYMBOL}/date={YYYY-MM-DD}/{slice}.parquet
+
+A slice's file name comes from what it holds (slice start by exchange time and
+the first stream entry it was cut from), so a retried write replaces the same
+file instead of adding a duplicate. Writes go to a temporary name in the same
+directory, are fsynced, then renamed: a reader sees a whole file or none.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data_feed.schemas import schema_for
+
+NS_PER_SECOND = 1_000_000_000
+TMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True, order=True)
+class SliceKey:
+    channel: str
+    exchange: str
+    symbol: str
+    start_ns: int  # slice start, exchange time
+
+    def date(self) -> str:
+        return datetime.fromtimestamp(self.start_ns / NS_PER_SECOND, tz=UTC).strftime("%Y-%m-%d")
+
+    def stamp(self) -> str:
+        return datetime.fromtimestamp(self.start_ns / NS_PER_SECOND, tz=UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def slice_start(ts_event_ns: int, slice_seconds: int) -> int:
+    width = slice_seconds * NS_PER_SECOND
+    return ts_event_ns - ts_event_ns % width
+
+
+def partition_dir(root: Path, key: SliceKey) -> Path:
+    return root / key.channel / f"exchange={key.exchange}" / f"symbol={key.symbol}" / f"date={key.date()}"
+
+
+def slice_file_name(key: SliceKey, first_entry_id: str) -> str:
+    """Deterministic from content: the slice and the first stream entry its rows came from."""
+    return f"{key.stamp()}-{first_entry_id.replace('-', '_')}.parquet"
+
+
+def write_slice(root: Path, key: SliceKey, table: pa.Table, first_entry_id: str, compression_level: int) -> Path:
+    """Write one slice atomically and durably; returns the final path."""
+    table = table.cast(schema_for(key.channel))
+    directory = partition_dir(root, key)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / slice_file_name(key, first_entry_id)
+    tmp = directory / f"{TMP_PREFIX}{final.name}.{os.getpid()}"
+    pq.write_table(table, tmp, compression="zstd", compression_level=compression_level)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    tmp.replace(final)
+    _fsync_dir(directory)
+    return final
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def channel_glob(root: Path, channel: str) -> str:
+    """Glob of every committed slice of a channel (temporary files start with a dot and are skipped)."""
+    return str(root / channel / "*" / "*" / "*" / "[!.]*.parquet")
+
+
+def channel_files(root: Path, channel: str) -> list[Path]:
+    return sorted((root / channel).glob("exchange=*/symbol=*/date=*/[!.]*.parquet"))

@@ -1,0 +1,69 @@
+"""Prometheus metrics of every role, defined once.
+
+Roles run as separate OS processes; prometheus-client's multiprocess mode
+(``PROMETHEUS_MULTIPROC_DIR``, set by the spawner before any child starts)
+lets the spawner serve all of them from one ``/metrics`` endpoint.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import multiprocess as prom_multiprocess
+
+from data_feed.runtime import MULTIPROC_ENV
+
+FRAMES_RECEIVED = Counter(
+    "data_feed_frames_received_total", "Websocket frames received from the exchange", ["exchange"]
+)
+BAD_FRAMES = Counter(
+    "data_feed_bad_frames_total", "Exchange frames that could not be parsed (logged and skipped)", ["exchange"]
+)
+RECORDS_RECEIVED = Counter(
+    "data_feed_records_received_total", "Normalized records produced by the collector", ["exchange", "channel"]
+)
+RECORDS_CACHED = Counter(
+    "data_feed_records_cached_total", "Records written to Redis streams", ["exchange", "channel"]
+)
+ENTRIES_CACHED = Counter(
+    "data_feed_stream_entries_total", "Stream entries (batches) written to Redis", ["exchange", "channel"]
+)
+STREAM_BOUND_HITS = Counter(
+    "data_feed_stream_bound_hits_total", "Batches written while the stream was at its MAXLEN bound", ["stream"]
+)
+CACHE_WRITE_ERRORS = Counter(
+    "data_feed_cache_write_errors_total", "Failed Redis writes (retried; records kept in memory)", ["exchange"]
+)
+STREAM_LENGTH = Gauge(
+    "data_feed_stream_length", "Entries in a Redis stream", ["stream"], multiprocess_mode="livemax"
+)
+CONSUMER_LAG = Gauge(
+    "data_feed_consumer_lag", "Stream entries not yet acknowledged by the aggregator", ["stream"],
+    multiprocess_mode="livemax",
+)
+SLICES_WRITTEN = Counter("data_feed_slices_written_total", "Parquet slice files written", ["channel", "exchange"])
+ROWS_WRITTEN = Counter("data_feed_rows_written_total", "Rows written to the lake", ["channel", "exchange"])
+BYTES_WRITTEN = Counter("data_feed_bytes_written_total", "Parquet bytes written to the lake", ["channel", "exchange"])
+BAD_ENTRIES = Counter(
+    "data_feed_bad_stream_entries_total", "Stream entries the aggregator could not decode", ["stream"]
+)
+LATE_RECORDS = Counter(
+    "data_feed_late_records_total", "Records that arrived after their slice was written", ["channel", "exchange"]
+)
+RESTARTS = Counter("data_feed_role_restarts_total", "Role processes restarted by the spawner", ["role"])
+ROLE_UP = Gauge("data_feed_role_up", "1 while the role's process is running", ["role"], multiprocess_mode="livemax")
+
+
+def mark_process_dead(pid: int) -> None:
+    if os.environ.get(MULTIPROC_ENV):
+        prom_multiprocess.mark_process_dead(pid)
+
+
+def render_latest() -> bytes:
+    """Metrics of every role process (multiprocess mode) or of this process alone."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        prom_multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest()

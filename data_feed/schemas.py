@@ -1,0 +1,75 @@
+"""Record contract: one Arrow schema per channel, shared by collector, cache, lake and query.
+
+Every record carries ``ts_event`` (exchange time) and ``ts_recv`` (local receive
+time) as int64 nanoseconds UTC. Exchange and symbol are not file columns: they
+are Hive partition keys of the lake path, so Athena, DuckDB and pandas all see
+them as ordinary columns without storing them millions of times.
+
+The order book is stored long: one row per price-level change. Rows of one
+exchange message share ``ts_recv`` (the collector keeps it strictly increasing
+per symbol), so replaying rows ordered by ``ts_recv`` rebuilds the book; a run of
+rows with ``snapshot = true`` replaces the whole book.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+TS = pa.int64()
+
+TRADES = pa.schema(
+    [
+        pa.field("ts_event", TS, nullable=False),
+        pa.field("ts_recv", TS, nullable=False),
+        pa.field("id", pa.int64()),  # the exchange's trade id when it is an integer
+        pa.field("id_text", pa.string()),  # the exchange's trade id when it is not
+        pa.field("side", pa.string(), nullable=False),  # buy | sell (taker side)
+        pa.field("price", pa.float64(), nullable=False),
+        pa.field("amount", pa.float64(), nullable=False),
+    ]
+)
+
+L2_BOOK = pa.schema(
+    [
+        pa.field("ts_event", TS, nullable=False),
+        pa.field("ts_recv", TS, nullable=False),
+        pa.field("side", pa.string(), nullable=False),  # bid | ask
+        pa.field("price", pa.float64(), nullable=False),
+        pa.field("size", pa.float64(), nullable=False),  # 0 removes the level
+        pa.field("snapshot", pa.bool_(), nullable=False),
+        pa.field("sequence", pa.int64()),  # the exchange's update id, when it sends one
+    ]
+)
+
+TICKER = pa.schema(
+    [
+        pa.field("ts_event", TS, nullable=False),
+        pa.field("ts_recv", TS, nullable=False),
+        pa.field("bid", pa.float64(), nullable=False),
+        pa.field("ask", pa.float64(), nullable=False),
+    ]
+)
+
+CHANNEL_SCHEMAS: dict[str, pa.Schema] = {
+    "trades": TRADES,
+    "l2_book": L2_BOOK,
+    "ticker": TICKER,
+}
+
+# Columns every cached batch carries besides the schema's own: which symbol a row is for.
+SYMBOL_COLUMN = "symbol"
+
+# Hive partition keys, in path order; added by the lake, never stored in files.
+PARTITION_KEYS = ("exchange", "symbol", "date")
+
+
+def schema_for(channel: str) -> pa.Schema:
+    try:
+        return CHANNEL_SCHEMAS[channel]
+    except KeyError:
+        raise KeyError(f"unknown channel {channel!r}; known: {', '.join(CHANNEL_SCHEMAS)}") from None
+
+
+def batch_columns(channel: str) -> tuple[str, ...]:
+    """Column order of a cached batch for ``channel``: symbol first, then the schema's."""
+    return (SYMBOL_COLUMN, *schema_for(channel).names)
