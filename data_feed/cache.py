@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+import numpy as np
 import pyarrow as pa
 
 from data_feed.schemas import SYMBOL_COLUMN, batch_columns, schema_for
@@ -22,6 +23,7 @@ COLLECTOR_STATE_KEY_PREFIX = "df:collector"  # hash per exchange: frames/records
 AGGREGATOR_WRITTEN_KEY = "df:aggregator:written"  # hash: {channel}:{rows|files|bytes} totals
 ENTRY_PAYLOAD_FIELD = b"b"
 ENTRY_COUNT_FIELD = b"n"
+TIME_COLUMNS = ("ts_event", "ts_recv")  # float seconds in cached rows
 STATE_TTL_SECONDS = 3600
 
 
@@ -42,13 +44,17 @@ def collector_state_key(exchange: str) -> str:
     return f"{COLLECTOR_STATE_KEY_PREFIX}:{exchange}"
 
 
-def encode_batch(channel: str, columns: Sequence[list[Any]]) -> dict[bytes, bytes]:
-    """Stream-entry fields for one batch; ``columns`` follow ``batch_columns(channel)``."""
+def encode_batch(channel: str, rows: Sequence[Sequence[Any]]) -> dict[bytes, bytes]:
+    """Stream-entry fields for one batch of rows, each following ``batch_columns(channel)``.
+
+    Rows, not columns, and times as float seconds: the collector's hot path only
+    packs what it appended; the aggregator transposes and converts whole columns.
+    """
     expected = len(batch_columns(channel))
-    if len(columns) != expected:
-        raise ValueError(f"{channel}: batch has {len(columns)} columns, expected {expected}")
-    payload = msgpack.packb(list(columns), use_bin_type=True)
-    return {ENTRY_PAYLOAD_FIELD: payload, ENTRY_COUNT_FIELD: str(len(columns[0])).encode()}
+    if rows and len(rows[0]) != expected:
+        raise ValueError(f"{channel}: rows have {len(rows[0])} fields, expected {expected}")
+    payload = msgpack.packb(rows, use_bin_type=True)
+    return {ENTRY_PAYLOAD_FIELD: payload, ENTRY_COUNT_FIELD: str(len(rows)).encode()}
 
 
 @dataclass(frozen=True)
@@ -63,13 +69,25 @@ class BadEntry(Exception):
         return f"stream {self.key} entry {self.entry_id}: {self.reason}"
 
 
+def seconds_to_ns(seconds: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Float epoch seconds to int64 nanoseconds, rounded to the microsecond a float second holds."""
+    return np.rint(seconds * 1e6).astype(np.int64) * 1000
+
+
+def _column(values: Sequence[Any], field: pa.Field) -> pa.Array:
+    if field.name in TIME_COLUMNS:  # cached as float seconds, stored as int64 ns
+        return pa.array(seconds_to_ns(np.asarray(values, dtype=np.float64)), pa.int64())
+    return pa.array(values, field.type)
+
+
 def decode_batch(channel: str, fields: dict[bytes, bytes], key: str = "?", entry_id: str = "?") -> pa.Table:
     """One stream entry as an Arrow table: a ``symbol`` column plus the channel's schema."""
     schema = schema_for(channel)
     try:
-        columns = msgpack.unpackb(fields[ENTRY_PAYLOAD_FIELD], raw=False)
+        rows = msgpack.unpackb(fields[ENTRY_PAYLOAD_FIELD], raw=False)
+        columns = list(zip(*rows, strict=True)) if rows else [[] for _ in range(len(schema) + 1)]
         arrays = [pa.array(columns[0], pa.string())]
-        arrays += [pa.array(col, field.type) for col, field in zip(columns[1:], schema, strict=True)]
+        arrays += [_column(col, field) for col, field in zip(columns[1:], schema, strict=True)]
     except (KeyError, ValueError, TypeError, pa.ArrowException, msgpack.UnpackException) as err:
         raise BadEntry(key, entry_id, f"{type(err).__name__}: {err}") from err
     names = [SYMBOL_COLUMN, *schema.names]

@@ -146,6 +146,6 @@ def test_book_snapshot_and_deltas_are_rows_per_level_change(tmp_path: Path, redi
         ("ask", 101.0, 1.0, True, 10), ("bid", 98.0, 2.0, True, 10), ("bid", 99.0, 1.0, True, 10),
         ("ask", 102.0, 3.0, False, 12), ("bid", 99.0, 0.0, False, 12),
     ]
-    assert rows[3]["ts_recv"] == rows[0]["ts_recv"] + 1
+    assert rows[3]["ts_recv"] == rows[0]["ts_recv"] + 1000  # bumped by one microsecond
     ticker = run_query(cfg.lake.root, "select bid, ask, ts_event = ts_recv as recv_time from ticker")
     assert ticker.to_dict("records") == [{"bid": 98.0, "ask": 101.0, "recv_time": True}]

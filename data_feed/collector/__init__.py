@@ -40,7 +40,7 @@ def build_feed(exchange: str, ex: ExchangeConfig, runtime: Runtime, writer: Stre
     max_depth = ex.l2_book.max_depth if ex.l2_book else 0
     feed = cls(subscription=sub, callbacks=callbacks, max_depth=max_depth, timeout=FEED_TIMEOUT_SECONDS,
                retries=-1, config={"log": {"disabled": True}})
-    feed.on_frame = writer.frame  # type: ignore[attr-defined]
+    writer.feed = feed
     return feed
 
 

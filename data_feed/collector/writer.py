@@ -1,7 +1,8 @@
 """cryptofeed callbacks that turn normalized objects into cached batches.
 
 The callbacks only append a tuple to an in-memory buffer: no I/O on the hot
-path. A flusher writes the buffers to Redis as pipelined ``XADD`` entries every
+path, and times stay float seconds as cryptofeed gives them (the aggregator
+converts whole columns to int64 nanoseconds, far cheaper than per record). A flusher writes the buffers to Redis as pipelined ``XADD`` entries every
 ``batch_max_ms`` or when ``batch_max_records`` are waiting, in order, one flush
 at a time, so the stream keeps the exchange's order. A failed write keeps its
 records and retries; cryptofeed calls ``stop()`` on shutdown, which flushes.
@@ -31,11 +32,7 @@ RETRY_DELAY_MAX_SECONDS = 5.0
 CHANNEL_OF_CALLBACK = {TRADES: "trades", L2_BOOK: "l2_book", TICKER: "ticker"}
 
 
-def to_ns(ts: float) -> int:
-    """Seconds (float) to integer nanoseconds, rounded to the microsecond float seconds can hold."""
-    return round(ts * 1_000_000) * 1000
-
-
+RECV_STEP_SECONDS = 1e-6
 def _chunks(rows: list[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
     for start in range(0, len(rows), size):
         yield rows[start : start + size]
@@ -50,72 +47,39 @@ class StreamWriter:
         self.cfg = cfg
         self.buffers: dict[str, list[tuple[Any, ...]]] = {name: [] for name in CHANNEL_OF_CALLBACK.values()}
         self.pending = 0
-        self.frames_received = 0
+        self.feed: Any = None  # the cryptofeed feed, whose frames_received the writer reports
         self.frames_reported = 0
         self.records_cached: dict[str, int] = dict.fromkeys(self.buffers, 0)
-        self._last_recv: dict[str, int] = {}
+        self._last_recv: dict[str, float] = {}
         self._lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
         self._kick = asyncio.Event()
         self._stopped = False
         self._retry_delay = 0.0
+        self.batch_max_records = cfg.batch_max_records
+        self.trade = TradeCallback(self)
+        self.book = BookCallback(self)
+        self.ticker = TickerCallback(self)
 
-    # -- cryptofeed callbacks (hot path: append only) --------------------------------------
+    @property
+    def frames_received(self) -> int:
+        return int(getattr(self.feed, "frames_received", 0))
 
-    async def trade(self, t: Trade, receipt: float) -> None:
-        try:
-            tid, tid_text = int(t.id), None
-        except (TypeError, ValueError):
-            tid, tid_text = None, None if t.id is None else str(t.id)
-        row = (t.symbol, to_ns(t.timestamp or receipt), to_ns(receipt), tid, tid_text, t.side, float(t.price),
-               float(t.amount))
-        self._append("trades", row)
-
-    async def ticker(self, t: Ticker, receipt: float) -> None:
-        row = (t.symbol, to_ns(t.timestamp or receipt), to_ns(receipt), float(t.bid), float(t.ask))
-        self._append("ticker", row)
-
-    async def book(self, book: OrderBook, receipt: float) -> None:
-        ts_recv = self._monotonic_recv(book.symbol, to_ns(receipt))
-        ts_event = to_ns(book.timestamp) if book.timestamp else ts_recv
-        seq = book.sequence_number
-        rows = self.buffers["l2_book"]
-        if book.delta is None:  # a full snapshot replaces the book
-            levels = book.book.to_dict()
-            for side, key in (("bid", BID), ("ask", ASK)):
-                for price, size in levels[key].items():
-                    rows.append((book.symbol, ts_event, ts_recv, side, float(price), float(size), True, seq))
-            self._count(len(levels[BID]) + len(levels[ASK]))
-            return
-        for side, key in (("bid", BID), ("ask", ASK)):
-            for price, size in book.delta[key]:
-                rows.append((book.symbol, ts_event, ts_recv, side, float(price), float(size), False, seq))
-        self._count(len(book.delta[BID]) + len(book.delta[ASK]))
-
-    def frame(self) -> None:
-        self.frames_received += 1
-
-    def _monotonic_recv(self, symbol: str, ts_recv: int) -> int:
-        # Book rows are replayed by ts_recv; two messages must never share one.
-        last = self._last_recv.get(symbol, 0)
-        if ts_recv <= last:
-            ts_recv = last + 1
+    def monotonic_recv(self, symbol: str, ts_recv: float) -> float:
+        # Book rows are replayed by ts_recv; two messages must never share one (at microsecond resolution).
+        last = self._last_recv.get(symbol, 0.0)
+        if ts_recv < last + RECV_STEP_SECONDS:
+            ts_recv = last + RECV_STEP_SECONDS
         self._last_recv[symbol] = ts_recv
         return ts_recv
 
-    def _append(self, channel: str, row: tuple[Any, ...]) -> None:
-        self.buffers[channel].append(row)
-        self._count(1)
-
-    def _count(self, n: int) -> None:
+    def count(self, n: int) -> None:
         self.pending += n
-        if self.pending >= self.cfg.batch_max_records:
+        if self.pending >= self.batch_max_records:
             self._kick.set()
 
     def callbacks(self) -> dict[str, Any]:
-        """cryptofeed callbacks; wrapped so cryptofeed starts and stops the writer like a backend."""
-        return {TRADES: _Backend(self, self.trade), L2_BOOK: _Backend(self, self.book),
-                TICKER: _Backend(self, self.ticker)}
+        return {TRADES: self.trade, L2_BOOK: self.book, TICKER: self.ticker}
 
     # -- cryptofeed backend protocol: start(loop, multiprocess) / stop() ---------------------
 
@@ -182,7 +146,7 @@ class StreamWriter:
         for channel, rows in taken.items():
             key = stream_key(self.exchange, channel)
             for chunk in _chunks(rows, self.cfg.batch_max_records):
-                fields = encode_batch(channel, list(zip(*chunk, strict=True)))
+                fields = encode_batch(channel, chunk)
                 pipe.xadd(key, fields, maxlen=self.cfg.stream_maxlen, approximate=True)  # type: ignore[arg-type]
             pipe.xlen(key)
         state = {"frames_received": frames, "updated_at": time.time()}
@@ -216,18 +180,56 @@ class StreamWriter:
             self.frames_reported = frames
 
 
-class _Backend:
-    """A callable with cryptofeed's backend hooks, so FeedHandler starts the flusher and flushes at stop."""
+class _Callback:
+    """A cryptofeed callback with backend hooks, so FeedHandler starts the flusher and flushes at stop.
 
-    def __init__(self, writer: StreamWriter, fn: Any) -> None:
+    The ``__call__`` of each subclass is the hot path: convert, append a tuple, count. Nothing else.
+    """
+
+    def __init__(self, writer: StreamWriter) -> None:
         self.writer = writer
-        self.fn = fn
-
-    async def __call__(self, obj: Any, receipt: float) -> None:
-        await self.fn(obj, receipt)
 
     def start(self, loop: asyncio.AbstractEventLoop, multiprocess: bool = False) -> None:
         self.writer.start(loop, multiprocess)
 
     async def stop(self) -> None:
         await self.writer.stop()
+
+
+class TradeCallback(_Callback):
+    async def __call__(self, t: Trade, receipt: float) -> None:
+        try:
+            tid, tid_text = int(t.id), None
+        except (TypeError, ValueError):
+            tid, tid_text = None, None if t.id is None else str(t.id)
+        w = self.writer
+        w.buffers["trades"].append((t.symbol, t.timestamp or receipt, receipt, tid, tid_text, t.side, float(t.price),
+                                    float(t.amount)))
+        w.pending += 1
+        if w.pending >= w.batch_max_records:
+            w._kick.set()
+
+
+class TickerCallback(_Callback):
+    async def __call__(self, t: Ticker, receipt: float) -> None:
+        w = self.writer
+        w.buffers["ticker"].append((t.symbol, t.timestamp or receipt, receipt, float(t.bid), float(t.ask)))
+        w.count(1)
+
+
+class BookCallback(_Callback):
+    """One row per level change; a delta-less callback is a full snapshot that replaces the book."""
+
+    async def __call__(self, book: OrderBook, receipt: float) -> None:
+        w = self.writer
+        ts_recv = w.monotonic_recv(book.symbol, receipt)
+        ts_event = book.timestamp or ts_recv
+        seq = book.sequence_number
+        rows = w.buffers["l2_book"]
+        snapshot = book.delta is None
+        changes = book.book.to_dict() if snapshot else book.delta
+        for side, key in (("bid", BID), ("ask", ASK)):
+            levels = changes[key].items() if snapshot else changes[key]
+            for price, size in levels:
+                rows.append((book.symbol, ts_event, ts_recv, side, float(price), float(size), snapshot, seq))
+        w.count(len(changes[BID]) + len(changes[ASK]))

@@ -44,17 +44,19 @@ def to_epoch_seconds(value: Any) -> float | None:
     return base + (int(frac[:9].ljust(9, "0")) / 1e9 if frac else 0.0)
 
 
-class CollectorCoinbase(CollectorFeedMixin, Coinbase):
+class CoinbaseWithTicker(Coinbase):  # type: ignore[misc]
+    """cryptofeed's Coinbase plus the ticker channel and converted book timestamps."""
+
     websocket_channels = {**Coinbase.websocket_channels, TICKER: "ticker"}
 
     async def book_callback(self, book_type: str, book: OrderBook, receipt_timestamp: float, **kwargs: Any) -> None:
         kwargs["timestamp"] = to_epoch_seconds(kwargs.get("timestamp"))
         await super().book_callback(book_type, book, receipt_timestamp, **kwargs)
 
-    async def parse_frame(self, msg: str, conn: Any, timestamp: float) -> None:
+    async def message_handler(self, msg: str, conn: Any, timestamp: float) -> None:
         # Only ticker and heartbeat frames are ours; the rest go to cryptofeed unchanged.
         if '"ticker"' not in msg and '"heartbeats"' not in msg:
-            await super().parse_frame(msg, conn, timestamp)
+            await super().message_handler(msg, conn, timestamp)
             return
         data = json.loads(msg, parse_float=Decimal)
         if data.get("channel") == "ticker":
@@ -74,7 +76,7 @@ def feed_class(sim: Endpoints | None) -> type[Feed]:
     if sim is not None:
         attrs["websocket_endpoints"] = [WebsocketEndpoint(f"{sim.ws_base}{SIM_PATH}", options={"compression": None})]
         attrs["rest_endpoints"] = [RestEndpoint(f"{sim.base_url}{REST_PATH}", routes=Coinbase.rest_endpoints[0].routes)]
-    return type("CollectorCoinbase", (CollectorCoinbase,), attrs)
+    return type("CollectorCoinbase", (CollectorFeedMixin, CoinbaseWithTicker), attrs)
 
 
 __all__ = ["feed_class"]

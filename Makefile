@@ -1,0 +1,34 @@
+# Everything runs from a virtualenv at .venv, created on first use. Nothing else to install.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install run test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## run: the whole pipeline with the embedded default config (Ctrl-C stops cleanly)
+run: $(STAMP)
+	$(BIN)/data-feed run
+
+## test: the test suite against real redis-server, simulator, parquet and SQL servers
+test: $(STAMP)
+	$(BIN)/python -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+lint: $(STAMP)
+	$(BIN)/ruff check data_feed featurizer tests bench
+	$(BIN)/mypy data_feed featurizer
+
+bench: $(STAMP)
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) .data-feed lake build *.egg-info
