@@ -85,7 +85,7 @@ def decode_batch(channel: str, fields: dict[bytes, bytes], key: str = "?", entry
     schema = schema_for(channel)
     try:
         rows = msgpack.unpackb(fields[ENTRY_PAYLOAD_FIELD], raw=False)
-        columns = list(zip(*rows, strict=True)) if rows else [[] for _ in range(len(schema) + 1)]
+        columns: list[Sequence[Any]] = list(zip(*rows, strict=True)) if rows else [()] * (len(schema) + 1)
         arrays = [pa.array(columns[0], pa.string())]
         arrays += [_column(col, field) for col, field in zip(columns[1:], schema, strict=True)]
     except (KeyError, ValueError, TypeError, pa.ArrowException, msgpack.UnpackException) as err:

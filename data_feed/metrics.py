@@ -57,13 +57,13 @@ ROLE_UP = Gauge("data_feed_role_up", "1 while the role's process is running", ["
 
 def mark_process_dead(pid: int) -> None:
     if os.environ.get(MULTIPROC_ENV):
-        prom_multiprocess.mark_process_dead(pid)
+        prom_multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def render_latest() -> bytes:
     """Metrics of every role process (multiprocess mode) or of this process alone."""
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
-        prom_multiprocess.MultiProcessCollector(registry)
+        prom_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest()

@@ -257,8 +257,8 @@ class Spawner:
     def sim_request(self, method: str, path: str) -> dict[str, Any]:
         assert self.runtime is not None and self.runtime.sim_base_url and self.runtime.sim_cert
         ctx = ssl.create_default_context(cafile=self.runtime.sim_cert)
-        body = b"" if method == "POST" else None
-        req = urllib.request.Request(self.runtime.sim_base_url + path, method=method, data=body)
+        data = b"" if method == "POST" else None
+        req = urllib.request.Request(self.runtime.sim_base_url + path, method=method, data=data)
         with urllib.request.urlopen(req, context=ctx, timeout=5) as resp:
             body: dict[str, Any] = json.loads(resp.read() or b"{}")
             return body

@@ -39,7 +39,8 @@ def test_misspelled_key_names_its_path(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("dotted", "value", "expected"),
     [
-        ("exchanges.BINANCE.l2_book.max_depth", 0, "exchanges.BINANCE.l2_book.max_depth: Input should be greater than 0"),
+        ("exchanges.BINANCE.l2_book.max_depth", 0,
+         "exchanges.BINANCE.l2_book.max_depth: Input should be greater than 0"),
         ("lake.slice_seconds", "often", "lake.slice_seconds: Input should be a valid integer"),
         ("exchanges.BINANCE.trades.symbols", ["btcusdt"], "exchanges.BINANCE.trades.symbols"),
         ("redis.stream_maxlen", -1, "redis.stream_maxlen: Input should be greater than 0"),
@@ -64,7 +65,7 @@ def test_unknown_exchange_and_empty_exchange_are_rejected() -> None:
         parse_config(data)
     data = default_config_dict()
     data["exchanges"]["BINANCE"] = {"source": "simulator"}
-    with pytest.raises(ConfigError, match="exchanges.BINANCE: Value error, subscribe to at least one"):
+    with pytest.raises(ConfigError, match=r"exchanges\.BINANCE: Value error, subscribe to at least one"):
         parse_config(data)
 
 
