@@ -5,7 +5,8 @@ path, and times stay float seconds as cryptofeed gives them (the aggregator
 converts whole columns to int64 nanoseconds, far cheaper than per record).
 
 A flusher writes the buffers to Redis as pipelined ``XADD`` entries every
-``batch_max_ms`` or when ``batch_max_records`` are waiting, in order, one flush at a time, so the stream keeps the exchange's order. A failed write keeps its
+``batch_max_ms`` or when ``batch_max_records`` are waiting, in order, one flush
+at a time, so the stream keeps the exchange's order. A failed write keeps its
 records and retries; cryptofeed calls ``stop()`` on shutdown, which flushes.
 """
 
