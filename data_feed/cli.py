@@ -70,7 +70,7 @@ def run(
         _run_with_live_status(spawner, duration)
     else:
         spawner.run(duration, on_tick=_StatusLog(spawner))
-    _print_summary(spawner.run_summary())
+    _print_summary(spawner.summary)
 
 
 class _StatusLog:

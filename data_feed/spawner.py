@@ -72,6 +72,7 @@ class Spawner:
         self.http: ThreadingHTTPServer | None = None
         self.started = time.time()
         self.written_at_start: dict[str, int] = {}
+        self.summary: dict[str, dict[str, int]] = {}  # what landed, computed at stop
 
     # -- start -----------------------------------------------------------------------------
 
@@ -195,6 +196,7 @@ class Spawner:
         if self.http is not None:
             self.http.shutdown()
             self.run_dir.spawner_file.unlink(missing_ok=True)
+        self.summary = self.run_summary()
         if self.redis is not None:
             self.redis.stop()
         for role in self.roles.values():

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from cryptofeed import FeedHandler
 from cryptofeed.defines import L2_BOOK, TICKER, TRADES
 
-from data_feed.collector.exchanges import Endpoints, feed_class
+from data_feed.collector.exchanges import Endpoints, feed_class, feed_config
 from data_feed.collector.writer import StreamWriter
 from data_feed.config import Config, ExchangeConfig
 from data_feed.runtime import Runtime
@@ -39,7 +39,7 @@ def build_feed(exchange: str, ex: ExchangeConfig, runtime: Runtime, writer: Stre
     callbacks = {chan: cb for chan, cb in writer.callbacks().items() if chan in sub}
     max_depth = ex.l2_book.max_depth if ex.l2_book else 0
     feed = cls(subscription=sub, callbacks=callbacks, max_depth=max_depth, timeout=FEED_TIMEOUT_SECONDS,
-               retries=-1, config={"log": {"disabled": True}})
+               retries=-1, config={"log": {"disabled": True}, **feed_config(exchange, sim)})
     writer.feed = feed
     return feed
 

@@ -61,6 +61,7 @@ class Recorder:
         self.snapshots: dict[str, int] = defaultdict(int)
         self.deltas: dict[str, int] = defaultdict(int)
         self.tickers: dict[str, int] = defaultdict(int)
+        self.snapshot_levels: dict[str, list[int]] = {}
         self.crossed = 0
         self.books: dict[str, OrderBook] = {}
 
@@ -77,6 +78,7 @@ class Recorder:
         self.books[b.symbol] = b
         if b.delta is None:
             self.snapshots[b.symbol] += 1
+            self.snapshot_levels[b.symbol] = [len(b.book.bids), len(b.book.asks)]
         else:
             self.deltas[b.symbol] += 1
         bids, asks = b.book.bids, b.book.asks
@@ -88,6 +90,8 @@ class Recorder:
             "trades": self.trades, "snapshots": self.snapshots, "deltas": self.deltas, "tickers": self.tickers,
             "crossed": self.crossed, "trade_prices": self.trade_prices,
             "books": {sym: _top(b, depth) for sym, b in self.books.items()},
+            "snapshot_levels": self.snapshot_levels,
+            "levels": {sym: [len(b.book.bids), len(b.book.asks)] for sym, b in self.books.items()},
         }
 
 

@@ -1,25 +1,38 @@
-"""Collector feed classes by exchange id: one module per exchange, same shape each."""
+"""Collector feed classes by exchange id: one module per exchange, same shape each.
+
+Each module exposes ``feed_class(sim)`` (cryptofeed's class, endpoints swapped
+for the simulator's when simulated) and ``feed_config(sim)`` (what cryptofeed's
+config needs for that exchange, e.g. keys).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from types import ModuleType
+from typing import Any
 
 from cryptofeed.feed import Feed
 
 from data_feed.collector.exchanges import binance, coinbase
 from data_feed.collector.exchanges.base import Endpoints
 
-FEED_FACTORIES: dict[str, Callable[[Endpoints | None], type[Feed]]] = {
-    "BINANCE": binance.feed_class,
-    "COINBASE": coinbase.feed_class,
-}
+EXCHANGE_MODULES: dict[str, ModuleType] = {"BINANCE": binance, "COINBASE": coinbase}
+
+
+def _module(exchange: str) -> ModuleType:
+    try:
+        return EXCHANGE_MODULES[exchange]
+    except KeyError:
+        raise ValueError(f"no collector for exchange {exchange!r}; known: {', '.join(EXCHANGE_MODULES)}") from None
 
 
 def feed_class(exchange: str, sim: Endpoints | None) -> type[Feed]:
-    try:
-        return FEED_FACTORIES[exchange](sim)
-    except KeyError:
-        raise ValueError(f"no collector for exchange {exchange!r}; known: {', '.join(FEED_FACTORIES)}") from None
+    cls: type[Feed] = _module(exchange).feed_class(sim)
+    return cls
 
 
-__all__ = ["Endpoints", "feed_class"]
+def feed_config(exchange: str, sim: Endpoints | None) -> dict[str, Any]:
+    cfg: dict[str, Any] = _module(exchange).feed_config(sim)
+    return cfg
+
+
+__all__ = ["Endpoints", "feed_class", "feed_config"]

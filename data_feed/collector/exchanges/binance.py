@@ -9,6 +9,8 @@ Sample combined-stream frame (what cryptofeed parses)::
 
 from __future__ import annotations
 
+from typing import Any
+
 from cryptofeed.connection import RestEndpoint, WebsocketEndpoint
 from cryptofeed.exchanges import Binance
 from cryptofeed.feed import Feed
@@ -16,6 +18,11 @@ from cryptofeed.feed import Feed
 from data_feed.collector.exchanges.base import CollectorFeedMixin, Endpoints
 
 SIM_PATH = "/binance"
+
+
+def feed_config(sim: Endpoints | None) -> dict[str, Any]:
+    """Public market data needs no keys."""
+    return {}
 
 
 def feed_class(sim: Endpoints | None) -> type[Feed]:

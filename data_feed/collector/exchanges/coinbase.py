@@ -1,8 +1,9 @@
 """Coinbase Advanced Trade collector feed: cryptofeed's ``Coinbase`` plus the ticker channel.
 
-cryptofeed 2.4.1 subscribes to trades and level2 only, and hands the book
-callback the frame's timestamp unconverted. Both quirks are mended here, in
-Coinbase's own module. Sample ticker frame::
+cryptofeed 2.4.1 subscribes to trades and level2 only, hands the book
+callback the frame's timestamp unconverted, and drops every ask of a book
+snapshot (it looks for side "ask"; Coinbase sends "offer"). These quirks are
+mended here, in Coinbase's own module. Sample ticker frame::
 
     {"channel": "ticker", "client_id": "", "timestamp": "2023-02-09T20:30:37.167359596Z",
      "sequence_num": 0, "events": [{"type": "snapshot", "tickers": [{"type": "ticker",
@@ -13,6 +14,7 @@ Coinbase's own module. Sample ticker frame::
 from __future__ import annotations
 
 import logging
+import os
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -49,6 +51,12 @@ class CoinbaseWithTicker(Coinbase):  # type: ignore[misc]
 
     websocket_channels = {**Coinbase.websocket_channels, TICKER: "ticker"}
 
+    async def _pair_level2_snapshot(self, msg: dict[str, Any], timestamp: float) -> None:
+        for update in msg["updates"]:
+            if update["side"] == "offer":
+                update["side"] = "ask"
+        await super()._pair_level2_snapshot(msg, timestamp)
+
     async def book_callback(self, book_type: str, book: OrderBook, receipt_timestamp: float, **kwargs: Any) -> None:
         kwargs["timestamp"] = to_epoch_seconds(kwargs.get("timestamp"))
         await super().book_callback(book_type, book, receipt_timestamp, **kwargs)
@@ -69,6 +77,19 @@ class CoinbaseWithTicker(Coinbase):  # type: ignore[misc]
                 symbol = self.exchange_symbol_to_std_symbol(tick["product_id"])
                 t = Ticker(self.id, symbol, Decimal(tick["best_bid"]), Decimal(tick["best_ask"]), ts, raw=tick)
                 await self.callback(TICKER, t, receipt)
+
+
+def feed_config(sim: Endpoints | None) -> dict[str, Any]:
+    """cryptofeed 2.4.1 signs every Coinbase subscription, public ones too, so it needs API keys.
+
+    Live: from the environment (COINBASE_KEY_ID, COINBASE_KEY_SECRET). The simulator accepts any.
+    """
+    if sim is not None:
+        return {"coinbase": {"key_id": "simulator", "key_secret": "simulator"}}
+    key_id, secret = os.environ.get("COINBASE_KEY_ID"), os.environ.get("COINBASE_KEY_SECRET")
+    if not key_id or not secret:
+        raise ValueError("exchange=COINBASE: live collection needs COINBASE_KEY_ID and COINBASE_KEY_SECRET")
+    return {"coinbase": {"key_id": key_id, "key_secret": secret}}
 
 
 def feed_class(sim: Endpoints | None) -> type[Feed]:

@@ -1,0 +1,212 @@
+"""The exchange simulator: one TLS aiohttp server hosting every simulated exchange plus a control API.
+
+Exchanges are mounted by protocol module (Binance under /binance, Coinbase under /coinbase). A clock
+task advances every started market each tick and lets the protocol modules emit frames in batches.
+Control API (JSON): GET /_sim/health, GET /_sim/stats, POST /_sim/pause, POST /_sim/resume,
+GET /_sim/book/{EXCHANGE}/{SYMBOL}?depth=20.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any, Final
+
+from aiohttp import web
+
+from data_feed.config import Config
+from data_feed.sim.binance import BinanceProtocol
+from data_feed.sim.coinbase import CoinbaseProtocol
+from data_feed.sim.hub import ExchangeProtocol, now
+from data_feed.sim.tls import server_context, write_self_signed
+
+LOG = logging.getLogger(__name__)
+
+TICK_SECONDS: Final = 0.01
+DRAIN_TIMEOUT_SECONDS: Final = 10.0
+PROTOCOLS: Final[dict[str, type[ExchangeProtocol]]] = {"BINANCE": BinanceProtocol, "COINBASE": CoinbaseProtocol}
+
+
+class Simulator:
+    """Serves every exchange of `config.simulated()` over TLS on config.simulator.host/port."""
+
+    def __init__(self, config: Config, cert_dir: Path) -> None:
+        self.config = config
+        self.cert_dir = Path(cert_dir)
+        seed = config.simulator.seed
+        self.protocols: dict[str, ExchangeProtocol] = {
+            name: PROTOCOLS[name](ex, seed) for name, ex in config.simulated().items()
+        }
+        self.paused = False
+        self._cert_path: Path | None = None
+        self._port: int | None = None
+        self._runner: web.AppRunner | None = None
+        self._clock: asyncio.Task[None] | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cert_path, key_path = write_self_signed(self.cert_dir)
+        self._cert_path = cert_path
+        self._runner = web.AppRunner(self._app(), handle_signals=False, access_log=None)
+        await self._runner.setup()
+        cfg = self.config.simulator
+        site = web.TCPSite(self._runner, cfg.host, cfg.port, ssl_context=server_context(cert_path, key_path))
+        await site.start()
+        self._port = self._bound_port()
+        self._clock = asyncio.get_running_loop().create_task(self._run_clock())
+        LOG.info("simulator listening on %s", self.base_url)
+
+    async def stop(self) -> None:
+        if self._clock is not None:
+            self._clock.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._clock
+            self._clock = None
+        for proto in self.protocols.values():
+            for outbox in list(proto.outboxes):
+                await outbox.ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def _bound_port(self) -> int:
+        assert self._runner is not None
+        for address in self._runner.addresses:
+            if isinstance(address, tuple):
+                return int(address[1])
+        raise RuntimeError("simulator is not bound to a TCP port")
+
+    # -- properties -------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("simulator not started")
+        return self._port
+
+    @property
+    def cert_path(self) -> Path:
+        if self._cert_path is None:
+            raise RuntimeError("simulator not started")
+        return self._cert_path
+
+    @property
+    def base_url(self) -> str:
+        return f"https://localhost:{self.port}"
+
+    @property
+    def ws_base(self) -> str:
+        return f"wss://localhost:{self.port}"
+
+    # -- clock ------------------------------------------------------------------------------
+
+    async def _run_clock(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            try:
+                self.tick(now())
+            except Exception:  # a bug must not silently stop the market
+                LOG.exception("simulator tick failed")
+
+    def tick(self, now_ts: float) -> None:
+        """Advance every started market to now_ts and emit what fell due."""
+        for proto in self.protocols.values():
+            if not self.paused:
+                for state in proto.symbols.values():
+                    events = state.advance(now_ts)
+                    if events:
+                        proto.publish(state, events)
+            proto.on_tick(now_ts)
+
+    async def pause(self) -> None:
+        """Stop generating, flush pending diffs and wait until every queued frame is written."""
+        self.paused = True
+        for proto in self.protocols.values():
+            proto.flush()
+        await asyncio.wait_for(
+            asyncio.gather(*(p.drained() for p in self.protocols.values())), DRAIN_TIMEOUT_SECONDS
+        )
+
+    def resume(self) -> None:
+        t = now()
+        for proto in self.protocols.values():
+            for state in proto.symbols.values():
+                if state.started:
+                    state.resume_at = max(state.resume_at, t)
+        self.paused = False
+
+    def stats(self) -> dict[str, Any]:
+        return {name: proto.stats() for name, proto in self.protocols.items()}
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    def _app(self) -> web.Application:
+        app = web.Application()
+        for proto in self.protocols.values():
+            app.add_routes(proto.routes())
+        app.add_routes([
+            web.get("/_sim/health", self._health),
+            web.get("/_sim/stats", self._stats),
+            web.post("/_sim/pause", self._pause),
+            web.post("/_sim/resume", self._resume),
+            web.get("/_sim/book/{exchange}/{symbol}", self._book),
+        ])
+        return app
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+    async def _pause(self, request: web.Request) -> web.Response:
+        await self.pause()
+        return web.json_response({"paused": True})
+
+    async def _resume(self, request: web.Request) -> web.Response:
+        self.resume()
+        return web.json_response({"paused": False})
+
+    async def _book(self, request: web.Request) -> web.Response:
+        """{"bids": [[64999.99, 0.431], ...], "asks": [[65000.01, 1.2], ...]}, best first, as sent."""
+        proto = self.protocols.get(request.match_info["exchange"].upper())
+        state = proto.symbols.get(request.match_info["symbol"].upper()) if proto else None
+        if state is None:
+            return web.json_response({"error": "unknown exchange or symbol"}, status=404)
+        try:
+            depth = int(request.query.get("depth", "20"))
+        except ValueError:
+            return web.json_response({"error": "depth must be an integer"}, status=400)
+        return web.json_response(state.published.top(max(depth, 0)))
+
+
+async def serve_forever(config: Config, cert_dir: Path, ready_file: Path | None = None) -> None:
+    """Run a Simulator until SIGINT/SIGTERM; once listening write {"port", "cert"} JSON to ready_file."""
+    sim = Simulator(config, cert_dir)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await sim.start()
+    try:
+        if ready_file is not None:
+            _write_ready(ready_file, {"port": sim.port, "cert": str(sim.cert_path), "base_url": sim.base_url})
+        await stop.wait()
+    finally:
+        await sim.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def _write_ready(path: Path, data: dict[str, Any]) -> None:
+    """Atomic write, so a reader never sees a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
