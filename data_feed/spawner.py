@@ -41,6 +41,8 @@ SUPERVISE_INTERVAL_SECONDS = 0.5
 STABLE_AFTER_SECONDS = 60.0  # a role up this long has its backoff reset
 SIM_READY_TIMEOUT_SECONDS = 30.0
 CATCH_UP_TIMEOUT_SECONDS = 15.0
+SIM_ACCOUNT_FILE = "sent-at-stop.json"
+SIM_ACCOUNT_BOOK_DEPTH = 20
 
 
 @dataclass
@@ -236,12 +238,24 @@ class Spawner:
             LOG.error("could not pause the simulator (%s); frames in flight at stop may be lost", err)
             return
         deadline = time.monotonic() + CATCH_UP_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            behind = self.frames_behind()
-            if not behind:
-                return
+        behind = self.frames_behind()
+        while behind and time.monotonic() < deadline:
             time.sleep(0.1)
-        LOG.error("collectors still behind the simulator at stop: %s frames", behind)
+            behind = self.frames_behind()
+        if behind:
+            LOG.error("collectors still behind the simulator at stop: %s frames", behind)
+        self._save_simulator_account()
+
+    def _save_simulator_account(self) -> None:
+        """What the simulator sent and its books at stop, for comparison with the lake."""
+        account: dict[str, Any] = {"stats": self.sim_request("GET", "/_sim/stats"), "books": {}}
+        for exchange, ex in self.cfg.simulated().items():
+            for symbol in ex.symbols():
+                book = self.sim_request("GET", f"/_sim/book/{exchange}/{symbol}?depth={SIM_ACCOUNT_BOOK_DEPTH}")
+                account["books"].setdefault(exchange, {})[symbol] = book
+        path = self.run_dir.sim_dir / SIM_ACCOUNT_FILE
+        path.write_text(json.dumps(account))
+        LOG.info("simulator's account of what it sent saved to %s", path)
 
     def frames_behind(self) -> dict[str, int]:
         stats = self.sim_request("GET", "/_sim/stats")
