@@ -1,11 +1,24 @@
-"""Aggregator role: Redis streams -> time slices -> parquet files in the lake.
+"""Aggregator role: Redis streams -> time slices -> parquet files in the lake, exactly once.
 
 Reads every configured stream through one consumer group, cuts records into
-slices by exchange time, writes a slice once the exchange's watermark (the
-newest event time seen) passes its end plus the allowed lateness, and only then
-acknowledges the stream entries whose records are all on disk. On restart it
-first re-reads its own unacknowledged entries, so a crash loses nothing; file
-names are deterministic, so a redone slice replaces its earlier file.
+slices by exchange time, and writes a slice once the exchange's watermark (the
+newest event time seen) passes its end plus the allowed lateness.
+
+Exactly once, by construction (kdb+ tick style: replay exactly what is missing).
+Each stream has a journal (a Redis hash next to it) of lake files and the
+stream entries each holds for its slice:
+
+1. intent: the file's name and entry ids are journalled before the file is written;
+2. the file is written atomically and fsynced, then registered in the catalog;
+3. commit, one MULTI/EXEC: the journal record is marked committed, entries whose
+   every slice is committed are acknowledged, journal records of entries all
+   acknowledged are dropped, and the stream is trimmed below its oldest
+   unacknowledged entry.
+
+On restart, uncommitted intents are redone from their journalled entries (the
+same rows, the same file name), then the unacknowledged entries are re-read and
+a record is skipped when its entry is journalled as committed for its slice.
+Records arriving after their slice was written open an additional part.
 """
 
 from __future__ import annotations
@@ -14,11 +27,12 @@ import logging
 import signal
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import msgpack
 import numpy as np
 import pyarrow as pa
 import redis
@@ -31,12 +45,14 @@ from data_feed.cache import (
     BadEntry,
     dead_letter_key,
     decode_batch,
+    journal_key,
     parse_stream_key,
     stream_key,
     stream_lag,
 )
+from data_feed.catalog import LocalCatalog
 from data_feed.config import Config
-from data_feed.lake import NS_PER_SECOND, SliceKey, write_slice
+from data_feed.lake import NS_PER_SECOND, SliceKey, slice_relpath, write_slice
 from data_feed.schemas import SYMBOL_COLUMN
 
 LOG = logging.getLogger("data_feed.aggregator")
@@ -50,9 +66,29 @@ WRITTEN_MEMORY_SECONDS = 86_400  # remember written slices this long to count la
 
 @dataclass
 class OpenSlice:
-    first_entry_id: str
+    entries: list[str] = field(default_factory=list)  # stream entry ids, in stream order
     parts: list[pa.Table] = field(default_factory=list)
     rows: int = 0
+
+
+@dataclass(frozen=True)
+class JournalRecord:
+    """One lake file of one slice and the stream entries whose records for that slice it holds."""
+
+    key: SliceKey
+    entries: tuple[str, ...]
+    committed: bool
+
+    def pack(self) -> bytes:
+        k = self.key
+        packed: bytes = msgpack.packb([k.channel, k.exchange, k.symbol, k.start_ns, list(self.entries),
+                                       self.committed])
+        return packed
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> JournalRecord:
+        channel, exchange, symbol, start_ns, entries, committed = msgpack.unpackb(raw, raw=False)
+        return cls(SliceKey(channel, exchange, symbol, int(start_ns)), tuple(entries), bool(committed))
 
 
 class Aggregator:
@@ -60,11 +96,17 @@ class Aggregator:
         self.cfg = cfg
         self.client = client
         self.root = Path(lake_root or cfg.lake.root)
+        self.catalog = LocalCatalog(self.root)
         self.width_ns = cfg.lake.slice_seconds * NS_PER_SECOND
         self.lateness_ns = int(cfg.lake.allowed_lateness_seconds * NS_PER_SECOND)
         self.streams = [stream_key(ex, ch) for ex, exc in cfg.exchanges.items() for ch in exc.channels()]
         self.open: dict[SliceKey, OpenSlice] = {}
+        # entry id -> slices its records are in that are not committed yet, per stream
         self.unacked: dict[str, OrderedDict[str, set[SliceKey]]] = {k: OrderedDict() for k in self.streams}
+        # committed journal records whose entries are not all acknowledged, per stream
+        self.journal: dict[str, dict[str, JournalRecord]] = {k: {} for k in self.streams}
+        self.committed: dict[SliceKey, set[str]] = {}  # entries already in a lake file, per slice
+        self.last_read: dict[str, str] = {}
         self.watermark: dict[str, int] = {}
         self.written: dict[SliceKey, None] = {}
         self.stopping = False
@@ -97,7 +139,10 @@ class Aggregator:
         signal.signal(signal.SIGINT, self.request_stop)
 
     def recover_pending(self) -> None:
-        """Re-read entries delivered to this consumer before a crash and never acknowledged."""
+        """Redo interrupted writes, then re-read this consumer's unacknowledged entries, skipping
+        the records the journal says are already in the lake."""
+        for key in self.streams:
+            self._load_journal(key)
         cursor = dict.fromkeys(self.streams, "0")
         while cursor:
             resp = self.client.xreadgroup(CONSUMER_GROUP, CONSUMER_NAME, cursor, count=READ_COUNT)  # type: ignore[arg-type]
@@ -116,7 +161,39 @@ class Aggregator:
         recovered = sum(len(v) for v in self.unacked.values())
         if recovered:
             LOG.info("recovered %d unacknowledged entries from a previous run", recovered)
+        for key in self.streams:
+            self._drop_settled_journal(key)
         self.close_ready()
+
+    def _load_journal(self, key: str) -> None:
+        journal: dict[bytes, bytes] = self.client.hgetall(journal_key(key))  # type: ignore[assignment]
+        for rel, raw in journal.items():
+            path = rel.decode()
+            record = JournalRecord.unpack(raw)
+            if not record.committed:
+                LOG.warning("exchange=%s channel=%s symbol=%s: redoing interrupted write of %s (%d entries)",
+                            record.key.exchange, record.key.channel, record.key.symbol, path, len(record.entries))
+                self._redo(key, path, record)
+            self._remember(key, path, replace(record, committed=True))
+
+    def _redo(self, key: str, path: str, record: JournalRecord) -> None:
+        """Rewrite a journalled file from exactly the entries it names, in their order."""
+        pipe = self.client.pipeline(transaction=False)
+        for eid in record.entries:
+            pipe.xrange(key, eid, eid)
+        parts = []
+        for eid, found in zip(record.entries, pipe.execute(), strict=True):
+            if not found:
+                LOG.error("exchange=%s channel=%s symbol=%s: entry %s of %s is gone from %s (trimmed by MAXLEN?); "
+                          "its records are lost", record.key.exchange, record.key.channel, record.key.symbol, eid,
+                          path, key)
+                continue
+            table = decode_batch(record.key.channel, found[0][1], key, eid)
+            parts += [part for sk, part in self._split(record.key.channel, record.key.exchange, table)
+                      if sk == record.key]
+        table = pa.concat_tables(parts)
+        size = self._land(record.key, record.entries[0], table)
+        self._commit(key, path, record, table.num_rows, size, settle=False)
 
     def drain(self) -> None:
         while self.step(None):
@@ -136,6 +213,8 @@ class Aggregator:
             for eid, fields in entries:
                 self.ingest(key, eid, fields)
                 n += 1
+            if entries:
+                self.last_read[key] = entries[-1][0]
         self.close_ready()
         self._report_lag()
         return n
@@ -157,13 +236,16 @@ class Aggregator:
             return
         keys: set[SliceKey] = set()
         for sk, part in self._split(channel, exchange, table):
+            if eid in self.committed.get(sk, ()):
+                continue  # already in a lake file: written before a crash, entry not yet acknowledged
             keys.add(sk)
             self._add_part(sk, part, eid)
-        self.unacked[key][eid] = keys
         if table.num_rows:
             newest = int(np.max(table.column("ts_event").to_numpy()))
             self.watermark[exchange] = max(self.watermark.get(exchange, 0), newest)
-        if not keys:
+        if keys:
+            self.unacked[key][eid] = keys
+        else:
             self._ack(key, [eid])
 
     def _split(self, channel: str, exchange: str, table: pa.Table) -> list[tuple[SliceKey, pa.Table]]:
@@ -193,7 +275,8 @@ class Aggregator:
                         sk.stamp())
         slot = self.open.get(sk)
         if slot is None:
-            slot = self.open[sk] = OpenSlice(first_entry_id=eid)
+            slot = self.open[sk] = OpenSlice()
+        slot.entries.append(eid)
         slot.parts.append(part)
         slot.rows += part.num_rows
 
@@ -217,34 +300,102 @@ class Aggregator:
             self.write(sk)
 
     def write(self, sk: SliceKey) -> None:
+        """Intent, durable file, catalog, then commit with the acknowledgements it allows."""
         slot = self.open.pop(sk)
+        key = stream_key(sk.exchange, sk.channel)
+        record = JournalRecord(sk, tuple(slot.entries), committed=False)
+        path = slice_relpath(sk, slot.entries[0])
+        self.client.hset(journal_key(key), path, record.pack())
         table = pa.concat_tables(slot.parts)
-        path = write_slice(self.root, sk, table, slot.first_entry_id, self.cfg.lake.compression_level)
-        size = path.stat().st_size
+        size = self._land(sk, slot.entries[0], table)
         self.written[sk] = None
         self._forget_old_written(sk.start_ns)
+        self._commit(key, path, record, table.num_rows, size, settle=True)
+        LOG.debug("exchange=%s channel=%s symbol=%s: wrote %d rows to %s", sk.exchange, sk.channel, sk.symbol,
+                  table.num_rows, path)
+
+    def _land(self, sk: SliceKey, first_entry_id: str, table: pa.Table) -> int:
+        """Write the file atomically and durably and register it in the catalog; returns its size."""
+        path = write_slice(self.root, sk, table, first_entry_id, self.cfg.lake.compression_level)
+        size = path.stat().st_size
+        self.catalog.register(sk, str(path.relative_to(self.root)), table.num_rows, size)
         metrics.SLICES_WRITTEN.labels(sk.channel, sk.exchange).inc()
         metrics.ROWS_WRITTEN.labels(sk.channel, sk.exchange).inc(table.num_rows)
         metrics.BYTES_WRITTEN.labels(sk.channel, sk.exchange).inc(size)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hincrby(AGGREGATOR_WRITTEN_KEY, f"{sk.channel}:rows", table.num_rows)
+        return size
+
+    def _commit(self, key: str, path: str, record: JournalRecord, rows: int, size: int, settle: bool) -> None:
+        """One transaction: mark the file committed, count it and (when ``settle``) acknowledge the entries
+        it completes, forget settled journal records and trim the stream below what is still needed."""
+        sk = record.key
+        self._remember(key, path, replace(record, committed=True))
+        done = self._complete(key, record) if settle else []
+        stale = self._settled_records(key) if settle else []
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(journal_key(key), path, replace(record, committed=True).pack())
+        pipe.hincrby(AGGREGATOR_WRITTEN_KEY, f"{sk.channel}:rows", rows)
         pipe.hincrby(AGGREGATOR_WRITTEN_KEY, f"{sk.channel}:files", 1)
         pipe.hincrby(AGGREGATOR_WRITTEN_KEY, f"{sk.channel}:bytes", size)
+        self._queue_settlement(pipe, key, done, stale)
         pipe.execute()
-        LOG.debug("exchange=%s channel=%s symbol=%s: wrote %d rows to %s", sk.exchange, sk.channel, sk.symbol,
-                  table.num_rows, path)
-        self._release(sk)
+        self._forget(key, stale)
 
-    def _release(self, sk: SliceKey) -> None:
-        key = stream_key(sk.exchange, sk.channel)
+    def _remember(self, key: str, path: str, record: JournalRecord) -> None:
+        self.journal[key][path] = record
+        self.committed.setdefault(record.key, set()).update(record.entries)
+
+    def _complete(self, key: str, record: JournalRecord) -> list[str]:
+        """Entries of ``record`` with no other slice left to write; removed from the unacknowledged set."""
         pending = self.unacked[key]
         done = []
-        for eid, keys in pending.items():
-            keys.discard(sk)
-            if not keys:
+        for eid in record.entries:
+            slices = pending.get(eid)
+            if slices is None:
+                continue
+            slices.discard(record.key)
+            if not slices:
                 done.append(eid)
+                del pending[eid]
+        return done
+
+    def _settled_records(self, key: str) -> list[str]:
+        pending = self.unacked[key]
+        return [path for path, rec in self.journal[key].items() if not any(e in pending for e in rec.entries)]
+
+    def _queue_settlement(self, pipe: Any, key: str, done: list[str], stale: list[str]) -> None:
         if done:
-            self._ack(key, done)
+            pipe.xack(key, CONSUMER_GROUP, *done)
+        if stale:
+            pipe.hdel(journal_key(key), *stale)
+        floor = self._trim_floor(key)
+        if done and floor:
+            pipe.xtrim(key, minid=floor, approximate=True)
+
+    def _trim_floor(self, key: str) -> str | None:
+        """Lowest entry id still needed: the oldest unacknowledged one, or just past the last one read."""
+        pending = self.unacked[key]
+        if pending:
+            return next(iter(pending))  # entries are added in stream order
+        last = self.last_read.get(key)
+        if last is None:
+            return None
+        ms, seq = last.split("-")
+        return f"{ms}-{int(seq) + 1}"
+
+    def _forget(self, key: str, stale: list[str]) -> None:
+        for path in stale:
+            record = self.journal[key].pop(path)
+            entries = self.committed.get(record.key)
+            if entries is not None:
+                entries.difference_update(record.entries)
+                if not entries:
+                    del self.committed[record.key]
+
+    def _drop_settled_journal(self, key: str) -> None:
+        stale = self._settled_records(key)
+        if stale:
+            self.client.hdel(journal_key(key), *stale)
+            self._forget(key, stale)
 
     def _ack(self, key: str, ids: list[str]) -> None:
         self.client.xack(key, CONSUMER_GROUP, *ids)

@@ -103,6 +103,15 @@ def dead_letter_key(key: str) -> str:
     return f"{DEAD_LETTER_PREFIX}:{exchange}:{channel}"
 
 
+AGGREGATOR_JOURNAL_PREFIX = "df:aggregator:journal"  # hash per stream: lake file -> slice, entry ids, committed
+
+
+def journal_key(key: str) -> str:
+    """The aggregator's intent/commit journal for one stream (see data_feed.aggregator)."""
+    exchange, channel = parse_stream_key(key)
+    return f"{AGGREGATOR_JOURNAL_PREFIX}:{exchange}:{channel}"
+
+
 def stream_lag(client: Any, key: str) -> int:
     """Entries of ``key`` the aggregator has not acknowledged: pending plus not yet delivered."""
     try:

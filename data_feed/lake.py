@@ -4,10 +4,13 @@ Layout::
 
     {root}/{channel}/exchange={EXCHANGE}/symbol={SYMBOL}/date={YYYY-MM-DD}/{slice}.parquet
 
-A slice's file name comes from what it holds (slice start by exchange time and
-the first stream entry it was cut from), so a retried write replaces the same
-file instead of adding a duplicate. Writes go to a temporary name in the same
-directory, are fsynced, then renamed: a reader sees a whole file or none.
+A slice file's name comes from what it holds (slice start by exchange time and
+the first of the stream entries it was cut from; the aggregator's journal
+records the full list), so a redone write replaces the same file instead of
+adding a duplicate, and records arriving after their slice was written land in
+an additional part named after their own first entry. Writes go to a temporary
+name in the same directory, are fsynced, then renamed: a reader sees a whole
+file or none.
 """
 
 from __future__ import annotations
@@ -54,12 +57,17 @@ def slice_file_name(key: SliceKey, first_entry_id: str) -> str:
     return f"{key.stamp()}-{first_entry_id.replace('-', '_')}.parquet"
 
 
+def slice_relpath(key: SliceKey, first_entry_id: str) -> str:
+    """A slice file's path relative to the lake root: its name in catalogs and journals."""
+    return str(partition_dir(Path(), key) / slice_file_name(key, first_entry_id))
+
+
 def write_slice(root: Path, key: SliceKey, table: pa.Table, first_entry_id: str, compression_level: int) -> Path:
     """Write one slice atomically and durably; returns the final path."""
     table = table.cast(schema_for(key.channel))
-    directory = partition_dir(root, key)
+    final = root / slice_relpath(key, first_entry_id)
+    directory = final.parent
     directory.mkdir(parents=True, exist_ok=True)
-    final = directory / slice_file_name(key, first_entry_id)
     tmp = directory / f"{TMP_PREFIX}{final.name}.{os.getpid()}"
     pq.write_table(table, tmp, compression="zstd", compression_level=compression_level)
     with open(tmp, "rb") as fh:

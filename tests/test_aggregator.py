@@ -89,10 +89,10 @@ def test_crash_after_write_before_ack_rewrites_the_same_file(tmp_path: Path, red
     crashed = Aggregator(cfg, client)
     crashed.ensure_groups()
 
-    def die(*args: object) -> None:
+    def die(*args: object, **kwargs: object) -> None:
         raise SystemExit("simulated crash between write and ack")
 
-    monkeypatch.setattr(crashed, "_ack", die)
+    monkeypatch.setattr(crashed, "_commit", die)
     with pytest.raises(SystemExit):
         while crashed.step(None):
             pass
