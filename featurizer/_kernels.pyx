@@ -1,0 +1,662 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Featurizer kernels: per-slice trade and order-book statistics as mergeable state.
+
+Data flow: collector batches (live, from the ZMQ bus) or lake columns (backfill)
+-> ``Engine`` (one per exchange) -> closed base-interval slices -> ``merge_runs``
+rolls them up into longer intervals. Everything here is event-time: a slice
+``[start, start + width)`` closes once the exchange's watermark (newest event
+time seen) reaches ``start + width + lateness``; a record that arrives for a
+closed slice is late and counted, never silently dropped.
+
+State is mergeable: counts, min/max, first/last, and sums kept as double-double
+pairs (``x`` + ``x_c``), with products of the time-weighted integrals split
+exactly (fma), so merging consecutive slices gives the slice computed directly
+over the same records, to the last bit in practice.
+"""
+
+import numpy as np
+
+cimport numpy as cnp
+from libc.math cimport NAN, fma, isnan, llrint, log
+from libc.stdint cimport INT64_MAX, int64_t, uint8_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcpy, memmove, memset
+
+cnp.import_array()
+
+NS_PER_SECOND = 1_000_000_000
+cdef double BPS = 1e4  # basis points per unit
+
+cdef struct Slice:
+    int64_t start
+    int64_t n_trades
+    double open
+    double high
+    double low
+    double close
+    double volume
+    double volume_c
+    double buy_volume
+    double buy_volume_c
+    double sell_volume
+    double sell_volume_c
+    double notional
+    double notional_c
+    double rv
+    double rv_c
+    int64_t first_ts
+    int64_t last_ts
+    int64_t n_updates
+    int64_t book_ns
+    double mid_int
+    double mid_int_c
+    int64_t n_samples
+    double spread_sum
+    double spread_sum_c
+    double spread_max
+    double imb_sum
+    double imb_sum_c
+    double microprice
+    double depth_bid
+    double depth_ask
+
+# One numpy record per slice; field order and widths mirror ``Slice`` exactly.
+_I8 = ("start", "n_trades", "first_ts", "last_ts", "n_updates", "book_ns", "n_samples")
+SLICE_FIELDS = (
+    "start", "n_trades", "open", "high", "low", "close", "volume", "volume_c", "buy_volume", "buy_volume_c",
+    "sell_volume", "sell_volume_c", "notional", "notional_c", "rv", "rv_c", "first_ts", "last_ts", "n_updates",
+    "book_ns", "mid_int", "mid_int_c", "n_samples", "spread_sum", "spread_sum_c", "spread_max", "imb_sum",
+    "imb_sum_c", "microprice", "depth_bid", "depth_ask",
+)
+SLICE_DTYPE = np.dtype([(name, np.int64 if name in _I8 else np.float64) for name in SLICE_FIELDS])
+if SLICE_DTYPE.itemsize != sizeof(Slice):
+    raise ImportError("featurizer._kernels: SLICE_DTYPE does not match the C Slice struct")
+
+
+# -- double-double sums (why: merged and direct slices must agree to the last bit) ------------
+
+cdef inline void dd_add(double* hi, double* lo, double x) noexcept nogil:
+    cdef double s = hi[0] + x
+    cdef double bp = s - hi[0]
+    lo[0] += (hi[0] - (s - bp)) + (x - bp)
+    hi[0] = s
+
+
+cdef inline void dd_add_product(double* hi, double* lo, double a, double b) noexcept nogil:
+    cdef double p = a * b
+    dd_add(hi, lo, p)
+    lo[0] += fma(a, b, -p)
+
+
+cdef inline void dd_merge(double* hi, double* lo, double b_hi, double b_lo) noexcept nogil:
+    dd_add(hi, lo, b_hi)
+    lo[0] += b_lo
+
+
+# -- one slice -----------------------------------------------------------------------------------
+
+cdef inline void slice_init(Slice* s, int64_t start) noexcept nogil:
+    memset(s, 0, sizeof(Slice))
+    s.start = start
+    s.open = NAN
+    s.high = NAN
+    s.low = NAN
+    s.close = NAN
+    s.spread_max = NAN
+    s.microprice = NAN
+    s.depth_bid = NAN
+    s.depth_ask = NAN
+
+
+cdef inline void trade_add(Slice* s, int64_t ts, double p, double q, bint buy) noexcept nogil:
+    cdef double r
+    if s.n_trades == 0:
+        s.open = p
+        s.high = p
+        s.low = p
+        s.first_ts = ts
+        s.last_ts = ts
+    else:
+        if p > s.high:
+            s.high = p
+        if p < s.low:
+            s.low = p
+        if p != s.close:
+            r = log(p / s.close)
+            dd_add(&s.rv, &s.rv_c, r * r)
+        if ts < s.first_ts:
+            s.first_ts = ts
+        if ts > s.last_ts:
+            s.last_ts = ts
+    s.close = p
+    s.n_trades += 1
+    dd_add(&s.volume, &s.volume_c, q)
+    dd_add(&s.notional, &s.notional_c, p * q)
+    if buy:
+        dd_add(&s.buy_volume, &s.buy_volume_c, q)
+    else:
+        dd_add(&s.sell_volume, &s.sell_volume_c, q)
+
+
+cdef inline void merge_trades(Slice* a, const Slice* b) noexcept nogil:
+    cdef double r
+    if b.n_trades == 0:
+        return
+    if a.n_trades == 0:
+        memcpy(&a.n_trades, &b.n_trades, <size_t>(<char*>&b.n_updates - <char*>&b.n_trades))
+        return
+    if b.high > a.high:
+        a.high = b.high
+    if b.low < a.low:
+        a.low = b.low
+    dd_merge(&a.rv, &a.rv_c, b.rv, b.rv_c)
+    if b.open != a.close:
+        r = log(b.open / a.close)
+        dd_add(&a.rv, &a.rv_c, r * r)
+    a.close = b.close
+    if b.first_ts < a.first_ts:
+        a.first_ts = b.first_ts
+    if b.last_ts > a.last_ts:
+        a.last_ts = b.last_ts
+    a.n_trades += b.n_trades
+    dd_merge(&a.volume, &a.volume_c, b.volume, b.volume_c)
+    dd_merge(&a.notional, &a.notional_c, b.notional, b.notional_c)
+    dd_merge(&a.buy_volume, &a.buy_volume_c, b.buy_volume, b.buy_volume_c)
+    dd_merge(&a.sell_volume, &a.sell_volume_c, b.sell_volume, b.sell_volume_c)
+
+
+cdef inline void merge_book(Slice* a, const Slice* b) noexcept nogil:
+    a.n_updates += b.n_updates
+    a.book_ns += b.book_ns
+    dd_merge(&a.mid_int, &a.mid_int_c, b.mid_int, b.mid_int_c)
+    a.n_samples += b.n_samples
+    dd_merge(&a.spread_sum, &a.spread_sum_c, b.spread_sum, b.spread_sum_c)
+    if isnan(a.spread_max) or b.spread_max > a.spread_max:
+        a.spread_max = b.spread_max
+    dd_merge(&a.imb_sum, &a.imb_sum_c, b.imb_sum, b.imb_sum_c)
+    if not isnan(b.microprice):
+        a.microprice = b.microprice
+        a.depth_bid = b.depth_bid
+        a.depth_ask = b.depth_ask
+
+
+cdef inline void merge_slice(Slice* a, const Slice* b) noexcept nogil:
+    merge_trades(a, b)
+    merge_book(a, b)
+
+
+def merge_runs(cnp.ndarray slices, int64_t width_ns):
+    """Merge consecutive slices (one symbol, ordered by start) into slices of ``width_ns``.
+
+    Each output slice starts at a multiple of ``width_ns`` and merges every input slice whose
+    start falls in it, in order. Merging 60 one-second slices gives the one-minute slice.
+    """
+    if slices.dtype != SLICE_DTYPE:
+        raise TypeError(f"merge_runs: expected SLICE_DTYPE slices, got {slices.dtype}")
+    if width_ns <= 0:
+        raise ValueError("merge_runs: width_ns must be > 0")
+    src = np.ascontiguousarray(slices)
+    cdef Py_ssize_t n = src.shape[0], i, m = 0
+    out = np.empty(n, dtype=SLICE_DTYPE)
+    if n == 0:
+        return out
+    cdef Slice* s = <Slice*>cnp.PyArray_DATA(src)
+    cdef Slice* o = <Slice*>cnp.PyArray_DATA(out)
+    cdef int64_t group
+    for i in range(n):
+        group = s[i].start - s[i].start % width_ns
+        if i > 0 and s[i].start < s[i - 1].start:
+            raise ValueError("merge_runs: slices must be ordered by start")
+        if m == 0 or o[m - 1].start != group:
+            slice_init(&o[m], group)
+            m += 1
+        merge_slice(&o[m - 1], &s[i])
+    return out[:m].copy()
+
+
+def merge(cnp.ndarray a, cnp.ndarray b):
+    """``a`` followed by ``b`` as one slice (both single SLICE_DTYPE records or length-1 arrays)."""
+    left = np.array(a, dtype=SLICE_DTYPE).reshape(1).copy()
+    right = np.array(b, dtype=SLICE_DTYPE).reshape(1)
+    merge_slice(<Slice*>cnp.PyArray_DATA(left), <Slice*>cnp.PyArray_DATA(right))
+    return left
+
+
+def empty_slice(int64_t start):
+    """The identity element of ``merge`` for a slice starting at ``start``."""
+    out = np.empty(1, dtype=SLICE_DTYPE)
+    slice_init(<Slice*>cnp.PyArray_DATA(out), start)
+    return out
+
+
+# -- the order book of one symbol -------------------------------------------------------------
+
+cdef struct Side:
+    double* keys  # ascending: price for asks, -price for bids, so index 0 is the best level
+    double* sizes
+    Py_ssize_t n
+    Py_ssize_t cap
+
+
+cdef int side_set(Side* side, double key, double size) except -1 nogil:
+    cdef Py_ssize_t lo = 0, hi = side.n, mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if side.keys[mid] < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo < side.n and side.keys[lo] == key:
+        if size == 0.0:
+            memmove(&side.keys[lo], &side.keys[lo + 1], (side.n - lo - 1) * sizeof(double))
+            memmove(&side.sizes[lo], &side.sizes[lo + 1], (side.n - lo - 1) * sizeof(double))
+            side.n -= 1
+        else:
+            side.sizes[lo] = size
+        return 0
+    if size == 0.0:
+        return 0
+    if side.n == side.cap:
+        side_grow(side)
+    memmove(&side.keys[lo + 1], &side.keys[lo], (side.n - lo) * sizeof(double))
+    memmove(&side.sizes[lo + 1], &side.sizes[lo], (side.n - lo) * sizeof(double))
+    side.keys[lo] = key
+    side.sizes[lo] = size
+    side.n += 1
+    return 0
+
+
+cdef int side_grow(Side* side) except -1 nogil:
+    cdef Py_ssize_t cap = side.cap * 2 if side.cap else 64
+    cdef double* keys = <double*>realloc(side.keys, cap * sizeof(double))
+    if keys == NULL:
+        with gil:
+            raise MemoryError()
+    side.keys = keys
+    cdef double* sizes = <double*>realloc(side.sizes, cap * sizeof(double))
+    if sizes == NULL:
+        with gil:
+            raise MemoryError()
+    side.sizes = sizes
+    side.cap = cap
+    return 0
+
+
+cdef inline double side_sum_top(const Side* side, Py_ssize_t levels) noexcept nogil:
+    cdef double total = 0.0
+    cdef Py_ssize_t i
+    for i in range(min(levels, side.n)):
+        total += side.sizes[i]
+    return total
+
+
+cdef inline double side_sum_within(const Side* side, double key_limit) noexcept nogil:
+    cdef double total = 0.0
+    cdef Py_ssize_t i
+    for i in range(side.n):
+        if side.keys[i] > key_limit:
+            break
+        total += side.sizes[i]
+    return total
+
+
+# -- per-symbol streaming state ---------------------------------------------------------------
+
+cdef class _Symbol:
+    """Open slices (a ring), the book and the current book sample of one symbol."""
+
+    cdef Slice* ring
+    cdef Py_ssize_t cap
+    cdef int64_t lo_k  # oldest open slice index
+    cdef int64_t hi_k  # newest initialised slice index (lo_k - 1 when none)
+    cdef Side bids
+    cdef Side asks
+    cdef bint valid  # both sides non-empty: the sample below is defined
+    cdef double mid, spread_bps, micro, imbalance, depth_bid, depth_ask
+    cdef int64_t integ_t  # the mid is integrated up to here
+    cdef double carry_micro, carry_depth_bid, carry_depth_ask
+
+    def __cinit__(self, Py_ssize_t cap, int64_t first_k):
+        self.ring = <Slice*>malloc(cap * sizeof(Slice))
+        if self.ring == NULL:
+            raise MemoryError()
+        self.cap = cap
+        self.lo_k = first_k
+        self.hi_k = first_k - 1
+        memset(&self.bids, 0, sizeof(Side))
+        memset(&self.asks, 0, sizeof(Side))
+        self.valid = False
+        self.carry_micro = NAN
+        self.carry_depth_bid = NAN
+        self.carry_depth_ask = NAN
+
+    def __dealloc__(self):
+        free(self.ring)
+        free(self.bids.keys)
+        free(self.bids.sizes)
+        free(self.asks.keys)
+        free(self.asks.sizes)
+
+    cdef inline Slice* slot(self, int64_t k, int64_t width) noexcept nogil:
+        while self.hi_k < k:
+            self.hi_k += 1
+            slice_init(&self.ring[self.hi_k % self.cap], self.hi_k * width)
+        return &self.ring[k % self.cap]
+
+    cdef void integrate(self, int64_t until, int64_t width) noexcept nogil:
+        """Add the current mid over [integ_t, until) to the slices it spans."""
+        cdef int64_t t = self.integ_t, k, end, dt
+        cdef Slice* s
+        while t < until:
+            k = t // width
+            end = (k + 1) * width
+            if end > until:
+                end = until
+            dt = end - t
+            s = self.slot(k, width)
+            s.book_ns += dt
+            dd_add_product(&s.mid_int, &s.mid_int_c, self.mid, <double>dt)
+            t = end
+        self.integ_t = until
+
+    cdef void sample(self, Py_ssize_t top_levels, double depth_bps) noexcept nogil:
+        cdef double bb, ba, bq, aq, top_b, top_a
+        self.valid = self.bids.n > 0 and self.asks.n > 0
+        if not self.valid:
+            return
+        bb = -self.bids.keys[0]
+        ba = self.asks.keys[0]
+        bq = self.bids.sizes[0]
+        aq = self.asks.sizes[0]
+        self.mid = (bb + ba) * 0.5
+        self.spread_bps = (ba - bb) / self.mid * BPS
+        self.micro = (bb * aq + ba * bq) / (bq + aq)
+        top_b = side_sum_top(&self.bids, top_levels)
+        top_a = side_sum_top(&self.asks, top_levels)
+        self.imbalance = (top_b - top_a) / (top_b + top_a)
+        self.depth_bid = side_sum_within(&self.bids, -self.mid * (1.0 - depth_bps / BPS))
+        self.depth_ask = side_sum_within(&self.asks, self.mid * (1.0 + depth_bps / BPS))
+
+    cdef void record_sample(self, Slice* s) noexcept nogil:
+        s.n_updates += 1
+        if not self.valid:
+            return
+        s.n_samples += 1
+        dd_add(&s.spread_sum, &s.spread_sum_c, self.spread_bps)
+        if isnan(s.spread_max) or self.spread_bps > s.spread_max:
+            s.spread_max = self.spread_bps
+        dd_add(&s.imb_sum, &s.imb_sum_c, self.imbalance)
+        s.microprice = self.micro
+        s.depth_bid = self.depth_bid
+        s.depth_ask = self.depth_ask
+
+    cdef void close_one(self, int64_t width, int64_t limit, Slice* out) noexcept nogil:
+        """Close the oldest open slice into ``out``: integrate the mid to its end (never past ``limit``,
+        the watermark at a flush: time not yet seen is not extrapolated), carry last values."""
+        cdef Slice* s = self.slot(self.lo_k, width)
+        cdef int64_t end = min(s.start + width, limit)
+        if self.valid and self.integ_t < end:
+            if self.integ_t < s.start:
+                self.integ_t = s.start
+            self.integrate(end, width)
+        if isnan(s.microprice):
+            s.microprice = self.carry_micro
+            s.depth_bid = self.carry_depth_bid
+            s.depth_ask = self.carry_depth_ask
+        else:
+            self.carry_micro = s.microprice
+            self.carry_depth_bid = s.depth_bid
+            self.carry_depth_ask = s.depth_ask
+        memcpy(out, s, sizeof(Slice))
+        self.lo_k += 1
+
+
+# -- the engine of one exchange ---------------------------------------------------------------
+
+cdef class Engine:
+    """Event-time slicing of one exchange's trades and book rows into base-interval slices.
+
+    Feed it collector batches (``trade_rows``/``book_rows``, times as float seconds) or lake
+    columns (``trade_arrays``/``book_arrays``, int64 ns); take closed slices with ``take()``.
+    """
+
+    cdef readonly int64_t width_ns
+    cdef readonly int64_t lateness_ns
+    cdef readonly Py_ssize_t top_levels
+    cdef readonly double depth_bps
+    cdef readonly int64_t watermark
+    cdef readonly int64_t late_trades
+    cdef readonly int64_t late_book_rows
+    cdef int64_t floor_k  # slices below this index are closed, for every symbol
+    cdef Py_ssize_t cap
+    cdef dict _index
+    cdef list _symbols  # _Symbol per index
+    cdef readonly list symbols  # names per index
+    cdef Slice* out
+    cdef int64_t* out_sym
+    cdef Py_ssize_t n_out, out_cap
+
+    def __cinit__(self, int64_t width_ns, int64_t lateness_ns=0, Py_ssize_t top_levels=5, double depth_bps=10.0):
+        if width_ns <= 0 or lateness_ns < 0 or top_levels <= 0 or depth_bps <= 0:
+            raise ValueError("Engine: width_ns, top_levels and depth_bps must be > 0 and lateness_ns >= 0")
+        self.width_ns = width_ns
+        self.lateness_ns = lateness_ns
+        self.top_levels = top_levels
+        self.depth_bps = depth_bps
+        self.watermark = -(1 << 62)
+        self.floor_k = -(1 << 62)
+        self.cap = lateness_ns // width_ns + 3
+        self._index = {}
+        self._symbols = []
+        self.symbols = []
+        self.out = NULL
+        self.out_sym = NULL
+        self.n_out = 0
+        self.out_cap = 0
+
+    def __dealloc__(self):
+        free(self.out)
+        free(self.out_sym)
+
+    cdef _Symbol symbol(self, object name, int64_t ts):
+        cdef object idx = self._index.get(name)
+        if idx is not None:
+            return <_Symbol>self._symbols[<Py_ssize_t>idx]
+        cdef int64_t k = ts // self.width_ns
+        if k < self.floor_k:
+            k = self.floor_k
+        sym = _Symbol(self.cap, k)
+        self._index[name] = len(self.symbols)
+        self._symbols.append(sym)
+        self.symbols.append(name)
+        return sym
+
+    cdef int emit(self, _Symbol sym, Py_ssize_t index, int64_t limit) except -1:
+        cdef Slice* grown
+        cdef int64_t* grown_sym
+        if self.n_out == self.out_cap:
+            self.out_cap = self.out_cap * 2 if self.out_cap else 256
+            grown = <Slice*>realloc(self.out, self.out_cap * sizeof(Slice))
+            grown_sym = <int64_t*>realloc(self.out_sym, self.out_cap * sizeof(int64_t))
+            if grown == NULL or grown_sym == NULL:
+                raise MemoryError()
+            self.out = grown
+            self.out_sym = grown_sym
+        sym.close_one(self.width_ns, limit, &self.out[self.n_out])
+        self.out_sym[self.n_out] = index
+        self.n_out += 1
+        return 0
+
+    cdef int close_below(self, int64_t k, int64_t limit=INT64_MAX) except -1:
+        """Close, for every symbol, each open slice with index < k (empty ones included)."""
+        cdef Py_ssize_t i
+        cdef _Symbol sym
+        for i in range(len(self._symbols)):
+            sym = <_Symbol>self._symbols[i]
+            while sym.lo_k < k:
+                self.emit(sym, i, limit)
+        if k > self.floor_k:
+            self.floor_k = k
+        return 0
+
+    cdef inline int advance(self, int64_t ts) except -1:
+        cdef int64_t k
+        if ts > self.watermark:
+            self.watermark = ts
+            k = (ts - self.lateness_ns) // self.width_ns
+            if k > self.floor_k:
+                self.close_below(k)
+        return 0
+
+    # -- trades ----------------------------------------------------------------------------
+
+    cdef inline bint add_trade(self, _Symbol sym, int64_t ts, double p, double q, bint buy) except -1:
+        cdef int64_t k = ts // self.width_ns
+        if k < sym.lo_k:
+            self.late_trades += 1
+            return False
+        trade_add(sym.slot(k, self.width_ns), ts, p, q, buy)
+        return True
+
+    def trade_rows(self, list rows):
+        """Collector trade rows: [symbol, ts_event s, ts_recv s, id, id_text, side, price, amount]."""
+        cdef Py_ssize_t i, n = len(rows)
+        cdef list row
+        cdef object name, last_name = None
+        cdef _Symbol sym = None
+        cdef int64_t ts
+        cdef int64_t late0 = self.late_trades
+        for i in range(n):
+            row = rows[i]
+            ts = llrint(<double>row[1] * 1e6) * 1000
+            name = row[0]
+            if sym is None or name != last_name:
+                sym = self.symbol(name, ts)
+                last_name = name
+            self.advance(ts)
+            self.add_trade(sym, ts, <double>row[6], <double>row[7], row[5] == "buy")
+        return self.late_trades - late0
+
+    def trade_arrays(self, object name, const int64_t[::1] ts, const double[::1] price, const double[::1] amount,
+                     const uint8_t[::1] is_buy):
+        """Lake trade columns of one symbol, in arrival order; returns how many were late."""
+        cdef Py_ssize_t i, n = ts.shape[0]
+        if price.shape[0] != n or amount.shape[0] != n or is_buy.shape[0] != n:
+            raise ValueError("trade_arrays: columns differ in length")
+        if n == 0:
+            return 0
+        cdef _Symbol sym = self.symbol(name, ts[0])
+        cdef int64_t late0 = self.late_trades
+        for i in range(n):
+            self.advance(ts[i])
+            self.add_trade(sym, ts[i], price[i], amount[i], is_buy[i])
+        return self.late_trades - late0
+
+    # -- book ------------------------------------------------------------------------------
+
+    cdef int book_message(self, _Symbol sym, int64_t ts, Py_ssize_t nrows) except -1:
+        """Sample the book after one message (its rows already applied) at event time ``ts``."""
+        cdef int64_t floor_t = self.floor_k * self.width_ns
+        if ts // self.width_ns < sym.lo_k:
+            self.late_book_rows += nrows
+        if ts < sym.integ_t:
+            ts = sym.integ_t
+        if ts < floor_t:
+            ts = floor_t
+        if sym.valid:
+            sym.integrate(ts, self.width_ns)
+        sym.sample(self.top_levels, self.depth_bps)
+        sym.integ_t = ts
+        sym.record_sample(sym.slot(ts // self.width_ns, self.width_ns))
+        return 0
+
+    cdef int book_apply(self, _Symbol sym, bint bid, double price, double size) except -1:
+        if bid:
+            side_set(&sym.bids, -price, size)
+        else:
+            side_set(&sym.asks, price, size)
+        return 0
+
+    def book_rows(self, list rows):
+        """Collector l2_book rows: [symbol, ts_event s, ts_recv s, side, price, size, snapshot, sequence].
+
+        Rows of one message share symbol and ts_recv; the batch must hold whole messages.
+        A message whose rows are snapshot rows replaces the book. Returns late rows.
+        """
+        cdef Py_ssize_t i, n = len(rows), start = 0
+        cdef list row
+        cdef object name, msg_name = None
+        cdef double recv, msg_recv = 0.0
+        cdef int64_t ts, msg_ts = 0
+        cdef _Symbol sym = None
+        cdef int64_t late0 = self.late_book_rows
+        for i in range(n):
+            row = rows[i]
+            name = row[0]
+            recv = <double>row[2]
+            if sym is None or recv != msg_recv or name != msg_name:
+                if sym is not None:
+                    self.book_message(sym, msg_ts, i - start)
+                msg_ts = llrint(<double>row[1] * 1e6) * 1000
+                sym = self.symbol(name, msg_ts)
+                msg_name = name
+                msg_recv = recv
+                start = i
+                self.advance(msg_ts)
+                if row[6]:
+                    sym.bids.n = 0
+                    sym.asks.n = 0
+            self.book_apply(sym, row[3] == "bid", <double>row[4], <double>row[5])
+        if sym is not None:
+            self.book_message(sym, msg_ts, n - start)
+        return self.late_book_rows - late0
+
+    def book_arrays(self, object name, const int64_t[::1] ts_event, const int64_t[::1] ts_recv,
+                    const uint8_t[::1] is_bid, const double[::1] price, const double[::1] size,
+                    const uint8_t[::1] snapshot):
+        """Lake l2_book columns of one symbol ordered by ts_recv (whole messages); returns late rows."""
+        cdef Py_ssize_t i, n = ts_event.shape[0], start = 0
+        if not (ts_recv.shape[0] == is_bid.shape[0] == price.shape[0] == size.shape[0] == snapshot.shape[0] == n):
+            raise ValueError("book_arrays: columns differ in length")
+        if n == 0:
+            return 0
+        cdef _Symbol sym = self.symbol(name, ts_event[0])
+        cdef int64_t late0 = self.late_book_rows
+        for i in range(n):
+            if i == 0 or ts_recv[i] != ts_recv[i - 1]:
+                if i > 0:
+                    self.book_message(sym, ts_event[start], i - start)
+                start = i
+                self.advance(ts_event[i])
+                if snapshot[i]:
+                    sym.bids.n = 0
+                    sym.asks.n = 0
+            self.book_apply(sym, is_bid[i], price[i], size[i])
+        self.book_message(sym, ts_event[start], n - start)
+        return self.late_book_rows - late0
+
+    # -- output ----------------------------------------------------------------------------
+
+    def flush(self):
+        """Close every slice up to and including the one holding the watermark (at stop, end of batch)."""
+        if self._symbols:
+            self.close_below(self.watermark // self.width_ns + 1, self.watermark)
+
+    def take(self):
+        """(symbol index per slice, SLICE_DTYPE slices) closed since the last call, in closing order."""
+        slices = np.empty(self.n_out, dtype=SLICE_DTYPE)
+        syms = np.empty(self.n_out, dtype=np.int64)
+        if self.n_out:
+            memcpy(cnp.PyArray_DATA(slices), self.out, self.n_out * sizeof(Slice))
+            memcpy(cnp.PyArray_DATA(syms), self.out_sym, self.n_out * sizeof(int64_t))
+        self.n_out = 0
+        return syms, slices
+
+
+def trade_slices(const int64_t[::1] ts, const double[::1] price, const double[::1] amount,
+                 const uint8_t[::1] is_buy, int64_t width_ns):
+    """Batch kernel: one symbol's trades (ordered by event time) into every slice from first to last."""
+    engine = Engine(width_ns, 0)
+    engine.trade_arrays("", ts, price, amount, is_buy)
+    engine.flush()
+    return engine.take()[1]
