@@ -148,6 +148,36 @@ def sim(config: ConfigOpt = None) -> None:
 
 
 @app.command()
+def replay(
+    files: Annotated[list[Path], typer.Argument(help="recorded sessions (.jsonl or .jsonl.zst), one per exchange")],
+    speed: Annotated[str, typer.Option(help="X times the recorded pace, or 'max'")] = "max",
+    lake: Annotated[Path | None, typer.Option(help="lake directory (default: lake.root of the config)")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Serve recorded sessions through the whole pipeline into the lake; return once all of it has landed."""
+    from data_feed.replay import replay_config, run_replay
+    from data_feed.sim.session import SessionError
+
+    try:
+        pace = None if speed == "max" else float(speed)
+        cfg = replay_config(_load(config), files, pace, lake)
+    except (ValueError, OSError, ConfigError, SessionError) as err:
+        err_console.print(f"error: {err}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    run_dir = RunDir(Path(cfg.spawner.run_dir))
+    run_dir.prepare_environment()
+    setup_logging("spawner")
+    try:
+        served, summary = run_replay(cfg, run_dir)
+    except Exception as err:
+        logging.getLogger("data_feed.replay").error("replay failed: %s", err)
+        raise typer.Exit(1) from None
+    for exchange, st in sorted(served.items()):
+        console.print(f"{exchange}: served {st.get('frames_sent', 0):,} of {st.get('frames_total', 0):,} frames")
+    _print_summary(summary)
+
+
+@app.command()
 def query(
     sql: Annotated[str, typer.Argument(help="SQL over the views trades, l2_book, ticker")],
     lake: Annotated[Path | None, typer.Option(help="lake directory (default: lake.root of the config)")] = None,

@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "data-feed-config.yaml"
 
 SUPPORTED_EXCHANGES = ("BINANCE", "COINBASE")
-MARKET_CHANNELS = ("trades", "l2_book", "ticker")
+MARKET_CHANNELS = ("trades", "l2_book", "ticker", "funding", "open_interest", "liquidations", "candles")
+SOURCES = ("simulator", "live", "replay")
 
 
 class ConfigError(ValueError):
@@ -61,11 +62,17 @@ class SimulatedMarketConfig(_Frozen):
 class ExchangeConfig(_Frozen):
     """One exchange: where its data comes from and which channels to collect."""
 
-    source: Literal["simulator", "live"] = "simulator"
+    source: Literal["simulator", "live", "replay"] = "simulator"
     trades: ChannelConfig | None = None
     l2_book: BookChannelConfig | None = None
     ticker: ChannelConfig | None = None
+    funding: ChannelConfig | None = None
+    open_interest: ChannelConfig | None = None
+    liquidations: ChannelConfig | None = None
+    candles: ChannelConfig | None = None
     market: SimulatedMarketConfig = SimulatedMarketConfig()
+    record: str | None = Field(default=None, description="directory: also write the raw session (REST responses, "
+                               "websocket frames) there, in the capture format")
 
     @model_validator(mode="after")
     def _at_least_one_channel(self) -> ExchangeConfig:
@@ -110,6 +117,14 @@ class SimulatorConfig(_Frozen):
     seed: int = 42
 
 
+class ReplayConfig(_Frozen):
+    """Recorded sessions the simulator serves to exchanges whose source is ``replay``."""
+
+    files: tuple[str, ...] = Field(default=(), description="session files (.jsonl or .jsonl.zst), one per exchange")
+    speed: float | None = Field(default=None, gt=0, description="1 = recorded pace, 10 = ten times faster; "
+                                "null = as fast as the collector reads")
+
+
 class SpawnerConfig(_Frozen):
     http_port: int = Field(default=9108, ge=0, le=65535, description="/metrics and /health; 0 picks a free port")
     run_dir: str = Field(default="./.data-feed", description="pid files, run state, metrics, private redis")
@@ -123,24 +138,36 @@ class Config(_Frozen):
     lake: LakeConfig = LakeConfig()
     database: DatabaseConfig = DatabaseConfig()
     simulator: SimulatorConfig = SimulatorConfig()
+    replay: ReplayConfig = ReplayConfig()
     spawner: SpawnerConfig = SpawnerConfig()
 
     @field_validator("exchanges")
     @classmethod
     def _known_exchanges(cls, value: dict[str, ExchangeConfig]) -> dict[str, ExchangeConfig]:
-        for name in value:
-            if name not in SUPPORTED_EXCHANGES:
-                raise ValueError(f"unknown exchange {name!r}; supported: {', '.join(SUPPORTED_EXCHANGES)}")
+        for name, ex in value.items():
+            if name not in SUPPORTED_EXCHANGES and not (ex.source == "replay" and _cryptofeed_exchange(name)):
+                raise ValueError(f"unknown exchange {name!r}; supported: {', '.join(SUPPORTED_EXCHANGES)} "
+                                 "(any cryptofeed exchange with source: replay)")
         return value
 
     def simulated(self) -> dict[str, ExchangeConfig]:
         return {name: ex for name, ex in self.exchanges.items() if ex.source == "simulator"}
+
+    def served(self) -> dict[str, ExchangeConfig]:
+        """Exchanges the simulator process serves: synthetic markets and recorded sessions."""
+        return {name: ex for name, ex in self.exchanges.items() if ex.source in ("simulator", "replay")}
 
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
     def config_hash(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+def _cryptofeed_exchange(name: str) -> bool:
+    """Shaped like a cryptofeed exchange id (BINANCE_FUTURES). Whether cryptofeed knows it is checked by the
+    collector: importing cryptofeed here would import aiohttp before roles set up TLS trust."""
+    return name.replace("_", "").isalnum() and name == name.upper()
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

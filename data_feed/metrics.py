@@ -51,6 +51,9 @@ BAD_ENTRIES = Counter(
 LATE_RECORDS = Counter(
     "data_feed_late_records_total", "Records that arrived after their slice was written", ["channel", "exchange"]
 )
+GAPS = Counter("data_feed_gaps_total", "Gaps in collected data (disconnects, sequence gaps, resyncs, bad frames)",
+               ["exchange", "channel", "reason"])
+SIM_FAULTS = Counter("data_feed_sim_faults_total", "Faults the simulator injected", ["exchange", "fault"])
 RESTARTS = Counter("data_feed_role_restarts_total", "Role processes restarted by the spawner", ["role"])
 ROLE_UP = Gauge("data_feed_role_up", "1 while the role's process is running", ["role"], multiprocess_mode="livemax")
 

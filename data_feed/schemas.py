@@ -50,10 +50,76 @@ TICKER = pa.schema(
     ]
 )
 
+FUNDING = pa.schema(
+    [
+        pa.field("ts_event", TS, nullable=False),
+        pa.field("ts_recv", TS, nullable=False),
+        pa.field("mark_price", pa.float64()),
+        pa.field("rate", pa.float64()),  # funding rate of the current interval
+        pa.field("predicted_rate", pa.float64()),
+        pa.field("next_funding_time", TS),  # int64 ns UTC
+    ]
+)
+
+OPEN_INTEREST = pa.schema(
+    [
+        pa.field("ts_event", TS, nullable=False),
+        pa.field("ts_recv", TS, nullable=False),
+        pa.field("open_interest", pa.float64(), nullable=False),  # contracts (base units) open
+    ]
+)
+
+LIQUIDATIONS = pa.schema(
+    [
+        pa.field("ts_event", TS, nullable=False),
+        pa.field("ts_recv", TS, nullable=False),
+        pa.field("id_text", pa.string()),  # the exchange's order id, when it sends one
+        pa.field("side", pa.string(), nullable=False),  # buy | sell (side of the liquidation order)
+        pa.field("price", pa.float64(), nullable=False),
+        pa.field("quantity", pa.float64(), nullable=False),
+        pa.field("status", pa.string()),  # filled | unfilled, when known
+    ]
+)
+
+CANDLES = pa.schema(
+    [
+        pa.field("ts_event", TS, nullable=False),
+        pa.field("ts_recv", TS, nullable=False),
+        pa.field("start", TS, nullable=False),  # int64 ns UTC, candle open time
+        pa.field("stop", TS, nullable=False),  # int64 ns UTC, candle close time
+        pa.field("interval", pa.string(), nullable=False),  # e.g. 1m
+        pa.field("trades", pa.int64()),  # trades in the candle, when the exchange says
+        pa.field("open", pa.float64(), nullable=False),
+        pa.field("high", pa.float64(), nullable=False),
+        pa.field("low", pa.float64(), nullable=False),
+        pa.field("close", pa.float64(), nullable=False),
+        pa.field("volume", pa.float64(), nullable=False),
+        pa.field("closed", pa.bool_()),  # the final update of this candle
+    ]
+)
+
+# Gaps are data: a disconnect, sequence gap, resync or dropped frame, one row per affected channel and symbol.
+GAPS = pa.schema(
+    [
+        pa.field("ts_event", TS, nullable=False),  # when the gap was detected (local time)
+        pa.field("ts_recv", TS, nullable=False),
+        pa.field("channel", pa.string(), nullable=False),  # the channel that lost data
+        pa.field("reason", pa.string(), nullable=False),  # disconnect | sequence_gap | resync | bad_frame | ...
+        pa.field("first_missing", pa.int64()),  # first missing sequence number, when known
+        pa.field("last_missing", pa.int64()),  # last missing sequence number, when known
+        pa.field("detail", pa.string()),
+    ]
+)
+
 CHANNEL_SCHEMAS: dict[str, pa.Schema] = {
     "trades": TRADES,
     "l2_book": L2_BOOK,
     "ticker": TICKER,
+    "funding": FUNDING,
+    "open_interest": OPEN_INTEREST,
+    "liquidations": LIQUIDATIONS,
+    "candles": CANDLES,
+    "gaps": GAPS,
 }
 
 # Columns every cached batch carries besides the schema's own: which symbol a row is for.

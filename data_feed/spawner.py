@@ -85,7 +85,7 @@ class Spawner:
         redis_url = self._start_redis()
         self.client = redis.Redis.from_url(redis_url)
         self.written_at_start = self.written_totals()
-        sim = self._start_simulator() if self.cfg.simulated() else None
+        sim = self._start_simulator() if self.cfg.served() else None
         self.runtime = Runtime(redis_url=redis_url, **(sim or {}))
         self.runtime.save(self.run_dir.runtime_file)
         self._add_role("aggregator", None)
@@ -114,7 +114,7 @@ class Spawner:
             time.sleep(0.05)
         info = json.loads(ready.read_text())
         base = f"https://localhost:{info['port']}"
-        LOG.info("simulator on %s serving %s", base, ", ".join(self.cfg.simulated()))
+        LOG.info("simulator on %s serving %s", base, ", ".join(self.cfg.served()))
         return {"sim_base_url": base, "sim_ws_base": f"wss://localhost:{info['port']}", "sim_cert": info["cert"]}
 
     def _add_role(self, kind: str, arg: str | None) -> Role:
@@ -260,7 +260,7 @@ class Spawner:
     def frames_behind(self) -> dict[str, int]:
         stats = self.sim_request("GET", "/_sim/stats")
         behind = {}
-        for exchange in self.cfg.simulated():
+        for exchange in self.cfg.served():
             role = self.roles.get(f"collector {exchange}")
             if role is None or not role.alive():
                 continue

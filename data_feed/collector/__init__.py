@@ -11,7 +11,7 @@ import logging
 
 import redis.asyncio as aioredis
 from cryptofeed import FeedHandler
-from cryptofeed.defines import L2_BOOK, TICKER, TRADES
+from cryptofeed.defines import CANDLES, FUNDING, L2_BOOK, LIQUIDATIONS, OPEN_INTEREST, TICKER, TRADES
 
 from data_feed.collector.exchanges import Endpoints, feed_class, feed_config
 from data_feed.collector.writer import StreamWriter
@@ -20,7 +20,8 @@ from data_feed.runtime import Runtime
 
 LOG = logging.getLogger("data_feed.collector")
 
-CRYPTOFEED_CHANNEL = {"trades": TRADES, "l2_book": L2_BOOK, "ticker": TICKER}
+CRYPTOFEED_CHANNEL = {"trades": TRADES, "l2_book": L2_BOOK, "ticker": TICKER, "funding": FUNDING,
+                      "open_interest": OPEN_INTEREST, "liquidations": LIQUIDATIONS, "candles": CANDLES}
 FEED_TIMEOUT_SECONDS = 30  # cryptofeed's watchdog: reconnect after this long without a frame
 
 
@@ -30,16 +31,16 @@ def subscription(ex: ExchangeConfig) -> dict[str, list[str]]:
 
 def build_feed(exchange: str, ex: ExchangeConfig, runtime: Runtime, writer: StreamWriter) -> object:
     sim = None
-    if ex.source == "simulator":
+    if ex.source in ("simulator", "replay"):
         if not (runtime.sim_base_url and runtime.sim_ws_base):
-            raise ValueError(f"exchange={exchange}: source is simulator but no simulator is running")
+            raise ValueError(f"exchange={exchange}: source is {ex.source} but no simulator is running")
         sim = Endpoints(runtime.sim_base_url, runtime.sim_ws_base)
-    cls = feed_class(exchange, sim)
+    cls = feed_class(exchange, sim, ex.source)
     sub = subscription(ex)
     callbacks = {chan: cb for chan, cb in writer.callbacks().items() if chan in sub}
     max_depth = ex.l2_book.max_depth if ex.l2_book else 0
     feed = cls(subscription=sub, callbacks=callbacks, max_depth=max_depth, timeout=FEED_TIMEOUT_SECONDS,
-               retries=-1, config={"log": {"disabled": True}, **feed_config(exchange, sim)})
+               retries=-1, candle_closed_only=False, config={"log": {"disabled": True}, **feed_config(exchange, sim)})
     writer.feed = feed
     return feed
 

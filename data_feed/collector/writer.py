@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import redis.asyncio as aioredis
-from cryptofeed.defines import ASK, BID, L2_BOOK, TICKER, TRADES
-from cryptofeed.types import OrderBook, Ticker, Trade
+from cryptofeed.defines import ASK, BID, CANDLES, FUNDING, L2_BOOK, LIQUIDATIONS, OPEN_INTEREST, TICKER, TRADES
+from cryptofeed.types import Candle, Funding, Liquidation, OpenInterest, OrderBook, Ticker, Trade
 
 from data_feed import metrics
 from data_feed.cache import collector_state_key, encode_batch, stream_key
@@ -31,7 +31,13 @@ LOG = logging.getLogger("data_feed.collector")
 
 RETRY_DELAY_MAX_SECONDS = 5.0
 
-CHANNEL_OF_CALLBACK = {TRADES: "trades", L2_BOOK: "l2_book", TICKER: "ticker"}
+CHANNEL_OF_CALLBACK = {TRADES: "trades", L2_BOOK: "l2_book", TICKER: "ticker", FUNDING: "funding",
+                       OPEN_INTEREST: "open_interest", LIQUIDATIONS: "liquidations", CANDLES: "candles"}
+GAPS_CHANNEL = "gaps"  # written by the collector itself, not by a cryptofeed callback
+NS_PER_SECOND = 1_000_000_000
+# Some cryptofeed classes hand over exchange times in epoch milliseconds (Bybit's books, tickers, candles);
+# as seconds such a value would lie past the year 5000, so anything above this is milliseconds.
+MS_EPOCH_THRESHOLD = 1e11
 
 
 RECV_STEP_SECONDS = 1e-6
@@ -47,7 +53,8 @@ class StreamWriter:
         self.client = client
         self.exchange = exchange
         self.cfg = cfg
-        self.buffers: dict[str, list[tuple[Any, ...]]] = {name: [] for name in CHANNEL_OF_CALLBACK.values()}
+        self.buffers: dict[str, list[tuple[Any, ...]]] = {
+            name: [] for name in (*CHANNEL_OF_CALLBACK.values(), GAPS_CHANNEL)}
         self.pending = 0
         self.feed: Any = None  # the cryptofeed feed, whose frames_received the writer reports
         self.frames_reported = 0
@@ -62,6 +69,10 @@ class StreamWriter:
         self.trade = TradeCallback(self)
         self.book = BookCallback(self)
         self.ticker = TickerCallback(self)
+        self.funding = FundingCallback(self)
+        self.open_interest = OpenInterestCallback(self)
+        self.liquidations = LiquidationCallback(self)
+        self.candles = CandleCallback(self)
 
     @property
     def frames_received(self) -> int:
@@ -81,7 +92,16 @@ class StreamWriter:
             self._kick.set()
 
     def callbacks(self) -> dict[str, Any]:
-        return {TRADES: self.trade, L2_BOOK: self.book, TICKER: self.ticker}
+        return {TRADES: self.trade, L2_BOOK: self.book, TICKER: self.ticker, FUNDING: self.funding,
+                OPEN_INTEREST: self.open_interest, LIQUIDATIONS: self.liquidations, CANDLES: self.candles}
+
+    def gap(self, symbol: str, channel: str, reason: str, first_missing: int | None = None,
+            last_missing: int | None = None, detail: str = "", when: float | None = None) -> None:
+        """A row for the ``gaps`` table: data of (channel, symbol) may be missing from here on."""
+        ts = time.time() if when is None else when
+        self.buffers[GAPS_CHANNEL].append((symbol, ts, ts, channel, reason, first_missing, last_missing, detail))
+        metrics.GAPS.labels(self.exchange, channel, reason).inc()
+        self.count(1)
 
     # -- cryptofeed backend protocol: start(loop, multiprocess) / stop() ---------------------
 
@@ -215,7 +235,7 @@ class TradeCallback(_Callback):
 class TickerCallback(_Callback):
     async def __call__(self, t: Ticker, receipt: float) -> None:
         w = self.writer
-        w.buffers["ticker"].append((t.symbol, t.timestamp or receipt, receipt, float(t.bid), float(t.ask)))
+        w.buffers["ticker"].append((t.symbol, _seconds(t.timestamp) or receipt, receipt, float(t.bid), float(t.ask)))
         w.count(1)
 
 
@@ -225,7 +245,7 @@ class BookCallback(_Callback):
     async def __call__(self, book: OrderBook, receipt: float) -> None:
         w = self.writer
         ts_recv = w.monotonic_recv(book.symbol, receipt)
-        ts_event = book.timestamp or ts_recv
+        ts_event = _seconds(book.timestamp) or ts_recv
         seq = book.sequence_number
         rows = w.buffers["l2_book"]
         snapshot = book.delta is None
@@ -235,3 +255,58 @@ class BookCallback(_Callback):
             for price, size in levels:
                 rows.append((book.symbol, ts_event, ts_recv, side, float(price), float(size), snapshot, seq))
         w.count(len(changes[BID]) + len(changes[ASK]))
+
+
+def _seconds(value: Any) -> float | None:
+    """Epoch seconds of an exchange time cryptofeed gave as seconds or (by mistake) milliseconds."""
+    if value is None:
+        return None
+    seconds = float(value)
+    return seconds / 1000 if seconds > MS_EPOCH_THRESHOLD else seconds
+
+
+def _ns(value: Any) -> int | None:
+    seconds = _seconds(value)
+    return None if seconds is None else round(seconds * NS_PER_SECOND)
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+class FundingCallback(_Callback):
+    async def __call__(self, f: Funding, receipt: float) -> None:
+        ts = _seconds(f.timestamp) or receipt
+        row = (f.symbol, ts, receipt, _opt_float(f.mark_price), _opt_float(f.rate), _opt_float(f.predicted_rate),
+               _ns(f.next_funding_time))
+        self.writer.buffers["funding"].append(row)
+        self.writer.count(1)
+
+
+class OpenInterestCallback(_Callback):
+    async def __call__(self, o: OpenInterest, receipt: float) -> None:
+        ts = _seconds(o.timestamp) or receipt
+        self.writer.buffers["open_interest"].append((o.symbol, ts, receipt, float(o.open_interest)))
+        self.writer.count(1)
+
+
+class LiquidationCallback(_Callback):
+    async def __call__(self, liq: Liquidation, receipt: float) -> None:
+        oid = None if liq.id is None else str(liq.id)
+        ts = _seconds(liq.timestamp) or receipt
+        row = (liq.symbol, ts, receipt, oid, liq.side, float(liq.price), float(liq.quantity), liq.status)
+        self.writer.buffers["liquidations"].append(row)
+        self.writer.count(1)
+
+
+class CandleCallback(_Callback):
+    """Every candle update; ``closed`` marks the final one (cryptofeed 2.4.1's Bybit sends it as ``trades``)."""
+
+    async def __call__(self, c: Candle, receipt: float) -> None:
+        trades = None if c.trades is None or isinstance(c.trades, bool) else int(c.trades)
+        closed = c.closed if isinstance(c.closed, bool) else (c.trades if isinstance(c.trades, bool) else None)
+        ts = _seconds(c.timestamp) or receipt
+        row = (c.symbol, ts, receipt, _ns(c.start), _ns(c.stop), str(c.interval), trades, float(c.open),
+               float(c.high), float(c.low), float(c.close), float(c.volume), closed)
+        self.writer.buffers["candles"].append(row)
+        self.writer.count(1)

@@ -23,6 +23,8 @@ from data_feed.config import Config
 from data_feed.sim.binance import BinanceProtocol
 from data_feed.sim.coinbase import CoinbaseProtocol
 from data_feed.sim.hub import ExchangeProtocol, now
+from data_feed.sim.replay import ReplayServer
+from data_feed.sim.session import Session, load_session
 from data_feed.sim.tls import server_context, write_self_signed
 
 LOG = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class Simulator:
         self.protocols: dict[str, ExchangeProtocol] = {
             name: PROTOCOLS[name](ex, seed) for name, ex in config.simulated().items()
         }
+        self.replay = ReplayServer(replay_sessions(config), config.replay.speed)
         self.paused = False
         self._cert_path: Path | None = None
         self._port: int | None = None
@@ -71,6 +74,7 @@ class Simulator:
         for proto in self.protocols.values():
             for outbox in list(proto.outboxes):
                 await outbox.ws.close()
+        await self.replay.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -127,6 +131,7 @@ class Simulator:
     async def pause(self) -> None:
         """Stop generating, flush pending diffs and wait until every queued frame is written."""
         self.paused = True
+        self.replay.paused = True
         for proto in self.protocols.values():
             proto.flush()
         await asyncio.wait_for(
@@ -140,9 +145,10 @@ class Simulator:
                 if state.started:
                     state.resume_at = max(state.resume_at, t)
         self.paused = False
+        self.replay.paused = False
 
     def stats(self) -> dict[str, Any]:
-        return {name: proto.stats() for name, proto in self.protocols.items()}
+        return {**{name: proto.stats() for name, proto in self.protocols.items()}, **self.replay.stats()}
 
     # -- HTTP -------------------------------------------------------------------------------
 
@@ -150,6 +156,7 @@ class Simulator:
         app = web.Application()
         for proto in self.protocols.values():
             app.add_routes(proto.routes())
+        app.add_routes(self.replay.routes())
         app.add_routes([
             web.get("/_sim/health", self._health),
             web.get("/_sim/stats", self._stats),
@@ -184,6 +191,20 @@ class Simulator:
         except ValueError:
             return web.json_response({"error": "depth must be an integer"}, status=400)
         return web.json_response(state.published.top(max(depth, 0)))
+
+
+def replay_sessions(config: Config) -> dict[str, Session]:
+    """The recorded session of every exchange whose source is replay, by exchange (from each file's header)."""
+    wanted = {name for name, ex in config.exchanges.items() if ex.source == "replay"}
+    sessions: dict[str, Session] = {}
+    for path in config.replay.files:
+        session = load_session(path)
+        if session.exchange in wanted:
+            sessions[session.exchange] = session
+    missing = wanted - set(sessions)
+    if missing:
+        raise ValueError(f"exchanges {sorted(missing)} have source: replay but no file in replay.files records them")
+    return sessions
 
 
 async def serve_forever(config: Config, cert_dir: Path, ready_file: Path | None = None) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from cryptofeed.feed import Feed
 
-from data_feed.collector.exchanges import binance, coinbase
+from data_feed.collector.exchanges import binance, coinbase, replay
 from data_feed.collector.exchanges.base import Endpoints
 
 EXCHANGE_MODULES: dict[str, ModuleType] = {"BINANCE": binance, "COINBASE": coinbase}
@@ -25,13 +25,20 @@ def _module(exchange: str) -> ModuleType:
         raise ValueError(f"no collector for exchange {exchange!r}; known: {', '.join(EXCHANGE_MODULES)}") from None
 
 
-def feed_class(exchange: str, sim: Endpoints | None) -> type[Feed]:
+def feed_class(exchange: str, sim: Endpoints | None, source: str = "simulator") -> type[Feed]:
+    """cryptofeed's class for ``exchange``: live, pointed at the simulator, or at a replayed recording."""
+    if source == "replay":
+        if sim is None:
+            raise ValueError(f"exchange={exchange}: source is replay but no simulator is running")
+        return replay.feed_class(exchange, EXCHANGE_MODULES.get(exchange), sim)
     cls: type[Feed] = _module(exchange).feed_class(sim)
     return cls
 
 
 def feed_config(exchange: str, sim: Endpoints | None) -> dict[str, Any]:
-    cfg: dict[str, Any] = _module(exchange).feed_config(sim)
+    """What cryptofeed's config needs for ``exchange`` (keys); nothing for exchanges without a module."""
+    module = EXCHANGE_MODULES.get(exchange)
+    cfg: dict[str, Any] = module.feed_config(sim) if module is not None else {}
     return cfg
 
 

@@ -18,6 +18,7 @@ from cryptofeed.feed import Feed
 from data_feed.collector.exchanges.base import CollectorFeedMixin, Endpoints
 
 SIM_PATH = "/binance"
+QUIRKS = Binance  # the class replays build on: cryptofeed's own, no quirks to mend
 
 
 def feed_config(sim: Endpoints | None) -> dict[str, Any]:

@@ -79,6 +79,9 @@ class CoinbaseWithTicker(Coinbase):  # type: ignore[misc]
                 await self.callback(TICKER, t, receipt)
 
 
+QUIRKS = CoinbaseWithTicker  # the class replays build on
+
+
 def feed_config(sim: Endpoints | None) -> dict[str, Any]:
     """cryptofeed 2.4.1 signs every Coinbase subscription, public ones too, so it needs API keys.
 
