@@ -23,6 +23,7 @@ Records arriving after their slice was written open an additional part.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import signal
 import time
@@ -35,6 +36,7 @@ from typing import Any
 import msgpack
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import redis
 
 from data_feed import metrics
@@ -249,22 +251,27 @@ class Aggregator:
             self._ack(key, [eid])
 
     def _split(self, channel: str, exchange: str, table: pa.Table) -> list[tuple[SliceKey, pa.Table]]:
+        """Cut one entry's rows by (symbol, slice start), keeping each part's rows in entry order."""
         if table.num_rows == 0:
             return []
         ts = table.column("ts_event").to_numpy()
         starts = ts - ts % self.width_ns
-        symbols = table.column(SYMBOL_COLUMN).to_numpy(zero_copy_only=False)
-        if starts[0] == starts[-1] and (starts == starts[0]).all() and (symbols == symbols[0]).all():
-            return [(SliceKey(channel, exchange, str(symbols[0]), int(starts[0])), table.drop_columns(SYMBOL_COLUMN))]
-        sym_codes, sym_index = np.unique(symbols, return_inverse=True)
+        symbols = pc.dictionary_encode(table.column(SYMBOL_COLUMN)).combine_chunks()
+        names = symbols.dictionary.to_pylist()
+        rows = table.drop_columns(SYMBOL_COLUMN)
+        if len(names) == 1 and starts[0] == starts[-1] and (starts == starts[0]).all():
+            return [(SliceKey(channel, exchange, names[0], int(starts[0])), rows)]
         start_codes, start_index = np.unique(starts, return_inverse=True)
-        combined = sym_index * len(start_codes) + start_index
+        combined = symbols.indices.to_numpy().astype(np.int64) * len(start_codes) + start_index
+        order = np.argsort(combined, kind="stable")
+        ordered = combined[order]
+        bounds = [0, *(np.flatnonzero(np.diff(ordered)) + 1).tolist(), len(ordered)]
+        taken = rows.take(pa.array(order))
         out = []
-        for code in np.unique(combined):
-            rows = np.nonzero(combined == code)[0]
-            sk = SliceKey(channel, exchange, str(sym_codes[code // len(start_codes)]),
-                          int(start_codes[code % len(start_codes)]))
-            out.append((sk, table.take(pa.array(rows)).drop_columns(SYMBOL_COLUMN)))
+        for lo, hi in itertools.pairwise(bounds):
+            code = int(ordered[lo])
+            sk = SliceKey(channel, exchange, names[code // len(start_codes)], int(start_codes[code % len(start_codes)]))
+            out.append((sk, taken.slice(lo, hi - lo)))
         return out
 
     def _add_part(self, sk: SliceKey, part: pa.Table, eid: str) -> None:

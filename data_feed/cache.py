@@ -77,6 +77,8 @@ def seconds_to_ns(seconds: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
 def _column(values: Sequence[Any], field: pa.Field) -> pa.Array:
     if field.name in TIME_COLUMNS:  # cached as float seconds, stored as int64 ns
         return pa.array(seconds_to_ns(np.asarray(values, dtype=np.float64)), pa.int64())
+    if field.type == pa.float64() and not field.nullable:  # numpy converts a tuple of floats faster than Arrow
+        return pa.array(np.asarray(values, dtype=np.float64))
     return pa.array(values, field.type)
 
 
@@ -84,7 +86,8 @@ def decode_batch(channel: str, fields: dict[bytes, bytes], key: str = "?", entry
     """One stream entry as an Arrow table: a ``symbol`` column plus the channel's schema."""
     schema = schema_for(channel)
     try:
-        rows = msgpack.unpackb(fields[ENTRY_PAYLOAD_FIELD], raw=False)
+        # tuples, not lists: msgpack builds them about 3x faster, and zip only iterates them
+        rows = msgpack.unpackb(fields[ENTRY_PAYLOAD_FIELD], raw=False, use_list=False)
         columns: list[Sequence[Any]] = list(zip(*rows, strict=True)) if rows else [()] * (len(schema) + 1)
         arrays = [pa.array(columns[0], pa.string())]
         arrays += [_column(col, field) for col, field in zip(columns[1:], schema, strict=True)]
