@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 import redis
 
 from data_feed import metrics
+from data_feed.book import with_opening_snapshot
 from data_feed.cache import (
     AGGREGATOR_WRITTEN_KEY,
     CONSUMER_GROUP,
@@ -60,6 +61,7 @@ from data_feed.schemas import SYMBOL_COLUMN
 LOG = logging.getLogger("data_feed.aggregator")
 
 CONSUMER_NAME = "aggregator-1"
+BOOK_CHANNEL = "l2_book"  # its slices open with a full book snapshot (data_feed.book)
 READ_COUNT = 200  # entries per stream per XREADGROUP
 READ_BLOCK_MS = 200
 LAG_REPORT_INTERVAL_SECONDS = 5.0
@@ -323,6 +325,9 @@ class Aggregator:
 
     def _land(self, sk: SliceKey, first_entry_id: str, table: pa.Table) -> int:
         """Write the file atomically and durably and register it in the catalog; returns its size."""
+        if sk.channel == BOOK_CHANNEL:
+            table = with_opening_snapshot(self.root, self.catalog, sk.exchange, sk.symbol, sk.start_ns, table,
+                                          self.cfg.lake.book_snapshot_depth)
         path = write_slice(self.root, sk, table, first_entry_id, self.cfg.lake.compression_level)
         size = path.stat().st_size
         self.catalog.register(sk, str(path.relative_to(self.root)), table.num_rows, size)

@@ -108,8 +108,10 @@ def _assert_trades_once(lake: Path, account: Path) -> None:
 def _assert_book_rows_once(lake: Path, client: redis.Redis) -> None:
     # A row's identity: its message (symbol, ts_recv: strictly increasing per symbol) and the level change.
     # Size is part of it because a Coinbase update may remove a price and re-add it in one message.
+    # The aggregator's opening snapshot of each slice is not a cached row: stamped 1 ns before the slice's first
+    # row, its ts_recv is never a whole microsecond as the collector's are.
     df = run_query(lake, "select exchange, count(*) n, count(distinct (symbol, ts_recv, side, price, size)) d "
-                         "from l2_book group by 1 order by 1")
+                         "from l2_book where ts_recv % 1000 = 0 group by 1 order by 1")
     got = {r.exchange: (r.n, r.d) for r in df.itertuples()}
     cached: dict[str, Any] = {}
     for exchange in got:
