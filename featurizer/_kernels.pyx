@@ -22,7 +22,12 @@ from libc.stdint cimport INT64_MAX, int64_t, uint8_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memmove, memset
 
+cimport openmp
+from cython.parallel cimport prange
+
 cnp.import_array()
+
+MIN_ROWS_PER_THREAD = 100_000  # below this, one thread: starting more costs more than it saves
 
 NS_PER_SECOND = 1_000_000_000
 cdef double BPS = 1e4  # basis points per unit
@@ -108,6 +113,19 @@ cdef inline void slice_init(Slice* s, int64_t start) noexcept nogil:
     s.depth_ask = NAN
 
 
+cdef double SERIES_MAX_RETURN = 1e-3  # below this |p/c - 1| the series is exact to double precision
+
+
+cdef inline double log_ratio(double p, double c) noexcept nogil:
+    """log(p / c); a short log1p series for the small moves between trades (libm's log is the kernel's
+    costliest step). Deterministic, so the direct and the merged slice use the same value."""
+    cdef double d = (p - c) / c
+    if d > SERIES_MAX_RETURN or d < -SERIES_MAX_RETURN:
+        return log(p / c)
+    # d - d^2/2 + ... - d^8/8: the first omitted term is below 1e-27 relative
+    return d * (1.0 - d * (0.5 - d * (1.0 / 3 - d * (0.25 - d * (0.2 - d * (1.0 / 6 - d * (1.0 / 7 - d * 0.125)))))))
+
+
 cdef inline void trade_add(Slice* s, int64_t ts, double p, double q, bint buy) noexcept nogil:
     cdef double r
     if s.n_trades == 0:
@@ -122,7 +140,7 @@ cdef inline void trade_add(Slice* s, int64_t ts, double p, double q, bint buy) n
         if p < s.low:
             s.low = p
         if p != s.close:
-            r = log(p / s.close)
+            r = log_ratio(p, s.close)
             dd_add(&s.rv, &s.rv_c, r * r)
         if ts < s.first_ts:
             s.first_ts = ts
@@ -138,6 +156,49 @@ cdef inline void trade_add(Slice* s, int64_t ts, double p, double q, bint buy) n
         dd_add(&s.sell_volume, &s.sell_volume_c, q)
 
 
+cdef int64_t trade_run(Slice* s, const int64_t* ts, const double* price, const double* amount,
+                       const uint8_t* is_buy, Py_ssize_t n) noexcept nogil:
+    """``trade_add`` over n trades of one slice, with the state in registers; the same operations in
+    the same order, so the result is bit-identical. Returns the newest event time of the run."""
+    cdef int64_t newest = ts[0]
+    cdef double p, q, r, high = s.high, low = s.low, close = s.close
+    cdef double vol = s.volume, vol_c = s.volume_c, notional = s.notional, notional_c = s.notional_c
+    cdef double buy = s.buy_volume, buy_c = s.buy_volume_c, sell = s.sell_volume, sell_c = s.sell_volume_c
+    cdef double rv = s.rv, rv_c = s.rv_c
+    cdef Py_ssize_t i = 0
+    if s.n_trades == 0:
+        trade_add(s, ts[0], price[0], amount[0], is_buy[0])
+        return trade_run(s, ts + 1, price + 1, amount + 1, is_buy + 1, n - 1) if n > 1 else newest
+    for i in range(n):
+        p = price[i]
+        q = amount[i]
+        if p > high:
+            high = p
+        if p < low:
+            low = p
+        if p != close:
+            r = log_ratio(p, close)
+            dd_add(&rv, &rv_c, r * r)
+        if ts[i] < s.first_ts:
+            s.first_ts = ts[i]
+        if ts[i] > newest:
+            newest = ts[i]
+        close = p
+        dd_add(&vol, &vol_c, q)
+        dd_add(&notional, &notional_c, p * q)
+        if is_buy[i]:
+            dd_add(&buy, &buy_c, q)
+        else:
+            dd_add(&sell, &sell_c, q)
+    if newest > s.last_ts:
+        s.last_ts = newest
+    s.n_trades += n
+    s.high, s.low, s.close, s.rv, s.rv_c = high, low, close, rv, rv_c
+    s.volume, s.volume_c, s.notional, s.notional_c = vol, vol_c, notional, notional_c
+    s.buy_volume, s.buy_volume_c, s.sell_volume, s.sell_volume_c = buy, buy_c, sell, sell_c
+    return newest
+
+
 cdef inline void merge_trades(Slice* a, const Slice* b) noexcept nogil:
     cdef double r
     if b.n_trades == 0:
@@ -151,7 +212,7 @@ cdef inline void merge_trades(Slice* a, const Slice* b) noexcept nogil:
         a.low = b.low
     dd_merge(&a.rv, &a.rv_c, b.rv, b.rv_c)
     if b.open != a.close:
-        r = log(b.open / a.close)
+        r = log_ratio(b.open, a.close)
         dd_add(&a.rv, &a.rv_c, r * r)
     a.close = b.close
     if b.first_ts < a.first_ts:
@@ -314,6 +375,8 @@ cdef class _Symbol:
     cdef bint valid  # both sides non-empty: the sample below is defined
     cdef double mid, spread_bps, micro, imbalance, depth_bid, depth_ask
     cdef int64_t integ_t  # the mid is integrated up to here
+    cdef Slice* cur  # the slice the last trade went to (valid while cur_k >= lo_k)
+    cdef int64_t cur_k, cur_start
     cdef double carry_micro, carry_depth_bid, carry_depth_ask
 
     def __cinit__(self, Py_ssize_t cap, int64_t first_k):
@@ -323,6 +386,9 @@ cdef class _Symbol:
         self.cap = cap
         self.lo_k = first_k
         self.hi_k = first_k - 1
+        self.cur = NULL
+        self.cur_k = first_k - 1
+        self.cur_start = 0
         memset(&self.bids, 0, sizeof(Side))
         memset(&self.asks, 0, sizeof(Side))
         self.valid = False
@@ -428,6 +494,7 @@ cdef class Engine:
     cdef readonly int64_t late_trades
     cdef readonly int64_t late_book_rows
     cdef int64_t floor_k  # slices below this index are closed, for every symbol
+    cdef int64_t next_close_ts  # the watermark at which slice floor_k closes
     cdef Py_ssize_t cap
     cdef dict _index
     cdef list _symbols  # _Symbol per index
@@ -445,6 +512,7 @@ cdef class Engine:
         self.depth_bps = depth_bps
         self.watermark = -(1 << 62)
         self.floor_k = -(1 << 62)
+        self.next_close_ts = -(1 << 62)
         self.cap = lateness_ns // width_ns + 3
         self._index = {}
         self._symbols = []
@@ -497,25 +565,33 @@ cdef class Engine:
                 self.emit(sym, i, limit)
         if k > self.floor_k:
             self.floor_k = k
+            self.next_close_ts = (k + 1) * self.width_ns + self.lateness_ns
         return 0
 
     cdef inline int advance(self, int64_t ts) except -1:
         cdef int64_t k
         if ts > self.watermark:
             self.watermark = ts
-            k = (ts - self.lateness_ns) // self.width_ns
-            if k > self.floor_k:
+            if ts >= self.next_close_ts:
+                k = (ts - self.lateness_ns) // self.width_ns
                 self.close_below(k)
         return 0
 
     # -- trades ----------------------------------------------------------------------------
 
     cdef inline bint add_trade(self, _Symbol sym, int64_t ts, double p, double q, bint buy) except -1:
-        cdef int64_t k = ts // self.width_ns
+        cdef int64_t k
+        if sym.cur_k >= sym.lo_k and sym.cur_start <= ts < sym.cur_start + self.width_ns:  # same slice as before
+            trade_add(sym.cur, ts, p, q, buy)
+            return True
+        k = ts // self.width_ns
         if k < sym.lo_k:
             self.late_trades += 1
             return False
-        trade_add(sym.slot(k, self.width_ns), ts, p, q, buy)
+        sym.cur = sym.slot(k, self.width_ns)
+        sym.cur_k = k
+        sym.cur_start = k * self.width_ns
+        trade_add(sym.cur, ts, p, q, buy)
         return True
 
     def trade_rows(self, list rows):
@@ -547,9 +623,22 @@ cdef class Engine:
             return 0
         cdef _Symbol sym = self.symbol(name, ts[0])
         cdef int64_t late0 = self.late_trades
-        for i in range(n):
+        cdef Py_ssize_t j
+        cdef int64_t end
+        i = 0
+        while i < n:
             self.advance(ts[i])
             self.add_trade(sym, ts[i], price[i], amount[i], is_buy[i])
+            i += 1
+            if sym.cur_k < sym.lo_k:
+                continue
+            end = sym.cur_start + self.width_ns
+            j = i
+            while j < n and sym.cur_start <= ts[j] < end:  # a run in the same (open) slice: no close, none late
+                j += 1
+            if j > i:
+                self.advance(trade_run(sym.cur, &ts[i], &price[i], &amount[i], &is_buy[i], j - i))
+                i = j
         return self.late_trades - late0
 
     # -- book ------------------------------------------------------------------------------
@@ -653,10 +742,64 @@ cdef class Engine:
         return syms, slices
 
 
+cdef Py_ssize_t first_at_or_after(const int64_t* ts, Py_ssize_t n, int64_t t) noexcept nogil:
+    cdef Py_ssize_t lo = 0, hi = n, mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if ts[mid] < t:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+cdef void fill_slices(Slice* out, int64_t k0, const int64_t* ts, const double* price, const double* amount,
+                      const uint8_t* is_buy, Py_ssize_t i0, Py_ssize_t i1, int64_t width) noexcept nogil:
+    """Trades [i0, i1) (sorted, whole slices) into out[k - k0]; slices are disjoint between callers."""
+    cdef Py_ssize_t i = i0, j
+    cdef int64_t k, end
+    while i < i1:
+        k = ts[i] // width
+        end = (k + 1) * width
+        j = i + 1
+        while j < i1 and ts[j] < end:  # sequential: a binary search here costs a cache miss per step
+            j += 1
+        trade_run(&out[k - k0], ts + i, price + i, amount + i, is_buy + i, j - i)
+        i = j
+
+
 def trade_slices(const int64_t[::1] ts, const double[::1] price, const double[::1] amount,
                  const uint8_t[::1] is_buy, int64_t width_ns):
-    """Batch kernel: one symbol's trades (ordered by event time) into every slice from first to last."""
-    engine = Engine(width_ns, 0)
-    engine.trade_arrays("", ts, price, amount, is_buy)
-    engine.flush()
-    return engine.take()[1]
+    """Batch kernel: one symbol's trades, sorted by event time, into every slice from the first to the last.
+
+    Runs on all cores: the trades are cut at slice boundaries into one chunk per thread, each slice is
+    computed whole by one thread with the streaming engine's own per-slice code, so the result is
+    bit-identical to ``Engine.trade_arrays`` over the same trades.
+    """
+    cdef Py_ssize_t n = ts.shape[0], c, chunks, i
+    if price.shape[0] != n or amount.shape[0] != n or is_buy.shape[0] != n:
+        raise ValueError("trade_slices: columns differ in length")
+    if width_ns <= 0:
+        raise ValueError("trade_slices: width_ns must be > 0")
+    if n == 0:
+        return np.empty(0, dtype=SLICE_DTYPE)
+    for i in range(1, n):
+        if ts[i] < ts[i - 1]:
+            raise ValueError(f"trade_slices: trades must be sorted by event time (row {i})")
+    cdef int64_t k0 = ts[0] // width_ns, k1 = ts[n - 1] // width_ns
+    out = np.empty(k1 - k0 + 1, dtype=SLICE_DTYPE)
+    cdef Slice* o = <Slice*>cnp.PyArray_DATA(out)
+    cdef int64_t k
+    for k in range(k0, k1 + 1):
+        slice_init(&o[k - k0], k * width_ns)
+    chunks = max(1, min(openmp.omp_get_max_threads(), n // MIN_ROWS_PER_THREAD))
+    bounds = np.empty(chunks + 1, dtype=np.intp)
+    cdef Py_ssize_t[::1] b = bounds
+    b[0] = 0
+    b[chunks] = n
+    for c in range(1, chunks):  # cut at the first trade of a new slice at or after c/chunks of the rows
+        i = n * c // chunks
+        b[c] = max(b[c - 1], first_at_or_after(&ts[0], n, (ts[i] // width_ns) * width_ns))
+    for c in prange(chunks, nogil=True, schedule="static", chunksize=1, num_threads=chunks):
+        fill_slices(o, k0, &ts[0], &price[0], &amount[0], &is_buy[0], b[c], b[c + 1], width_ns)
+    return out

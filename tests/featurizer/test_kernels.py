@@ -262,3 +262,21 @@ def test_late_trade_is_counted_not_added() -> None:
     engine.flush()
     _, slices = engine.take()
     assert slices["n_trades"].sum() == 1 and slices.dtype == SLICE_DTYPE
+
+
+def test_parallel_batch_kernel_is_bit_identical_to_the_streaming_engine() -> None:
+    df = synthetic_trades(400_000, seed=8, span_s=900)  # above MIN_ROWS_PER_THREAD: the batch kernel splits
+    batch = kernel_trades(df, SECOND)
+    engine = Engine(SECOND, 0)
+    engine.trade_arrays("X", df["ts"].to_numpy(np.int64), df["price"].to_numpy(np.float64),
+                        df["amount"].to_numpy(np.float64), df["buy"].to_numpy(np.uint8))
+    engine.flush()
+    assert_identical(batch, engine.take()[1])
+
+
+def test_batch_kernel_rejects_unsorted_trades() -> None:
+    df = synthetic_trades(100, seed=9, span_s=5)
+    ts = df["ts"].to_numpy(np.int64)[::-1].copy()
+    with pytest.raises(ValueError, match="sorted"):
+        trade_slices(ts, df["price"].to_numpy(np.float64), df["amount"].to_numpy(np.float64),
+                     df["buy"].to_numpy(np.uint8), SECOND)
