@@ -52,7 +52,23 @@ def run(
     status: Annotated[bool, typer.Option(help="live status table (when stdout is a terminal)")] = True,
 ) -> None:
     """Run the whole pipeline (simulator, collectors, aggregator) until Ctrl-C or --duration."""
-    cfg = _load(config)
+    _run_pipeline(_load(config), duration, status)
+
+
+@app.command()
+def record(
+    out: Annotated[Path, typer.Option(help="directory for the session files, one per exchange")],
+    config: ConfigOpt = None,
+    duration: Annotated[float | None, typer.Option(help="stop cleanly after this many seconds")] = None,
+    status: Annotated[bool, typer.Option(help="live status table (when stdout is a terminal)")] = True,
+) -> None:
+    """Run the pipeline and also record every exchange's raw session (REST, websocket frames) for replay."""
+    from data_feed.recorder import recording_config
+
+    _run_pipeline(recording_config(_load(config), out), duration, status)
+
+
+def _run_pipeline(cfg: Config, duration: float | None, status: bool) -> None:
     run_dir = RunDir(Path(cfg.spawner.run_dir))
     run_dir.prepare_environment()  # before prometheus_client is imported
     setup_logging("spawner")
@@ -204,6 +220,35 @@ def query(
         for row in df.itertuples(index=False):
             table.add_row(*(str(v) for v in row))
         console.print(table)
+
+
+@app.command()
+def book(
+    exchange: Annotated[str, typer.Argument(help="e.g. BINANCE")],
+    symbol: Annotated[str, typer.Argument(help="e.g. BTC-USDT")],
+    at: Annotated[str, typer.Option(help="exchange time: ISO-8601 (UTC unless zoned) or epoch seconds")],
+    depth: Annotated[int, typer.Option(min=1, help="levels per side")] = 10,
+    lake: Annotated[Path | None, typer.Option(help="lake directory (default: lake.root of the config)")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Print the order book at one instant, decoded from the single l2_book slice that holds it."""
+    from data_feed.book import book_at, parse_instant
+
+    root = lake or Path(_load(config).lake.root)
+    try:
+        levels = book_at(root, exchange, symbol, parse_instant(at), depth)
+    except (LookupError, ValueError) as err:
+        err_console.print(f"error: {err}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    table = Table(title=f"{exchange} {symbol} at {at}")
+    for col in ("bid size", "bid", "ask", "ask size"):
+        table.add_column(col, justify="right")
+    bids, asks = levels["bid"], levels["ask"]
+    for i in range(max(len(bids), len(asks))):
+        b = bids[i] if i < len(bids) else ("", "")
+        a = asks[i] if i < len(asks) else ("", "")
+        table.add_row(str(b[1]), str(b[0]), str(a[0]), str(a[1]))
+    console.print(table)
 
 
 @app.command()

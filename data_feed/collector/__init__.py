@@ -11,11 +11,13 @@ import logging
 
 import redis.asyncio as aioredis
 from cryptofeed import FeedHandler
+from cryptofeed.connection import Connection
 from cryptofeed.defines import CANDLES, FUNDING, L2_BOOK, LIQUIDATIONS, OPEN_INTEREST, TICKER, TRADES
 
 from data_feed.collector.exchanges import Endpoints, feed_class, feed_config
 from data_feed.collector.writer import StreamWriter
 from data_feed.config import Config, ExchangeConfig
+from data_feed.recorder import SessionRecorder
 from data_feed.runtime import Runtime
 
 LOG = logging.getLogger("data_feed.collector")
@@ -45,14 +47,28 @@ def build_feed(exchange: str, ex: ExchangeConfig, runtime: Runtime, writer: Stre
     return feed
 
 
+def start_recording(exchange: str, ex: ExchangeConfig) -> SessionRecorder | None:
+    """With ``record`` set, every connection's raw traffic also goes to a session file (cryptofeed's hook)."""
+    if ex.record is None:
+        return None
+    recorder = SessionRecorder(ex.record, exchange, subscription(ex))
+    Connection.raw_data_callback = recorder
+    return recorder
+
+
 def run(exchange: str, cfg: Config, runtime: Runtime) -> None:
     """Run until SIGINT/SIGTERM; returns after the final flush."""
     ex = cfg.exchanges[exchange]
     client = aioredis.Redis.from_url(runtime.redis_url)
     writer = StreamWriter(client, exchange, cfg.redis)
     fh = FeedHandler(config={"log": {"disabled": True}, "uvloop": False})
+    recorder = start_recording(exchange, ex)  # before the feed exists: it fetches symbols when built
     fh.add_feed(build_feed(exchange, ex, runtime, writer))
     LOG.info("exchange=%s: collecting %s", exchange, subscription(ex))
-    fh.run(start_loop=True, install_signal_handlers=True)
+    try:
+        fh.run(start_loop=True, install_signal_handlers=True)
+    finally:
+        if recorder is not None:
+            recorder.close()
     LOG.info("exchange=%s: stopped; %d frames received, records cached %s", exchange, writer.frames_received,
              writer.records_cached)

@@ -188,7 +188,7 @@ class ReplayServer:
                 delay = replay.due_at(ts) - time.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            await ws.send_str(data)
+            await (ws.send_bytes(data) if isinstance(data, bytes) else ws.send_str(data))
             served.cursor += 1
             replay.frames_sent += 1
             replay.last_activity = time.monotonic()

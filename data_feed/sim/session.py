@@ -16,6 +16,7 @@ connections by address and subscription frames (`match_connection`).
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -61,7 +62,7 @@ class WsRecord:
     addr: str = ""
     connected_at: float = 0.0
     sends: list[str] = field(default_factory=list)
-    frames: list[tuple[float, str]] = field(default_factory=list)
+    frames: list[tuple[float, str | bytes]] = field(default_factory=list)
 
     @property
     def path_and_query(self) -> tuple[str, str]:
@@ -130,7 +131,8 @@ def _add_ws(ws: WsRecord, kind: str, rec: dict[str, Any]) -> None:
         ws.addr = ws.addr or rec.get("addr", "")
         ws.sends.append(str(rec["data"]))
     else:
-        ws.frames.append((float(rec["ts"]), rec["data"]))
+        data = rec["data"] if "data" in rec else base64.b64decode(rec["data_b64"])
+        ws.frames.append((float(rec["ts"]), data))
 
 
 # -- matching ------------------------------------------------------------------------------------
@@ -164,18 +166,25 @@ def _tokens(text: str) -> set[str]:
 
 
 def match_connection(candidates: Sequence[WsRecord], path: str, query: str) -> WsRecord | None:
-    """The recorded connection a client's connect address asks for: same path, then the most similar query."""
-    same_path = [c for c in candidates if c.path_and_query[0] == path.rstrip("/")]
-    if not same_path:
+    """The recorded connection a client's connect address asks for.
+
+    Ranked by: same path; else one path ending with the other (a mount prefix such as the simulator's
+    ``/binance`` differs); then the most similar query (``streams=`` lists in another order still match).
+    """
+    if not candidates:
         return None
+    path = path.rstrip("/")
     wanted = _tokens(query)
 
-    def similarity(c: WsRecord) -> float:
-        have = _tokens(c.path_and_query[1])
+    def rank(c: WsRecord) -> tuple[bool, bool, float]:
+        have_path, have_query = c.path_and_query
+        have = _tokens(have_query)
         union = wanted | have
-        return len(wanted & have) / len(union) if union else 1.0
+        similarity = len(wanted & have) / len(union) if union else 1.0
+        return have_path == path, have_path.endswith(path) or path.endswith(have_path), similarity
 
-    return max(same_path, key=similarity)
+    best = max(candidates, key=rank)
+    return best if rank(best)[1] else None
 
 
 # -- writing (the recorder) ----------------------------------------------------------------------
