@@ -105,6 +105,8 @@ class LakeConfig(_Frozen):
     slice_seconds: int = Field(default=60, gt=0, le=86_400, description="slice length, by exchange time")
     allowed_lateness_seconds: float = Field(default=5.0, ge=0, description="wait this long past a slice end")
     compression_level: int = Field(default=3, ge=1, le=22, description="zstd level")
+    book_snapshot_depth: int = Field(default=100, gt=0, le=5000,
+                                     description="levels per side of the full book each l2_book slice starts with")
 
 
 class DatabaseConfig(_Frozen):
