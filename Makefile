@@ -29,6 +29,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/aggregate.py
 
 clean:
 	rm -rf $(VENV) .data-feed lake build *.egg-info
