@@ -103,7 +103,7 @@ class Aggregator:
         self.catalog = LocalCatalog(self.root)
         self.width_ns = cfg.lake.slice_seconds * NS_PER_SECOND
         self.lateness_ns = int(cfg.lake.allowed_lateness_seconds * NS_PER_SECOND)
-        self.streams = [stream_key(ex, ch) for ex, exc in cfg.exchanges.items() for ch in exc.channels()]
+        self.streams = [stream_key(ex, ch) for ex, exc in cfg.exchanges.items() for ch in exc.stream_channels()]
         self.open: dict[SliceKey, OpenSlice] = {}
         # entry id -> slices its records are in that are not committed yet, per stream
         self.unacked: dict[str, OrderedDict[str, set[SliceKey]]] = {k: OrderedDict() for k in self.streams}

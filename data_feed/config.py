@@ -21,6 +21,7 @@ DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "data
 SUPPORTED_EXCHANGES = ("BINANCE", "COINBASE")
 MARKET_CHANNELS = ("trades", "l2_book", "ticker", "funding", "open_interest", "liquidations", "candles")
 SOURCES = ("simulator", "live", "replay")
+GAPS_CHANNEL = "gaps"  # disconnects, sequence gaps, resyncs, bad frames: written by collectors, landed like data
 
 
 class ConfigError(ValueError):
@@ -59,6 +60,23 @@ class SimulatedMarketConfig(_Frozen):
     levels: int = Field(default=50, gt=0, le=5000, description="price levels per side in the synthetic book")
 
 
+class FaultConfig(_Frozen):
+    """Faults the simulator injects into one exchange's feed; each fires once, null/0 never fires."""
+
+    disconnect_after_frames: int | None = Field(default=None, gt=0, description="close the socket after N frames")
+    disconnect_after_seconds: float | None = Field(default=None, gt=0, description="close it T s after the first")
+    sequence_gap_after_frames: int | None = Field(default=None, gt=0,
+                                                  description="drop the first book-only frame after N frames")
+    malformed_after_frames: int | None = Field(default=None, gt=0, description="insert a non-JSON frame after N")
+    truncated_after_frames: int | None = Field(default=None, gt=0,
+                                               description="insert a truncated copy of frame N+1 before it")
+    stall_after_frames: int | None = Field(default=None, gt=0, description="stop sending for stall_seconds after N")
+    stall_seconds: float = Field(default=5.0, gt=0)
+    snapshot_delay_seconds: float = Field(default=0.0, ge=0, description="delay every REST book snapshot this long")
+    snapshot_failures: int = Field(default=0, ge=0, description="fail the first N REST book snapshots")
+    snapshot_failure_status: Literal[429, 500] = 500
+
+
 class ExchangeConfig(_Frozen):
     """One exchange: where its data comes from and which channels to collect."""
 
@@ -71,6 +89,8 @@ class ExchangeConfig(_Frozen):
     liquidations: ChannelConfig | None = None
     candles: ChannelConfig | None = None
     market: SimulatedMarketConfig = SimulatedMarketConfig()
+    faults: FaultConfig = FaultConfig()
+    watchdog_seconds: float = Field(default=30.0, gt=0, description="reconnect after this long without a frame")
     record: str | None = Field(default=None, description="directory: also write the raw session (REST responses, "
                                "websocket frames) there, in the capture format")
 
@@ -84,6 +104,10 @@ class ExchangeConfig(_Frozen):
         """Configured channels by name, in a stable order."""
         found = {name: getattr(self, name) for name in MARKET_CHANNELS}
         return {name: cfg for name, cfg in found.items() if cfg is not None}
+
+    def stream_channels(self) -> tuple[str, ...]:
+        """Channels with a Redis stream and a lake table: the configured ones plus ``gaps`` (collector-written)."""
+        return (*self.channels(), GAPS_CHANNEL)
 
     def symbols(self) -> tuple[str, ...]:
         """Every symbol of any channel, first-seen order."""

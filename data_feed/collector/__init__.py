@@ -24,7 +24,7 @@ LOG = logging.getLogger("data_feed.collector")
 
 CRYPTOFEED_CHANNEL = {"trades": TRADES, "l2_book": L2_BOOK, "ticker": TICKER, "funding": FUNDING,
                       "open_interest": OPEN_INTEREST, "liquidations": LIQUIDATIONS, "candles": CANDLES}
-FEED_TIMEOUT_SECONDS = 30  # cryptofeed's watchdog: reconnect after this long without a frame
+WATCHDOG_CHECKS_PER_TIMEOUT = 5  # cryptofeed's watchdog looks this often per exchanges.<ID>.watchdog_seconds
 
 
 def subscription(ex: ExchangeConfig) -> dict[str, list[str]]:
@@ -41,9 +41,11 @@ def build_feed(exchange: str, ex: ExchangeConfig, runtime: Runtime, writer: Stre
     sub = subscription(ex)
     callbacks = {chan: cb for chan, cb in writer.callbacks().items() if chan in sub}
     max_depth = ex.l2_book.max_depth if ex.l2_book else 0
-    feed = cls(subscription=sub, callbacks=callbacks, max_depth=max_depth, timeout=FEED_TIMEOUT_SECONDS,
-               retries=-1, candle_closed_only=False, config={"log": {"disabled": True}, **feed_config(exchange, sim)})
+    feed = cls(subscription=sub, callbacks=callbacks, max_depth=max_depth, timeout=ex.watchdog_seconds,
+               timeout_interval=ex.watchdog_seconds / WATCHDOG_CHECKS_PER_TIMEOUT, retries=-1,
+               candle_closed_only=False, config={"log": {"disabled": True}, **feed_config(exchange, sim)})
     writer.feed = feed
+    feed.gap_writer = writer  # disconnects, sequence gaps, resyncs and bad frames become gaps rows
     return feed
 
 

@@ -9,12 +9,14 @@ the last change it contains, so a client can sync exactly as Binance documents.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiohttp import web
 
+from data_feed.sim.faults import Fault
 from data_feed.sim.hub import (
     Delivery,
     ExchangeProtocol,
@@ -29,6 +31,7 @@ from data_feed.sim.market import price_str as _price2
 
 DEPTH_INTERVALS: Final = {"100ms": 0.1, "1000ms": 1.0}
 MAX_DEPTH_LIMIT: Final = 5000
+HTTP_TOO_MANY_REQUESTS: Final = 429
 
 
 def price_str(ticks: int) -> str:
@@ -153,6 +156,12 @@ class BinanceProtocol(ExchangeProtocol):
         state = self.by_exchange_symbol.get(request.query.get("symbol", ""))
         if state is None:
             return _error(400, -1121, "Invalid symbol.")
+        fault = self.faults.snapshot_fault()
+        if fault is Fault.SNAPSHOT_FAILURE:
+            status = self.cfg.faults.snapshot_failure_status
+            return _error(status, -1003 if status == HTTP_TOO_MANY_REQUESTS else -1001, "Simulated failure.")
+        if fault is Fault.SNAPSHOT_DELAY:
+            await asyncio.sleep(self.cfg.faults.snapshot_delay_seconds)
         try:
             limit = int(request.query.get("limit", "100"))
         except ValueError:

@@ -21,6 +21,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from data_feed.config import ExchangeConfig
+from data_feed.sim.faults import MALFORMED_FRAME, Fault, FaultInjector
 from data_feed.sim.market import PRICE_SCALE, SIZE_SCALE, LevelChange, MarketEvent, SymbolMarket, Trade
 
 START_GRACE_SECONDS: Final = 0.25  # lets a client finish subscribing before the first event
@@ -98,6 +99,7 @@ class SymbolState:
         self.last_trade_id = 0
         self.book_updates_sent = 0
         self.recent_trades: deque[Trade] = deque(maxlen=RECENT_TRADES)
+        self.dropped_trade_ids: list[int] = []  # generated but never written (a socket closed with them queued)
 
     def activate(self, now: float) -> None:
         """Lazy start: the market clock starts (after a short grace) when a client first subscribes."""
@@ -113,11 +115,12 @@ class SymbolState:
         self.published.record(events)
         return events
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         return {
             "trades_sent": self.trades_sent,
             "last_trade_id": self.last_trade_id,
             "book_updates_sent": self.book_updates_sent,
+            "dropped_trade_ids": list(self.dropped_trade_ids),
         }
 
 
@@ -131,6 +134,15 @@ class Delivery:
         self.trades = trades
         self.book_through = book_through
         self.done = False
+
+    def drop(self) -> None:
+        """The frame will never be written: its trades are lost, its book changes still happened."""
+        if self.done:
+            return
+        self.state.dropped_trade_ids.extend(t.trade_id for t in self.trades)
+        trades, self.trades = self.trades, ()
+        self.apply()
+        self.trades = trades
 
     def apply(self) -> None:
         if self.done:
@@ -179,12 +191,19 @@ class Outbox:
             pass
         finally:
             self.closed = True
+            for _, delivery in self._queue:
+                if delivery is not None:
+                    delivery.drop()
             self._queue.clear()
             self._idle.set()
 
     async def _write_all(self) -> None:
         while self._queue and not self.ws.closed:
             text, delivery = self._queue.popleft()
+            book_only = delivery is not None and delivery.book_through is not None and not delivery.trades
+            fault = self.protocol.faults.next_fault(self.protocol.frames_sent, book_only)
+            if fault is not None and await self._inject(fault, text, delivery):
+                continue
             await self.ws.send_str(text)
             self.protocol.frames_sent += 1
             if delivery is not None:
@@ -192,6 +211,24 @@ class Outbox:
 
     async def drained(self) -> None:
         await self._idle.wait()
+
+    async def _inject(self, fault: Fault, text: str, delivery: Delivery | None) -> bool:
+        """Inject ``fault`` before ``text``; True when ``text`` must not be sent."""
+        if fault is Fault.DISCONNECT:
+            self._queue.appendleft((text, delivery))
+            self.closed = True
+            await self.ws.close(message=b"simulated disconnect")
+            return True
+        if fault is Fault.SEQUENCE_GAP:
+            if delivery is not None:
+                delivery.drop()
+            return True
+        if fault is Fault.STALL:
+            await asyncio.sleep(self.protocol.cfg.faults.stall_seconds)
+        else:
+            await self.ws.send_str(MALFORMED_FRAME if fault is Fault.MALFORMED else text[: len(text) // 2])
+            self.protocol.frames_sent += 1
+        return False
 
 
 async def serve_socket(ws: web.WebSocketResponse, outbox: Outbox, on_text: Any = None) -> None:
@@ -217,6 +254,7 @@ class ExchangeProtocol(ABC):
     def __init__(self, cfg: ExchangeConfig, seed: int) -> None:
         self.cfg = cfg
         self.frames_sent = 0
+        self.faults = FaultInjector(self.name, cfg.faults)
         self.outboxes: set[Outbox] = set()
         self.symbols: dict[str, SymbolState] = {}
         for symbol in cfg.symbols():
@@ -247,7 +285,8 @@ class ExchangeProtocol(ABC):
         await asyncio.gather(*(o.drained() for o in list(self.outboxes)))
 
     def stats(self) -> dict[str, Any]:
-        return {"frames_sent": self.frames_sent, "symbols": {s: st.stats() for s, st in self.symbols.items()}}
+        return {"frames_sent": self.frames_sent, "faults": self.faults.stats(),
+                "symbols": {s: st.stats() for s, st in self.symbols.items()}}
 
     def sync_unwatched_book(self, state: SymbolState, watched: bool) -> None:
         """Without book subscribers nothing reflects the book: keep the published book current."""

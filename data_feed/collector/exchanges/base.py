@@ -1,21 +1,38 @@
-"""What every collector feed adds to cryptofeed's exchange class: frame counting and bad-frame survival.
+"""What every collector feed adds to cryptofeed's exchange class: frame counting, bad-frame survival, gaps.
 
 cryptofeed tears a connection down when its message handler raises; one
 malformed frame must instead be logged (exchange, frame excerpt), counted and
 skipped while the connection keeps running.
+
+Gaps are data: a reconnect (after the exchange closed the socket, or after the
+watchdog found it silent) and a skipped frame become rows of the ``gaps``
+table, one per channel and symbol the connection carried, so a reader of the
+lake can tell a quiet market from missing data. Exchange modules add their own
+(sequence gaps, failed book snapshots) through `gap`.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from data_feed import metrics
 
 LOG = logging.getLogger("data_feed.collector")
 
 FRAME_EXCERPT_CHARS = 200
+STALL_FRACTION_OF_WATCHDOG = 0.9  # a reconnect after this much of the watchdog's timeout in silence was a stall
+
+
+class GapRecorded(Exception):
+    """A failure its exchange module already wrote a precise gaps row for; the frame is skipped without another."""
+
+
+class GapWriter(Protocol):
+    def gap(self, symbol: str, channel: str, reason: str, first_missing: int | None = None,
+            last_missing: int | None = None, detail: str = "", when: float | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -30,14 +47,76 @@ class CollectorFeedMixin:
     """Mixed in before the cryptofeed exchange class: ``class X(CollectorFeedMixin, Binance)``."""
 
     id: str
+    timeout: float
     frames_received = 0
+    gap_writer: GapWriter | None = None
 
     async def message_handler(self, msg: str, conn: Any, timestamp: float) -> None:
         self.frames_received += 1
+        self._last_frame()[conn.uuid] = timestamp
         try:
             await super().message_handler(msg, conn, timestamp)  # type: ignore[misc]
+        except GapRecorded as err:
+            metrics.BAD_FRAMES.labels(self.id).inc()
+            LOG.error("exchange=%s conn=%s: skipped a frame: %s", self.id, getattr(conn, "uuid", "?"), err)
         except Exception as err:
             metrics.BAD_FRAMES.labels(self.id).inc()
             excerpt = msg[:FRAME_EXCERPT_CHARS] if isinstance(msg, str) else repr(msg)[:FRAME_EXCERPT_CHARS]
             LOG.error("exchange=%s conn=%s: skipped a frame that could not be parsed (%s: %s): %r",
                       self.id, getattr(conn, "uuid", "?"), type(err).__name__, err, excerpt)
+            self.connection_gap(conn, "bad_frame", f"{type(err).__name__}: {err}"[:FRAME_EXCERPT_CHARS])
+
+    async def subscribe(self, conn: Any) -> None:
+        """Every (re)connection subscribes; a second subscribe of one connection follows a reconnect."""
+        last = self._last_frame()
+        if conn.uuid in self._subscribed():
+            silent_since = last.get(conn.uuid)
+            now = time.time()
+            stalled = silent_since is not None and now - silent_since >= self.timeout * STALL_FRACTION_OF_WATCHDOG
+            since = f"{silent_since:.6f}" if silent_since is not None else "?"
+            LOG.warning("exchange=%s conn=%s: reconnected (%s); no data from %s to %.6f", self.id, conn.uuid,
+                        "stall" if stalled else "disconnect", since, now)
+            self.connection_gap(conn, "stall" if stalled else "disconnect", f"no frames from {since} to {now:.6f}")
+        self._subscribed().add(conn.uuid)
+        await super().subscribe(conn)  # type: ignore[misc]
+
+    def connection_gap(self, conn: Any, reason: str, detail: str) -> None:
+        """A gap row for every channel and symbol carried by ``conn``, all stamped with one detection time."""
+        when = time.time()
+        for channel, symbol in self.carried(conn):
+            self.gap(symbol, channel, reason, detail=detail, when=when)
+
+    def carried(self, conn: Any) -> list[tuple[str, str]]:
+        out = []
+        for chan, symbols in (getattr(conn, "subscription", None) or {}).items():
+            try:
+                std_channel = self.exchange_channel_to_std(chan)  # type: ignore[attr-defined]
+            except (KeyError, ValueError):
+                std_channel = chan
+            for sym in symbols:
+                out.append((str(std_channel), self._std_symbol(sym)))
+        return out
+
+    def _std_symbol(self, symbol: str) -> str:
+        try:
+            return str(self.exchange_symbol_to_std_symbol(symbol))  # type: ignore[attr-defined]
+        except (KeyError, ValueError):
+            return symbol
+
+    def gap(self, symbol: str, channel: str, reason: str, first_missing: int | None = None,
+            last_missing: int | None = None, detail: str = "", when: float | None = None) -> None:
+        LOG.warning("exchange=%s channel=%s symbol=%s: gap (%s) %s", self.id, channel, symbol, reason, detail)
+        if self.gap_writer is not None:
+            self.gap_writer.gap(symbol, channel, reason, first_missing, last_missing, detail, when)
+
+    def _last_frame(self) -> dict[str, float]:
+        found: dict[str, float] | None = self.__dict__.get("_df_last_frame")
+        if found is None:
+            found = self.__dict__["_df_last_frame"] = {}
+        return found
+
+    def _subscribed(self) -> set[str]:
+        found: set[str] | None = self.__dict__.get("_df_subscribed")
+        if found is None:
+            found = self.__dict__["_df_subscribed"] = set()
+        return found

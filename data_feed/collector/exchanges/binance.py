@@ -1,4 +1,8 @@
-"""Binance spot collector feed: cryptofeed's own ``Binance`` class, endpoints swapped when simulated.
+"""Binance spot collector feed: cryptofeed's ``Binance`` class, endpoints swapped when simulated, gaps reported.
+
+cryptofeed resets every book silently when a depth update does not follow the last one; here that is a
+``sequence_gap`` row (with the missing update ids) for the symbol and a ``resync`` row for the others.
+A failed or slow REST book snapshot is a ``snapshot_failed`` / ``slow_snapshot`` row.
 
 Sample combined-stream frame (what cryptofeed parses)::
 
@@ -9,16 +13,50 @@ Sample combined-stream frame (what cryptofeed parses)::
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from cryptofeed.connection import RestEndpoint, WebsocketEndpoint
 from cryptofeed.exchanges import Binance
 from cryptofeed.feed import Feed
 
-from data_feed.collector.exchanges.base import CollectorFeedMixin, Endpoints
+from data_feed.collector.exchanges.base import CollectorFeedMixin, Endpoints, GapRecorded
 
 SIM_PATH = "/binance"
-QUIRKS = Binance  # the class replays build on: cryptofeed's own, no quirks to mend
+SLOW_SNAPSHOT_SECONDS = 1.0  # the book is unavailable while its snapshot loads; longer than this is a gap
+BOOK = "l2_book"
+
+
+class BinanceWithGaps(Binance):  # type: ignore[misc]
+    """cryptofeed's Binance, reporting its book resets and snapshot trouble as gaps (``gap`` is the mixin's)."""
+
+    def _check_update_id(self, std_pair: str, msg: dict[str, Any]) -> bool:
+        """depthUpdate {"U": 157, "u": 160, ...}: U must be the last u + 1, or cryptofeed resets the books."""
+        expected = self.last_update_id.get(std_pair)
+        books = list(self._l2_book)
+        skip: bool = super()._check_update_id(std_pair, msg)
+        if std_pair in books and not self._l2_book and expected is not None:
+            self.gap(std_pair, BOOK, "sequence_gap", expected + 1, int(msg["U"]) - 1,
+                     detail=f"update {msg['U']} after {expected}; resynchronising from a snapshot")
+            for other in books:
+                if other != std_pair:
+                    self.gap(other, BOOK, "resync", detail=f"books reset after a gap in {std_pair}")
+        return skip
+
+    async def _snapshot(self, pair: str) -> None:
+        symbol = self.exchange_symbol_to_std_symbol(pair)
+        started = time.monotonic()
+        try:
+            await super()._snapshot(pair)
+        except Exception as err:
+            self.gap(symbol, BOOK, "snapshot_failed", detail=f"{type(err).__name__}: {err}"[:200])
+            raise GapRecorded(f"exchange={self.id} symbol={symbol}: book snapshot failed: {err}") from err
+        elapsed = time.monotonic() - started
+        if elapsed > SLOW_SNAPSHOT_SECONDS:
+            self.gap(symbol, BOOK, "slow_snapshot", detail=f"book snapshot took {elapsed:.3f}s")
+
+
+QUIRKS = BinanceWithGaps  # the class replays build on
 
 
 def feed_config(sim: Endpoints | None) -> dict[str, Any]:
@@ -31,4 +69,4 @@ def feed_class(sim: Endpoints | None) -> type[Feed]:
     if sim is not None:
         attrs["websocket_endpoints"] = [WebsocketEndpoint(f"{sim.ws_base}{SIM_PATH}")]
         attrs["rest_endpoints"] = [RestEndpoint(f"{sim.base_url}{SIM_PATH}", routes=Binance.rest_endpoints[0].routes)]
-    return type("CollectorBinance", (CollectorFeedMixin, Binance), attrs)
+    return type("CollectorBinance", (CollectorFeedMixin, BinanceWithGaps), attrs)

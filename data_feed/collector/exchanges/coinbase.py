@@ -3,7 +3,9 @@
 cryptofeed 2.4.1 subscribes to trades and level2 only, hands the book
 callback the frame's timestamp unconverted, and drops every ask of a book
 snapshot (it looks for side "ask"; Coinbase sends "offer"). These quirks are
-mended here, in Coinbase's own module. Sample ticker frame::
+mended here, in Coinbase's own module. Every frame of a connection carries the next
+``sequence_num``; a jump is a ``sequence_gap`` row (missing numbers) and the level2 channel is
+resubscribed, which brings a fresh snapshot. Sample ticker frame::
 
     {"channel": "ticker", "client_id": "", "timestamp": "2023-02-09T20:30:37.167359596Z",
      "sequence_num": 0, "events": [{"type": "snapshot", "tickers": [{"type": "ticker",
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -29,6 +32,9 @@ from yapic import json
 from data_feed.collector.exchanges.base import CollectorFeedMixin, Endpoints
 
 LOG = logging.getLogger("data_feed.collector")
+
+SEQUENCE_KEY = '"sequence_num":'
+LEVEL2 = "level2"
 
 SIM_PATH = "/coinbase"
 REST_PATH = "/coinbase/api/v3/brokerage"
@@ -61,7 +67,42 @@ class CoinbaseWithTicker(Coinbase):  # type: ignore[misc]
         kwargs["timestamp"] = to_epoch_seconds(kwargs.get("timestamp"))
         await super().book_callback(book_type, book, receipt_timestamp, **kwargs)
 
+    async def subscribe(self, conn: Any) -> None:
+        self._sequences()[conn.uuid] = None  # a new connection counts from 0
+        await super().subscribe(conn)
+
+    def _sequences(self) -> dict[str, int | None]:
+        found: dict[str, int | None] | None = self.__dict__.get("_df_sequences")
+        if found is None:
+            found = self.__dict__["_df_sequences"] = {}
+        return found
+
+    async def _check_sequence(self, msg: str, conn: Any) -> None:
+        at = msg.find(SEQUENCE_KEY)
+        if at < 0:
+            return
+        end = at + len(SEQUENCE_KEY)
+        stop = msg.find(",", end)
+        seq = int(msg[end:stop])
+        last = self._sequences().get(conn.uuid)
+        if last is not None and seq <= last:  # a repeated frame (or a truncated copy of this one): not a gap
+            return
+        self._sequences()[conn.uuid] = seq
+        if last is not None and seq > last + 1:
+            when = time.time()
+            for channel, symbol in self.carried(conn):
+                self.gap(symbol, channel, "sequence_gap", last + 1, seq - 1,
+                         detail=f"sequence_num {seq} after {last}; level2 resubscribed", when=when)
+            await self._resubscribe_book(conn)
+
+    async def _resubscribe_book(self, conn: Any) -> None:
+        products = list(self.subscription.get(LEVEL2, []))  # cryptofeed keeps it in the exchange's names
+        if products:
+            for kind in ("unsubscribe", "subscribe"):
+                await conn.write(json.dumps({"type": kind, "product_ids": products, "channel": LEVEL2}))
+
     async def message_handler(self, msg: str, conn: Any, timestamp: float) -> None:
+        await self._check_sequence(msg, conn)
         # Only ticker and heartbeat frames are ours; the rest go to cryptofeed unchanged.
         if '"ticker"' not in msg and '"heartbeats"' not in msg:
             await super().message_handler(msg, conn, timestamp)
