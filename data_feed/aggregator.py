@@ -325,12 +325,20 @@ class Aggregator:
 
     def _land(self, sk: SliceKey, first_entry_id: str, table: pa.Table) -> int:
         """Write the file atomically and durably and register it in the catalog; returns its size."""
+        if self.catalog.is_retired(slice_relpath(sk, first_entry_id)):
+            LOG.warning("exchange=%s channel=%s symbol=%s: slice %s was already compacted into a larger file; "
+                        "not writing it again", sk.exchange, sk.channel, sk.symbol, sk.stamp())
+            return 0
         if sk.channel == BOOK_CHANNEL:
             table = with_opening_snapshot(self.root, self.catalog, sk.exchange, sk.symbol, sk.start_ns, table,
                                           self.cfg.lake.book_snapshot_depth)
         path = write_slice(self.root, sk, table, first_entry_id, self.cfg.lake.compression_level)
         size = path.stat().st_size
-        self.catalog.register(sk, str(path.relative_to(self.root)), table.num_rows, size)
+        if not self.catalog.register(sk, str(path.relative_to(self.root)), table.num_rows, size):
+            LOG.warning("exchange=%s channel=%s symbol=%s: %s was already compacted into a larger file; "
+                        "dropping the rewritten copy", sk.exchange, sk.channel, sk.symbol, path.name)
+            path.unlink()
+            return 0
         metrics.SLICES_WRITTEN.labels(sk.channel, sk.exchange).inc()
         metrics.ROWS_WRITTEN.labels(sk.channel, sk.exchange).inc(table.num_rows)
         metrics.BYTES_WRITTEN.labels(sk.channel, sk.exchange).inc(size)

@@ -1,14 +1,24 @@
 """Local catalog: the lake's register of partitions and committed files (the local stand-in for Glue).
 
 The aggregator registers every slice file here after it is durable and before
-it acknowledges the stream entries it came from; compaction swaps files in one
-transaction; queries list files from here, so a file is visible once it is
-registered and never twice. SQLite in WAL mode, in the lake root.
+it acknowledges the stream entries it came from; compaction and retention swap
+files in one transaction (``replace``); queries take their file list from here
+in one read (``snapshot``), so a file is visible once it is registered and
+never twice. SQLite in WAL mode, in the lake root.
+
+Files removed by ``replace`` are *retired*, not deleted: a reader that took its
+snapshot before the swap may still open them. Each swap bumps the catalog
+version; a reader's snapshot holds a lease at the version it read, and a retired
+file may be deleted (``purgeable``) once its grace period has passed and no live
+lease predates its retirement. A path once retired is never registered again,
+so an aggregator redoing an interrupted write of a file that compaction already
+merged cannot land its rows twice.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +27,7 @@ from data_feed.lake import SliceKey
 
 CATALOG_FILE = "_catalog.sqlite"
 BUSY_TIMEOUT_SECONDS = 30.0
+LEASE_MAX_SECONDS = 6 * 3600  # a reader's lease older than this is taken to be from a crashed process
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -30,6 +41,19 @@ CREATE TABLE IF NOT EXISTS files (
     bytes INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS files_partition ON files (channel, exchange, symbol, date);
+CREATE TABLE IF NOT EXISTS retired (
+    path TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,       -- catalog version the swap created; readers at an older one may use the file
+    retired_ns INTEGER NOT NULL,    -- wall clock of the swap
+    deleted INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS leases (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    version INTEGER NOT NULL,       -- catalog version of the reader's snapshot
+    taken_ns INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('version', 0);
 """
 
 
@@ -45,6 +69,15 @@ class CatalogFile:
     bytes: int
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """Every channel's files at one catalog version, held by a lease until released."""
+
+    lease: int
+    version: int
+    files: dict[str, list[CatalogFile]]
+
+
 class LocalCatalog:
     """Partitions and files of a local lake; every method is one SQLite transaction."""
 
@@ -58,19 +91,73 @@ class LocalCatalog:
     def close(self) -> None:
         self.db.close()
 
-    def register(self, key: SliceKey, path: str, rows: int, size: int) -> None:
-        """Add (or, for a redone write of the same file, replace) one committed file."""
-        with self.db:
-            self.db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                            (path, key.channel, key.exchange, key.symbol, key.date(), key.start_ns, rows, size))
-
-    def replace(self, removed: Iterable[str], added: Iterable[CatalogFile]) -> None:
-        """Swap files atomically: readers see either all the old ones or all the new ones."""
+    def register(self, key: SliceKey, path: str, rows: int, size: int) -> bool:
+        """Add (or, for a redone write of the same file, replace) one committed file. False, and nothing
+        registered, when the path was retired: its rows are already in a compacted file."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in removed])
+            if self.db.execute("SELECT 1 FROM retired WHERE path = ?", (path,)).fetchone():
+                return False
+            self.db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            (path, key.channel, key.exchange, key.symbol, key.date(), key.start_ns, rows, size))
+        return True
+
+    def is_retired(self, path: str) -> bool:
+        return self.db.execute("SELECT 1 FROM retired WHERE path = ?", (path,)).fetchone() is not None
+
+    def replace(self, removed: Iterable[str], added: Iterable[CatalogFile]) -> int:
+        """Swap files atomically: readers see either all the old ones or all the new ones. The removed files
+        are retired at the new catalog version, which is returned."""
+        now = time.time_ns()
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            version = self._version() + 1
+            self.db.execute("UPDATE meta SET value = ? WHERE key = 'version'", (version,))
+            gone = [(p,) for p in removed]
+            self.db.executemany("DELETE FROM files WHERE path = ?", gone)
+            self.db.executemany("INSERT OR REPLACE INTO retired (path, version, retired_ns) VALUES (?, ?, ?)",
+                                [(p, version, now) for (p,) in gone])
             self.db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                 [_row(f) for f in added])
+        return version
+
+    def snapshot(self) -> Snapshot:
+        """One consistent read of every channel's files, with a lease that keeps them from being deleted."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            version = self._version()
+            cur = self.db.execute("INSERT INTO leases (version, taken_ns) VALUES (?, ?)", (version, time.time_ns()))
+            lease = int(cur.lastrowid or 0)
+            files: dict[str, list[CatalogFile]] = {}
+            for row in self.db.execute("SELECT * FROM files ORDER BY channel, path"):
+                f = CatalogFile(*row)
+                files.setdefault(f.channel, []).append(f)
+        return Snapshot(lease, version, files)
+
+    def release(self, lease: int) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM leases WHERE id = ?", (lease,))
+
+    def purgeable(self, grace_seconds: float) -> tuple[list[str], int]:
+        """Retired files no reader can still use and retired at least ``grace_seconds`` ago, and how many
+        retired files are still held (by grace or by a reader's lease)."""
+        now = time.time_ns()
+        live_since = now - LEASE_MAX_SECONDS * 1_000_000_000
+        row = self.db.execute("SELECT min(version) FROM leases WHERE taken_ns > ?", (live_since,)).fetchone()
+        oldest_reader = row[0] if row and row[0] is not None else None
+        free, held = [], 0
+        for path, version, retired_ns in self.db.execute(
+                "SELECT path, version, retired_ns FROM retired WHERE deleted = 0 ORDER BY path"):
+            in_use = oldest_reader is not None and oldest_reader < version
+            if in_use or retired_ns > now - int(grace_seconds * 1e9):
+                held += 1
+            else:
+                free.append(str(path))
+        return free, held
+
+    def mark_deleted(self, paths: Iterable[str]) -> None:
+        with self.db:
+            self.db.executemany("UPDATE retired SET deleted = 1 WHERE path = ?", [(p,) for p in paths])
 
     def files(self, channel: str, exchange: str | None = None, symbol: str | None = None) -> list[CatalogFile]:
         sql = "SELECT * FROM files WHERE channel = ?"
@@ -86,6 +173,9 @@ class LocalCatalog:
         rows = self.db.execute("SELECT DISTINCT exchange, symbol, date FROM files WHERE channel = ? ORDER BY 1, 2, 3",
                                (channel,))
         return [(str(a), str(b), str(c)) for a, b, c in rows]
+
+    def _version(self) -> int:
+        return int(self.db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0])
 
 
 def _row(f: CatalogFile) -> tuple[str, str, str, str, str, int, int, int]:

@@ -131,6 +131,22 @@ class LakeConfig(_Frozen):
     compression_level: int = Field(default=3, ge=1, le=22, description="zstd level")
     book_snapshot_depth: int = Field(default=100, gt=0, le=5000,
                                      description="levels per side of the full book each l2_book slice starts with")
+    compaction_target_mb: int = Field(default=128, gt=0, description="data-feed lake compact merges a partition's "
+                                      "closed slice files into files of at most this size (MiB)")
+    compaction_grace_seconds: float = Field(default=300.0, ge=0, description="files replaced by compaction or "
+                                            "expired by retention are deleted this long after, at the earliest")
+    retention_days: dict[str, int] = Field(default_factory=dict, description="channel -> days: data-feed lake "
+                                           "expire deletes that channel's partitions older than this")
+
+    @field_validator("retention_days")
+    @classmethod
+    def _retention_per_known_channel(cls, value: dict[str, int]) -> dict[str, int]:
+        for channel, days in value.items():
+            if not channel.isidentifier():
+                raise ValueError(f"retention_days: {channel!r} is not a channel name")
+            if days <= 0:
+                raise ValueError(f"retention_days.{channel}: must be > 0 days, got {days}")
+        return value
 
 
 class DatabaseConfig(_Frozen):

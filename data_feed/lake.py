@@ -15,6 +15,7 @@ file or none.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +28,8 @@ from data_feed.schemas import schema_for
 
 NS_PER_SECOND = 1_000_000_000
 TMP_PREFIX = ".tmp-"
+COMPACT_TAG = "c"  # marks a compacted file's name: {first slice}-{last slice}-c{digest}.parquet
+COMPACT_DIGEST_CHARS = 16
 
 
 @dataclass(frozen=True, order=True)
@@ -75,6 +78,29 @@ def write_slice(root: Path, key: SliceKey, table: pa.Table, first_entry_id: str,
     tmp.replace(final)
     _fsync_dir(directory)
     return final
+
+
+def compacted_file_name(first: SliceKey, last: SliceKey, members: list[str]) -> str:
+    """Deterministic from content: the slices it spans and a digest of the files merged into it, so a
+    compaction redone after a crash rewrites the same file."""
+    digest = hashlib.sha256("\n".join(members).encode()).hexdigest()[:COMPACT_DIGEST_CHARS]
+    return f"{first.stamp()}-{last.stamp()}-{COMPACT_TAG}{digest}.parquet"
+
+
+def write_merged(root: Path, relpath: str, channel: str, sources: list[str], compression_level: int) -> int:
+    """Concatenate lake files, in the given order, into one file written atomically and durably; returns
+    its size. Reads one source at a time, so memory stays at one source file."""
+    schema = schema_for(channel)
+    final = root / relpath
+    tmp = final.parent / f"{TMP_PREFIX}{final.name}.{os.getpid()}"
+    with pq.ParquetWriter(tmp, schema, compression="zstd", compression_level=compression_level) as writer:
+        for source in sources:
+            writer.write_table(pq.read_table(root / source, schema=schema))
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    tmp.replace(final)
+    _fsync_dir(final.parent)
+    return final.stat().st_size
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -1,52 +1,109 @@
-"""Query role: SQL over the lake with DuckDB, one view per channel.
+"""Query role: SQL over the lake, one view per channel, on DuckDB locally or on Athena in production.
 
-Partition columns (exchange, symbol, date) come from the Hive path, so a
-filter on them prunes files before any is opened.
+Views are built from one catalog snapshot (one read gives every file list), not
+from a directory listing, so compaction swapping small files for a merged one
+is atomic for queries: a query sees the files before the swap or after it,
+never both. The snapshot's lease keeps retired files on disk until the query
+is done. Partition columns (exchange, symbol, date) come from the Hive path, so
+a filter on them prunes files before any is opened.
+
+``dialect="athena"`` takes SQL written for Athena (Trino) and translates it
+with sqlglot to DuckDB, with the channel schemas so that Trino's typed
+semantics (integer division of integers) carry over.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import duckdb
 import pandas as pd
+import sqlglot
+import sqlglot.errors
+from sqlglot.optimizer.annotate_types import annotate_types
+from sqlglot.optimizer.qualify import qualify
 
-from data_feed.lake import channel_files, channel_glob
-from data_feed.schemas import CHANNEL_SCHEMAS
+from data_feed.catalog import CatalogFile, LocalCatalog
+from data_feed.schemas import CHANNEL_SCHEMAS, PARTITION_KEYS
+
+LOG = logging.getLogger("data_feed.query")
+
+Dialect = Literal["duckdb", "athena"]
+_DUCK_TYPES = {"int64": "BIGINT", "double": "DOUBLE", "string": "VARCHAR", "bool": "BOOLEAN"}
+_PARTITION_TYPES = {"exchange": "VARCHAR", "symbol": "VARCHAR", "date": "DATE"}
 
 
 class QueryError(ValueError):
-    """SQL that DuckDB rejected; the message carries DuckDB's explanation."""
-
-
-def _empty_view(channel: str) -> str:
-    cols = ", ".join(f"NULL::{_duck_type(str(f.type))} AS {f.name}" for f in CHANNEL_SCHEMAS[channel])
-    return f"SELECT {cols}, NULL::VARCHAR AS exchange, NULL::VARCHAR AS symbol, NULL::DATE AS date WHERE false"
+    """SQL that could not be translated or that the engine rejected; the message says why."""
 
 
 def _duck_type(arrow_type: str) -> str:
-    return {"int64": "BIGINT", "double": "DOUBLE", "string": "VARCHAR", "bool": "BOOLEAN"}[arrow_type]
+    return _DUCK_TYPES[arrow_type]
 
 
-def connect(lake_root: str | Path) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with a view per channel over the lake."""
+def channel_columns(channel: str) -> dict[str, str]:
+    """Column -> DuckDB type of a channel's view: the file columns, then the partition keys."""
+    cols = {f.name: _duck_type(str(f.type)) for f in CHANNEL_SCHEMAS[channel]}
+    return cols | {k: _PARTITION_TYPES[k] for k in PARTITION_KEYS}
+
+
+def _empty_view(channel: str) -> str:
+    cols = ", ".join(f"NULL::{t} AS {c}" for c, t in channel_columns(channel).items())
+    return f"SELECT {cols} WHERE false"
+
+
+def _files_view(root: Path, files: list[CatalogFile]) -> str:
+    paths = ", ".join("'" + str(root / f.path).replace("'", "''") + "'" for f in files)
+    types = ", ".join(f"'{k}': {t}" for k, t in _PARTITION_TYPES.items())
+    return f"SELECT * FROM read_parquet([{paths}], hive_partitioning = true, hive_types = {{{types}}})"
+
+
+@contextmanager
+def session(lake_root: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB connection with a view per channel over one catalog snapshot of the lake."""
     root = Path(lake_root)
+    catalog = LocalCatalog(root)
+    snap = catalog.snapshot()
     con = duckdb.connect()
-    for channel in CHANNEL_SCHEMAS:
-        if channel_files(root, channel):
-            source = (f"SELECT * FROM read_parquet('{channel_glob(root, channel)}', hive_partitioning = true, "
-                      f"hive_types = {{'exchange': VARCHAR, 'symbol': VARCHAR, 'date': DATE}})")
-        else:
-            source = _empty_view(channel)
-        con.execute(f"CREATE VIEW {channel} AS {source}")
-    return con
-
-
-def run_query(lake_root: str | Path, sql: str) -> pd.DataFrame:
-    con = connect(lake_root)
     try:
-        return con.execute(sql).df()
-    except duckdb.Error as err:
-        raise QueryError(str(err).strip()) from None
+        for channel in CHANNEL_SCHEMAS:
+            files = snap.files.get(channel)
+            con.execute(f"CREATE VIEW {channel} AS {_files_view(root, files) if files else _empty_view(channel)}")
+        yield con
     finally:
         con.close()
+        catalog.release(snap.lease)
+        catalog.close()
+
+
+def to_duckdb(sql: str) -> str:
+    """Athena (Trino) SQL over the channel views, translated to DuckDB's dialect."""
+    schema: dict[str, object] = {ch: channel_columns(ch) for ch in CHANNEL_SCHEMAS}
+    try:
+        statements = sqlglot.parse(sql, read="athena")
+        out = []
+        for tree in statements:
+            if tree is None:
+                continue
+            tree = qualify(tree, schema=schema, dialect="athena", quote_identifiers=False)
+            out.append(annotate_types(tree, schema=schema, dialect="athena").sql("duckdb"))
+    except sqlglot.errors.SqlglotError as err:
+        raise QueryError(f"not valid Athena SQL over the lake's views: {err}") from None
+    if len(out) != 1:
+        raise QueryError(f"expected one SQL statement, got {len(out)}")
+    return out[0]
+
+
+def run_query(lake_root: str | Path, sql: str, dialect: Dialect = "duckdb") -> pd.DataFrame:
+    """Run one query over a snapshot of the lake; ``dialect`` is the SQL's dialect."""
+    text = to_duckdb(sql) if dialect == "athena" else sql
+    with session(lake_root) as con:
+        try:
+            return con.execute(text).df()
+        except duckdb.Error as err:
+            LOG.error("query failed on the lake at %s: %s", lake_root, str(err).strip())
+            raise QueryError(str(err).strip()) from None
