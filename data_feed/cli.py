@@ -31,6 +31,11 @@ err_console = Console(stderr=True)
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (default: the embedded one)")]
 
 
+class Engine(StrEnum):
+    duckdb = "duckdb"
+    athena = "athena"
+
+
 class OutputFormat(StrEnum):
     table = "table"
     csv = "csv"
@@ -198,14 +203,21 @@ def query(
     sql: Annotated[str, typer.Argument(help="SQL over the views trades, l2_book, ticker")],
     lake: Annotated[Path | None, typer.Option(help="lake directory (default: lake.root of the config)")] = None,
     fmt: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
+    engine: Annotated[Engine, typer.Option(help="duckdb: the local lake; athena: the configured Athena "
+                                           "workgroup (SQL in Athena's dialect)")] = Engine.duckdb,
+    dialect: Annotated[Engine | None, typer.Option(help="dialect of the SQL (default: the engine's); "
+                                                   "--dialect athena on duckdb translates it")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Run SQL over the lake with DuckDB."""
-    from data_feed.query import QueryError, run_query
+    """Run SQL over the lake with DuckDB, or on Athena."""
+    from data_feed.query import QueryError, run_athena, run_query
 
-    root = lake or Path(_load(config).lake.root)
     try:
-        df = run_query(root, sql)
+        if engine is Engine.athena:
+            df = run_athena(sql, _load(config).athena)
+        else:
+            root = lake or Path(_load(config).lake.root)
+            df = run_query(root, sql, "athena" if dialect is Engine.athena else "duckdb")
     except QueryError as err:
         err_console.print(f"error: {err}", markup=False, highlight=False)
         raise typer.Exit(1) from None
@@ -249,6 +261,59 @@ def book(
         a = asks[i] if i < len(asks) else ("", "")
         table.add_row(str(b[1]), str(b[0]), str(a[0]), str(a[1]))
     console.print(table)
+
+
+lake_app = typer.Typer(no_args_is_help=True, help="Lake maintenance: compaction and retention.")
+app.add_typer(lake_app, name="lake")
+
+
+@lake_app.command("compact")
+def lake_compact(
+    older_than: Annotated[str, typer.Option(help="only slices closed at least this long ago: 30m, 6h, 2d, 0s")],
+    target_mb: Annotated[int | None, typer.Option(min=1, help="merged file size at most (default: "
+                                                  "lake.compaction_target_mb)")] = None,
+    lake: Annotated[Path | None, typer.Option(help="lake directory (default: lake.root of the config)")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Merge the small slice files of closed periods into large files, atomically for running queries."""
+    from data_feed.compaction import BYTES_PER_MB, MaintenanceBusy, compact, parse_duration
+
+    cfg = _load(config)
+    setup_logging("compaction")
+    try:
+        report = compact(lake or Path(cfg.lake.root), cfg.lake, parse_duration(older_than),
+                         target_mb * BYTES_PER_MB if target_mb else None)
+    except (ValueError, MaintenanceBusy) as err:
+        err_console.print(f"error: {err}", markup=False, highlight=False)
+        raise typer.Exit(2 if isinstance(err, ValueError) else 1) from None
+    table = Table(title=f"compacted: {report.merged} files merged into {report.written}")
+    for col in ("channel", "files before", "files after"):
+        table.add_column(col, justify="left" if col == "channel" else "right")
+    for channel, (before, after) in sorted(report.per_channel.items()):
+        table.add_row(channel, f"{before:,}", f"{after:,}")
+    table.caption = f"retired files deleted: {report.purged}; kept for readers or the grace period: {report.held}"
+    console.print(table)
+
+
+@lake_app.command("expire")
+def lake_expire(
+    lake: Annotated[Path | None, typer.Option(help="lake directory (default: lake.root of the config)")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Delete whole partitions older than lake.retention_days of their channel, and their catalog entries."""
+    from data_feed.compaction import MaintenanceBusy
+    from data_feed.retention import expire
+
+    cfg = _load(config)
+    setup_logging("retention")
+    try:
+        report = expire(lake or Path(cfg.lake.root), cfg.lake)
+    except MaintenanceBusy as err:
+        err_console.print(f"error: {err}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    for channel, parts in sorted(report.partitions.items()):
+        console.print(f"{channel}: expired {len(parts)} partitions")
+    console.print(f"files expired: {report.files}; deleted: {report.purged}; kept for readers: {report.held}")
 
 
 @app.command()

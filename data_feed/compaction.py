@@ -40,6 +40,9 @@ BYTES_PER_MB = 1024 * 1024
 LOCK_FILE = "_maintenance.lock"  # one compaction or retention run per lake at a time
 
 
+DURATION_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
 class MaintenanceBusy(RuntimeError):
     """Another compaction or retention run holds the lake's maintenance lock."""
 
@@ -68,6 +71,18 @@ def maintenance_lock(root: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of a duration such as ``90s``, ``30m``, ``6h``, ``2d`` (``0s``: every closed slice)."""
+    unit = text[-1:]
+    try:
+        count = float(text[:-1])
+    except ValueError:
+        count = -1.0
+    if unit not in DURATION_UNIT_SECONDS or count < 0:
+        raise ValueError(f"duration {text!r}: expected a number >= 0 and a unit of s, m, h or d, e.g. 30m, 6h")
+    return count * DURATION_UNIT_SECONDS[unit]
 
 
 def closed_before_ns(lake: LakeConfig, older_than_seconds: float, now_ns: int) -> int:

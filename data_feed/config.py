@@ -149,6 +149,14 @@ class LakeConfig(_Frozen):
         return value
 
 
+class AthenaConfig(_Frozen):
+    """Where ``data-feed query --engine athena`` runs: an Athena workgroup over the Glue database of the lake."""
+
+    database: str = Field(default="data_feed", description="Glue database holding one table per channel")
+    workgroup: str = Field(default="primary", description="Athena workgroup (its result location is used)")
+    region: str | None = Field(default=None, description="AWS region; null = the environment's (AWS_REGION)")
+
+
 class DatabaseConfig(_Frozen):
     url: str = Field(default="sqlite:///./.data-feed/data-feed.db", description="SQLAlchemy URL")
 
@@ -178,6 +186,7 @@ class Config(_Frozen):
     exchanges: dict[str, ExchangeConfig] = Field(min_length=1)
     redis: RedisConfig = RedisConfig()
     lake: LakeConfig = LakeConfig()
+    athena: AthenaConfig = AthenaConfig()
     database: DatabaseConfig = DatabaseConfig()
     simulator: SimulatorConfig = SimulatorConfig()
     replay: ReplayConfig = ReplayConfig()

@@ -28,6 +28,7 @@ from sqlglot.optimizer.annotate_types import annotate_types
 from sqlglot.optimizer.qualify import qualify
 
 from data_feed.catalog import CatalogFile, LocalCatalog
+from data_feed.config import AthenaConfig
 from data_feed.schemas import CHANNEL_SCHEMAS, PARTITION_KEYS
 
 LOG = logging.getLogger("data_feed.query")
@@ -107,3 +108,20 @@ def run_query(lake_root: str | Path, sql: str, dialect: Dialect = "duckdb") -> p
         except duckdb.Error as err:
             LOG.error("query failed on the lake at %s: %s", lake_root, str(err).strip())
             raise QueryError(str(err).strip()) from None
+
+
+def run_athena(sql: str, athena: AthenaConfig) -> pd.DataFrame:
+    """Run Athena SQL in the configured workgroup over the Glue database of the lake (production)."""
+    import awswrangler as wr
+    import boto3
+    import botocore.exceptions
+
+    session = boto3.Session(region_name=athena.region) if athena.region else boto3.Session()
+    try:
+        df: pd.DataFrame = wr.athena.read_sql_query(sql, database=athena.database, workgroup=athena.workgroup,
+                                                    ctas_approach=False, boto3_session=session)
+    except (wr.exceptions.QueryFailed, botocore.exceptions.ClientError,
+            botocore.exceptions.BotoCoreError) as err:
+        LOG.error("athena query failed (workgroup=%s database=%s): %s", athena.workgroup, athena.database, err)
+        raise QueryError(f"athena: {err}") from None
+    return df
