@@ -34,7 +34,8 @@ RETRY_DELAY_MAX_SECONDS = 5.0
 CHANNEL_OF_CALLBACK = {TRADES: "trades", L2_BOOK: "l2_book", TICKER: "ticker", FUNDING: "funding",
                        OPEN_INTEREST: "open_interest", LIQUIDATIONS: "liquidations", CANDLES: "candles"}
 GAPS_CHANNEL = "gaps"  # written by the collector itself, not by a cryptofeed callback
-NS_PER_SECOND = 1_000_000_000
+US_PER_SECOND = 1_000_000
+NS_PER_US = 1000
 # Some cryptofeed classes hand over exchange times in epoch milliseconds (Bybit's books, tickers, candles);
 # as seconds such a value would lie past the year 5000, so anything above this is milliseconds.
 MS_EPOCH_THRESHOLD = 1e11
@@ -266,8 +267,8 @@ def _seconds(value: Any) -> float | None:
 
 
 def _ns(value: Any) -> int | None:
-    seconds = _seconds(value)
-    return None if seconds is None else round(seconds * NS_PER_SECOND)
+    seconds = _seconds(value)  # rounded to the microsecond a float second holds, like the cache's times
+    return None if seconds is None else round(seconds * US_PER_SECOND) * NS_PER_US
 
 
 def _opt_float(value: Any) -> float | None:

@@ -94,6 +94,10 @@ class BinanceConnection:
     tickers: set[str] = field(default_factory=set)
     depth: dict[str, DepthDiff] = field(default_factory=dict)
 
+    def watched(self) -> set[str]:
+        """Symbols with any stream on this connection."""
+        return self.trades | self.tickers | set(self.depth)
+
 
 class BinanceProtocol(ExchangeProtocol):
     name = "BINANCE"
@@ -167,20 +171,22 @@ class BinanceProtocol(ExchangeProtocol):
         except ValueError:
             return _error(400, -1100, "Illegal characters found in parameter 'limit'.")
         limit = max(1, min(limit, MAX_DEPTH_LIMIT))
+        return web.json_response(self._depth_body(state, limit))
+
+    def _depth_body(self, state: SymbolState, limit: int) -> dict[str, Any]:
         market = state.market
-        body = {
+        return {
             "lastUpdateId": market.update_id,
             "bids": [[price_str(p), size_str(s)] for p, s in market.bids.top(limit)],
             "asks": [[price_str(p), size_str(s)] for p, s in market.asks.top(limit)],
         }
-        return web.json_response(body)
 
     # -- websocket --------------------------------------------------------------------------
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         """Combined stream: /stream?streams=btcusdt@aggTrade/btcusdt@depth@100ms/btcusdt@bookTicker."""
         outbox_ws = web.WebSocketResponse(compress=False)
-        conn = BinanceConnection(Outbox(outbox_ws, self))
+        conn = self.new_connection(Outbox(outbox_ws, self))
         problem = self._parse_streams(conn, request.query.get("streams", ""))
         if problem:
             return _error(400, -1100, problem)
@@ -192,6 +198,16 @@ class BinanceProtocol(ExchangeProtocol):
             self.connections.discard(conn)
             self.outboxes.discard(conn.outbox)
         return outbox_ws
+
+    def new_connection(self, outbox: Outbox) -> BinanceConnection:
+        return BinanceConnection(outbox)
+
+    def depth_diff(self, stream: str, interval: float) -> DepthDiff:
+        return DepthDiff(stream, interval, now() + interval)
+
+    def extra_stream(self, conn: BinanceConnection, state: SymbolState, kind: str) -> bool:
+        """Streams beyond aggTrade, depth and bookTicker (futures adds its own); False: unsupported."""
+        return False
 
     def _parse_streams(self, conn: BinanceConnection, streams: str) -> str | None:
         for name in filter(None, streams.split("/")):
@@ -205,16 +221,16 @@ class BinanceProtocol(ExchangeProtocol):
                 conn.tickers.add(state.symbol)
             elif kind in ("depth", "depth@100ms", "depth@1000ms"):
                 interval = DEPTH_INTERVALS.get(kind.partition("@")[2] or "1000ms", 1.0)
-                conn.depth[state.symbol] = DepthDiff(name, interval, now() + interval)
-            else:
+                conn.depth[state.symbol] = self.depth_diff(name, interval)
+            elif not self.extra_stream(conn, state, kind):
                 return f"Unsupported stream {name!r}"
-        return None if conn.trades or conn.tickers or conn.depth else "No streams requested"
+        return None if conn.watched() else "No streams requested"
 
     def _attach(self, conn: BinanceConnection) -> None:
         self.connections.add(conn)
         self.outboxes.add(conn.outbox)
         t = now()
-        for symbol in conn.trades | conn.tickers | set(conn.depth):
+        for symbol in conn.watched():
             self.symbols[symbol].activate(t)
 
     # -- frames -----------------------------------------------------------------------------
@@ -261,11 +277,16 @@ class BinanceProtocol(ExchangeProtocol):
         if self._last_top.get(state.symbol) == top:
             return
         self._last_top[state.symbol] = top
-        data = {"u": event.last_update_id, "s": state.exchange_symbol, "b": price_str(top[0]), "B": size_str(top[1]),
-                "a": price_str(top[2]), "A": size_str(top[3])}
+        data = self.ticker_payload(state, event)
         text = _dumps({"stream": f"{stream}@bookTicker", "data": data})
         for conn in conns:
             conn.outbox.send(text)
+
+    @staticmethod
+    def ticker_payload(state: SymbolState, event: MarketEvent) -> dict[str, Any]:
+        top = event.top
+        return {"u": event.last_update_id, "s": state.exchange_symbol, "b": price_str(top[0]), "B": size_str(top[1]),
+                "a": price_str(top[2]), "A": size_str(top[3])}
 
     def on_tick(self, now_ts: float) -> None:
         for conn in self.connections:

@@ -27,14 +27,25 @@ SLOW_SNAPSHOT_SECONDS = 1.0  # the book is unavailable while its snapshot loads;
 BOOK = "l2_book"
 
 
-class BinanceWithGaps(Binance):  # type: ignore[misc]
-    """cryptofeed's Binance, reporting its book resets and snapshot trouble as gaps (``gap`` is the mixin's)."""
+class BinanceGaps:
+    """Binance-family book handling that reports resets and snapshot trouble as gaps (``gap`` is the mixin's).
+
+    Mixed in before cryptofeed's Binance class or a subclass of it (USD-M futures shares the scheme).
+    """
+
+    id: str
+    last_update_id: dict[str, int]
+    _l2_book: dict[str, Any]
+
+    def gap(self, symbol: str, channel: str, reason: str, first_missing: int | None = None,
+            last_missing: int | None = None, detail: str = "", when: float | None = None) -> None:
+        raise NotImplementedError  # provided by CollectorFeedMixin
 
     def _check_update_id(self, std_pair: str, msg: dict[str, Any]) -> bool:
         """depthUpdate {"U": 157, "u": 160, ...}: U must be the last u + 1, or cryptofeed resets the books."""
         expected = self.last_update_id.get(std_pair)
         books = list(self._l2_book)
-        skip: bool = super()._check_update_id(std_pair, msg)
+        skip: bool = super()._check_update_id(std_pair, msg)  # type: ignore[misc]
         if std_pair in books and not self._l2_book and expected is not None:
             self.gap(std_pair, BOOK, "sequence_gap", expected + 1, int(msg["U"]) - 1,
                      detail=f"update {msg['U']} after {expected}; resynchronising from a snapshot")
@@ -44,16 +55,20 @@ class BinanceWithGaps(Binance):  # type: ignore[misc]
         return skip
 
     async def _snapshot(self, pair: str) -> None:
-        symbol = self.exchange_symbol_to_std_symbol(pair)
+        symbol = self.exchange_symbol_to_std_symbol(pair)  # type: ignore[attr-defined]
         started = time.monotonic()
         try:
-            await super()._snapshot(pair)
+            await super()._snapshot(pair)  # type: ignore[misc]
         except Exception as err:
             self.gap(symbol, BOOK, "snapshot_failed", detail=f"{type(err).__name__}: {err}"[:200])
             raise GapRecorded(f"exchange={self.id} symbol={symbol}: book snapshot failed: {err}") from err
         elapsed = time.monotonic() - started
         if elapsed > SLOW_SNAPSHOT_SECONDS:
             self.gap(symbol, BOOK, "slow_snapshot", detail=f"book snapshot took {elapsed:.3f}s")
+
+
+class BinanceWithGaps(BinanceGaps, Binance):  # type: ignore[misc]
+    """cryptofeed's Binance spot with gaps reported."""
 
 
 QUIRKS = BinanceWithGaps  # the class replays build on
