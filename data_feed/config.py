@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -182,6 +183,50 @@ class SpawnerConfig(_Frozen):
     stop_timeout_seconds: float = Field(default=30.0, gt=0)
 
 
+INTERVAL_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+_INTERVAL_PATTERN = re.compile(r"^([1-9][0-9]*)([smhd])$")
+
+
+def interval_seconds(interval: str) -> int:
+    """Length of a feature interval such as ``1s``, ``5m``, ``1h``, ``1d`` (the one parser of that format)."""
+    match = _INTERVAL_PATTERN.match(interval)
+    if match is None:
+        raise ValueError(f"interval {interval!r}: expected a positive count and a unit of s, m, h or d, e.g. 1s, 1m")
+    return int(match.group(1)) * INTERVAL_UNIT_SECONDS[match.group(2)]
+
+
+class BusConfig(_Frozen):
+    """The ZMQ bus: an XSUB/XPUB proxy run by the spawner; collectors and the featurizer publish on it."""
+
+    enabled: bool = Field(default=True, description="run the proxy; collectors publish their batches on it")
+    publish_endpoint: str | None = Field(default=None, description="the proxy's XSUB side, where publishers "
+                                         "connect; null = ipc socket in spawner.run_dir")
+    subscribe_endpoint: str | None = Field(default=None, description="the proxy's XPUB side, where subscribers "
+                                           "connect; null = ipc socket in spawner.run_dir")
+    high_water_mark: int = Field(default=100_000, gt=0, description="batches queued per socket before a "
+                                 "publisher counts them as dropped")
+
+
+class FeaturizerConfig(_Frozen):
+    """Per-slice trade and order-book statistics from the bus, published on it and landed in the lake."""
+
+    enabled: bool = Field(default=True, description="run the featurizer role (needs bus.enabled)")
+    intervals: tuple[str, ...] = Field(default=("1s", "1m"), min_length=1, description="slice lengths; the "
+                                       "first is computed from records, the others merged from it (multiples)")
+    allowed_lateness_seconds: float = Field(default=2.0, ge=0, description="a slice closes once the exchange's "
+                                            "newest event time passes its end by this much; later records are late")
+    imbalance_levels: int = Field(default=5, gt=0, description="top-N levels per side of the book imbalance")
+    depth_bps: float = Field(default=10.0, gt=0, description="book depth is summed within this many bps of mid")
+
+    @field_validator("intervals")
+    @classmethod
+    def _multiples_of_the_first(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        seconds = [interval_seconds(v) for v in value]
+        if any(s % seconds[0] or s <= seconds[0] for s in seconds[1:]):
+            raise ValueError("each interval after the first must be a longer multiple of the first")
+        return value
+
+
 class Config(_Frozen):
     exchanges: dict[str, ExchangeConfig] = Field(min_length=1)
     redis: RedisConfig = RedisConfig()
@@ -191,6 +236,14 @@ class Config(_Frozen):
     simulator: SimulatorConfig = SimulatorConfig()
     replay: ReplayConfig = ReplayConfig()
     spawner: SpawnerConfig = SpawnerConfig()
+    bus: BusConfig = BusConfig()
+    featurizer: FeaturizerConfig = FeaturizerConfig()
+
+    @model_validator(mode="after")
+    def _featurizer_needs_bus(self) -> Config:
+        if self.featurizer.enabled and not self.bus.enabled:
+            raise ValueError("featurizer.enabled needs bus.enabled")
+        return self
 
     @field_validator("exchanges")
     @classmethod

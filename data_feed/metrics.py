@@ -55,6 +55,15 @@ GAPS = Counter("data_feed_gaps_total", "Gaps in collected data (disconnects, seq
                ["exchange", "channel", "reason"])
 SIM_FAULTS = Counter("data_feed_sim_faults_total", "Faults the simulator injected", ["exchange", "fault"])
 RESTARTS = Counter("data_feed_role_restarts_total", "Role processes restarted by the spawner", ["role"])
+BUS_DROPPED = Counter("data_feed_bus_dropped_batches_total", "Bus batches a publisher dropped at its high-water mark",
+                      ["channel"])
+FEATURE_SLICES = Counter("data_feed_feature_slices_total", "Feature slices the featurizer closed and published",
+                         ["exchange", "interval"])
+FEATURE_LATE_RECORDS = Counter("data_feed_feature_late_records_total",
+                               "Records that reached the featurizer after their slice had closed", ["exchange", "channel"])
+FEATURE_LATENCY = Gauge("data_feed_feature_publish_delay_seconds",
+                        "Wall time from a slice's end to its publication, last slice", ["exchange"],
+                        multiprocess_mode="livemax")
 ROLE_UP = Gauge("data_feed_role_up", "1 while the role's process is running", ["role"], multiprocess_mode="livemax")
 
 
