@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 import redis
 
 from data_feed import metrics
-from data_feed.book import with_opening_snapshot
+from data_feed.book import SNAPSHOT_STAMP_OFFSET_NS, book_state, snapshot_table
 from data_feed.cache import (
     AGGREGATOR_WRITTEN_KEY,
     CONSUMER_GROUP,
@@ -53,10 +53,10 @@ from data_feed.cache import (
     stream_key,
     stream_lag,
 )
-from data_feed.catalog import LocalCatalog
+from data_feed.catalog import Catalog, LocalCatalog
 from data_feed.config import Config
-from data_feed.lake import NS_PER_SECOND, SliceKey, slice_relpath, write_slice
-from data_feed.schemas import SYMBOL_COLUMN
+from data_feed.lake import NS_PER_SECOND, LocalStore, SliceKey, SliceStore, slice_relpath
+from data_feed.schemas import L2_BOOK, SYMBOL_COLUMN
 
 LOG = logging.getLogger("data_feed.aggregator")
 
@@ -100,7 +100,7 @@ class Aggregator:
         self.cfg = cfg
         self.client = client
         self.root = Path(lake_root or cfg.lake.root)
-        self.catalog = LocalCatalog(self.root)
+        self.store, self.catalog = open_lake(cfg, self.root)
         self.width_ns = cfg.lake.slice_seconds * NS_PER_SECOND
         self.lateness_ns = int(cfg.lake.allowed_lateness_seconds * NS_PER_SECOND)
         self.streams = [stream_key(ex, ch) for ex, exc in cfg.exchanges.items() for ch in exc.stream_channels()]
@@ -330,19 +330,32 @@ class Aggregator:
                         "not writing it again", sk.exchange, sk.channel, sk.symbol, sk.stamp())
             return 0
         if sk.channel == BOOK_CHANNEL:
-            table = with_opening_snapshot(self.root, self.catalog, sk.exchange, sk.symbol, sk.start_ns, table,
-                                          self.cfg.lake.book_snapshot_depth)
-        path = write_slice(self.root, sk, table, first_entry_id, self.cfg.lake.compression_level)
-        size = path.stat().st_size
-        if not self.catalog.register(sk, str(path.relative_to(self.root)), table.num_rows, size):
+            table = self._with_opening_snapshot(sk, table)
+        path, size = self.store.write_slice(sk, table, first_entry_id, self.cfg.lake.compression_level)
+        if not self.catalog.register(sk, path, table.num_rows, size):
             LOG.warning("exchange=%s channel=%s symbol=%s: %s was already compacted into a larger file; "
-                        "dropping the rewritten copy", sk.exchange, sk.channel, sk.symbol, path.name)
-            path.unlink()
+                        "dropping the rewritten copy", sk.exchange, sk.channel, sk.symbol, path)
+            if isinstance(self.store, LocalStore):
+                self.store.remove(path)
             return 0
         metrics.SLICES_WRITTEN.labels(sk.channel, sk.exchange).inc()
         metrics.ROWS_WRITTEN.labels(sk.channel, sk.exchange).inc(table.num_rows)
         metrics.BYTES_WRITTEN.labels(sk.channel, sk.exchange).inc(size)
         return size
+
+    def _with_opening_snapshot(self, sk: SliceKey, table: pa.Table) -> pa.Table:
+        """Prefix an l2_book slice with the book at the end of the symbol's previous slice (data_feed.book)."""
+        files = self.catalog.files(BOOK_CHANNEL, sk.exchange, sk.symbol)
+        earlier = [f for f in files if f.slice_start_ns < sk.start_ns]
+        if not earlier or table.num_rows == 0:
+            return table
+        latest = max(f.slice_start_ns for f in earlier)
+        parts = [self.store.read(f.path, L2_BOOK) for f in earlier if f.slice_start_ns == latest]
+        book = book_state(pa.concat_tables(parts).to_pandas())
+        first_recv = int(np.min(table.column("ts_recv").to_numpy()))
+        snap = snapshot_table(book, self.cfg.lake.book_snapshot_depth, sk.start_ns,
+                              first_recv - SNAPSHOT_STAMP_OFFSET_NS)
+        return pa.concat_tables([snap, table.cast(L2_BOOK)])
 
     def _commit(self, key: str, path: str, record: JournalRecord, rows: int, size: int, settle: bool) -> None:
         """One transaction: mark the file committed, count it and (when ``settle``) acknowledge the entries
@@ -435,6 +448,16 @@ class Aggregator:
         for key in self.streams:
             metrics.CONSUMER_LAG.labels(key).set(stream_lag(self.client, key))
             metrics.STREAM_LENGTH.labels(key).set(self.client.xlen(key))
+
+
+def open_lake(cfg: Config, root: Path) -> tuple[SliceStore, Catalog]:
+    """The lake's store and catalog: S3 and Glue when ``lake.s3`` is set, else ``root`` and its local catalog."""
+    if cfg.lake.s3 is None:
+        return LocalStore(root), LocalCatalog(root)
+    from data_feed.s3 import GlueCatalog, S3Store
+
+    store = S3Store(cfg.lake.s3)
+    return store, GlueCatalog(cfg.lake.s3, store)
 
 
 def run(cfg: Config, redis_url: str) -> None:

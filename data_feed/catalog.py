@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from data_feed.lake import SliceKey
 
@@ -76,6 +77,18 @@ class Snapshot:
     lease: int
     version: int
     files: dict[str, list[CatalogFile]]
+
+
+class Catalog(Protocol):
+    """What the aggregator needs of a catalog: the local one here, or Glue (``data_feed.s3.GlueCatalog``)."""
+
+    def register(self, key: SliceKey, path: str, rows: int, size: int) -> bool: ...
+
+    def is_retired(self, path: str) -> bool: ...
+
+    def files(self, channel: str, exchange: str | None = None, symbol: str | None = None) -> list[CatalogFile]: ...
+
+    def close(self) -> None: ...
 
 
 class LocalCatalog:

@@ -125,8 +125,21 @@ class RedisConfig(_Frozen):
     batch_max_ms: int = Field(default=50, gt=0, description="flush a partial batch after this many ms")
 
 
+class S3LakeConfig(_Frozen):
+    """The lake on S3 with a Glue catalog; credentials come from the environment (AWS_ACCESS_KEY_ID, ...)."""
+
+    bucket: str = Field(min_length=3, description="bucket holding the lake")
+    prefix: str = Field(default="lake", description="key prefix of the lake inside the bucket")
+    endpoint_url: str | None = Field(default=None, description="S3 endpoint; null = AWS")
+    glue_endpoint_url: str | None = Field(default=None, description="Glue endpoint; null = AWS")
+    region: str | None = Field(default=None, description="AWS region; null = the environment's (AWS_REGION)")
+    database: str = Field(default="data_feed", description="Glue database: one table per channel")
+
+
 class LakeConfig(_Frozen):
     root: str = Field(default="./lake", description="lake directory")
+    s3: S3LakeConfig | None = Field(default=None, description="land slices on S3 and register partitions in Glue "
+                                    "instead of lake.root and the local catalog")
     slice_seconds: int = Field(default=60, gt=0, le=86_400, description="slice length, by exchange time")
     allowed_lateness_seconds: float = Field(default=5.0, ge=0, description="wait this long past a slice end")
     compression_level: int = Field(default=3, ge=1, le=22, description="zstd level")

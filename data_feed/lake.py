@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -101,6 +102,34 @@ def write_merged(root: Path, relpath: str, channel: str, sources: list[str], com
     tmp.replace(final)
     _fsync_dir(final.parent)
     return final.stat().st_size
+
+
+class SliceStore(Protocol):
+    """Where slice files live: a local directory (``LocalStore``) or S3 (``data_feed.s3.S3Store``)."""
+
+    def write_slice(self, key: SliceKey, table: pa.Table, first_entry_id: str,
+                    compression_level: int) -> tuple[str, int]: ...
+
+    def read(self, relpath: str, schema: pa.Schema) -> pa.Table: ...
+
+
+class LocalStore:
+    """Slice files under a local lake root: atomic rename, fsynced."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def write_slice(self, key: SliceKey, table: pa.Table, first_entry_id: str,
+                    compression_level: int) -> tuple[str, int]:
+        """Write one slice; returns its path relative to the root and its size."""
+        path = write_slice(self.root, key, table, first_entry_id, compression_level)
+        return str(path.relative_to(self.root)), path.stat().st_size
+
+    def read(self, relpath: str, schema: pa.Schema) -> pa.Table:
+        return pq.read_table(self.root / relpath, schema=schema)
+
+    def remove(self, relpath: str) -> None:
+        (self.root / relpath).unlink()
 
 
 def _fsync_dir(directory: Path) -> None:

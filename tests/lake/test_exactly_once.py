@@ -10,12 +10,11 @@ from typing import Any
 import pytest
 import redis
 
-from data_feed import aggregator as aggregator_module
 from data_feed.aggregator import Aggregator
 from data_feed.cache import CONSUMER_GROUP, encode_batch, journal_key, stream_key
 from data_feed.catalog import LocalCatalog
 from data_feed.config import Config
-from data_feed.lake import channel_files
+from data_feed.lake import LocalStore, channel_files
 from data_feed.query import run_query
 from tests.conftest import make_config
 
@@ -89,7 +88,7 @@ def test_entry_spanning_two_slices_is_not_duplicated_when_killed_between_them(
 
 
 CRASH_POINTS: dict[str, Callable[[pytest.MonkeyPatch, Callable[..., None]], None]] = {
-    "after intent, before the file": lambda mp, die: mp.setattr(aggregator_module, "write_slice", die),
+    "after intent, before the file": lambda mp, die: mp.setattr(LocalStore, "write_slice", die),
     "file renamed, before the catalog": lambda mp, die: mp.setattr(LocalCatalog, "register", die),
     "registered, before the commit": lambda mp, die: mp.setattr(Aggregator, "_commit", die),
 }
@@ -103,7 +102,7 @@ def test_crash_at_each_step_of_the_nth_write_then_restart_lands_every_record_onc
     client = redis.Redis.from_url(redis_url)
     n = _fill(client)
     calls = [0]
-    original = {"after intent, before the file": aggregator_module.write_slice,
+    original = {"after intent, before the file": LocalStore.write_slice,
                 "file renamed, before the catalog": LocalCatalog.register,
                 "registered, before the commit": Aggregator._commit}[point]
 

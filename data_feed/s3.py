@@ -1,0 +1,159 @@
+"""The lake on S3 with a Glue catalog: the same layout, file names and commit protocol as the local lake.
+
+``S3Store`` writes a slice with one PUT (atomic: a reader sees the whole object
+or none; durable once the PUT completes), under
+``s3://{bucket}/{prefix}/{channel}/exchange=.../symbol=.../date=.../{file}``.
+``GlueCatalog`` has the local catalog's interface for the aggregator: one Glue
+table per channel (created on first use, partitioned by exchange, symbol and
+date) and a partition registered as the first slice of it lands; its file
+lists come from S3 listings of the partition. Compaction and retention run on
+the local lake only (not yet on S3: ``is_retired`` is always false here).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import boto3
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data_feed.catalog import CatalogFile
+from data_feed.config import S3LakeConfig
+from data_feed.lake import NS_PER_SECOND, SliceKey, partition_dir, slice_relpath
+from data_feed.schemas import CHANNEL_SCHEMAS, PARTITION_KEYS, schema_for
+
+LOG = logging.getLogger("data_feed.s3")
+
+STAMP_FORMAT = "%Y%m%dT%H%M%SZ"  # a slice file name starts with its slice start (data_feed.lake)
+STAMP_CHARS = 16
+GLUE_TYPES = {"int64": "bigint", "double": "double", "string": "string", "bool": "boolean"}
+PARTITION_GLUE_TYPES = {"exchange": "string", "symbol": "string", "date": "date"}
+
+
+def boto3_session(cfg: S3LakeConfig) -> boto3.Session:
+    return boto3.Session(region_name=cfg.region) if cfg.region else boto3.Session()
+
+
+def glue_columns(channel: str) -> dict[str, str]:
+    return {f.name: GLUE_TYPES[str(f.type)] for f in CHANNEL_SCHEMAS[channel]}
+
+
+def slice_start_of(name: str) -> int:
+    start = datetime.strptime(name[:STAMP_CHARS], STAMP_FORMAT).replace(tzinfo=UTC)
+    return int(start.timestamp()) * NS_PER_SECOND
+
+
+class S3Store:
+    """Slice files on S3: one PUT per file."""
+
+    def __init__(self, cfg: S3LakeConfig, session: boto3.Session | None = None) -> None:
+        self.cfg = cfg
+        self.client: Any = (session or boto3_session(cfg)).client("s3", endpoint_url=cfg.endpoint_url)
+
+    def key(self, relpath: str) -> str:
+        return str(PurePosixPath(self.cfg.prefix) / relpath)
+
+    def uri(self, relpath: str) -> str:
+        return f"s3://{self.cfg.bucket}/{self.key(relpath)}"
+
+    def write_slice(self, key: SliceKey, table: pa.Table, first_entry_id: str, compression_level: int) -> tuple[
+            str, int]:
+        """PUT one slice; returns its path relative to the lake root and its size."""
+        buf = io.BytesIO()
+        pq.write_table(table.cast(schema_for(key.channel)), buf, compression="zstd",
+                       compression_level=compression_level)
+        relpath = slice_relpath(key, first_entry_id)
+        body = buf.getvalue()
+        self.client.put_object(Bucket=self.cfg.bucket, Key=self.key(relpath), Body=body)
+        return relpath, len(body)
+
+    def read(self, relpath: str, schema: pa.Schema) -> pa.Table:
+        body = self.client.get_object(Bucket=self.cfg.bucket, Key=self.key(relpath))["Body"].read()
+        return pq.read_table(io.BytesIO(body), schema=schema)
+
+    def list(self, prefix: str) -> list[tuple[str, int]]:
+        """(path relative to the lake root, size) of every object under ``prefix`` (relative too)."""
+        base = self.key("")
+        out = []
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.cfg.bucket,
+                                                                      Prefix=self.key(prefix))
+        for page in pages:
+            for obj in page.get("Contents", []):
+                out.append((obj["Key"][len(base):].lstrip("/"), int(obj["Size"])))
+        return out
+
+
+class GlueCatalog:
+    """The local catalog's interface over Glue: a table per channel, a partition per (exchange, symbol, date)."""
+
+    def __init__(self, cfg: S3LakeConfig, store: S3Store, session: boto3.Session | None = None) -> None:
+        import awswrangler as wr
+
+        self.wr = wr
+        self.cfg = cfg
+        self.store = store
+        self.session = session or boto3_session(cfg)
+        if cfg.glue_endpoint_url:
+            wr.config.glue_endpoint_url = cfg.glue_endpoint_url
+        self.known: set[tuple[str, str, str, str]] = set()
+        self.tables: set[str] = set()
+
+    def close(self) -> None:
+        pass
+
+    def table_uri(self, channel: str) -> str:
+        return self.store.uri(channel) + "/"
+
+    def ensure_table(self, channel: str) -> None:
+        if channel in self.tables:
+            return
+        self.wr.catalog.create_database(self.cfg.database, exist_ok=True, boto3_session=self.session)
+        self.wr.catalog.create_parquet_table(
+            database=self.cfg.database, table=channel, path=self.table_uri(channel),
+            columns_types=glue_columns(channel), partitions_types=PARTITION_GLUE_TYPES, compression="zstd",
+            mode="overwrite", boto3_session=self.session)
+        self.tables.add(channel)
+
+    def register(self, key: SliceKey, path: str, rows: int, size: int) -> bool:
+        """Register the file's partition in Glue the first time one of its files lands."""
+        partition = (key.channel, key.exchange, key.symbol, key.date())
+        if partition in self.known:
+            return True
+        self.ensure_table(key.channel)
+        location = self.store.uri(str(partition_dir(Path(), key))) + "/"
+        self.wr.catalog.add_parquet_partitions(
+            database=self.cfg.database, table=key.channel, partitions_values={location: list(partition[1:])},
+            compression="zstd", boto3_session=self.session)
+        self.known.add(partition)
+        LOG.info("channel=%s exchange=%s symbol=%s: registered partition date=%s in Glue", *partition)
+        return True
+
+    def is_retired(self, path: str) -> bool:
+        return False
+
+    def files(self, channel: str, exchange: str | None = None, symbol: str | None = None) -> list[CatalogFile]:
+        prefix = channel + "/"
+        if exchange is not None:
+            prefix += f"exchange={exchange}/"
+            if symbol is not None:
+                prefix += f"symbol={symbol}/"
+        out = []
+        for relpath, size in self.store.list(prefix):
+            parts = dict(p.split("=", 1) for p in relpath.split("/")[1:-1])
+            name = relpath.rsplit("/", 1)[-1]
+            if name.startswith(".") or set(parts) != set(PARTITION_KEYS):
+                continue
+            out.append(CatalogFile(relpath, channel, parts["exchange"], parts["symbol"], parts["date"],
+                                   slice_start_of(name), -1, size))  # rows: not listed by S3
+        return sorted(out, key=lambda f: f.path)
+
+    def partitions(self, channel: str) -> list[tuple[str, str, str]]:
+        """(exchange, symbol, date) of every partition Glue lists for the channel's table."""
+        found = self.wr.catalog.get_partitions(database=self.cfg.database, table=channel,
+                                               boto3_session=self.session)
+        return sorted((v[0], v[1], v[2]) for v in found.values())
