@@ -22,6 +22,7 @@ from aiohttp import web
 from data_feed.config import Config
 from data_feed.sim.binance import BinanceProtocol
 from data_feed.sim.binance_futures import BinanceFuturesProtocol
+from data_feed.sim.bybit import BybitProtocol
 from data_feed.sim.coinbase import CoinbaseProtocol
 from data_feed.sim.hub import ExchangeProtocol, now
 from data_feed.sim.replay import ReplayServer
@@ -33,7 +34,8 @@ LOG = logging.getLogger(__name__)
 TICK_SECONDS: Final = 0.01
 DRAIN_TIMEOUT_SECONDS: Final = 10.0
 PROTOCOLS: Final[dict[str, type[ExchangeProtocol]]] = {
-    "BINANCE": BinanceProtocol, "BINANCE_FUTURES": BinanceFuturesProtocol, "COINBASE": CoinbaseProtocol}
+    "BINANCE": BinanceProtocol, "BINANCE_FUTURES": BinanceFuturesProtocol, "BYBIT": BybitProtocol,
+    "COINBASE": CoinbaseProtocol}
 
 
 class Simulator:

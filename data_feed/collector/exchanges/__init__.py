@@ -12,11 +12,11 @@ from typing import Any
 
 from cryptofeed.feed import Feed
 
-from data_feed.collector.exchanges import binance, binance_futures, coinbase, replay
+from data_feed.collector.exchanges import binance, binance_futures, bybit, coinbase, replay
 from data_feed.collector.exchanges.base import Endpoints
 
 EXCHANGE_MODULES: dict[str, ModuleType] = {"BINANCE": binance, "BINANCE_FUTURES": binance_futures,
-                                           "COINBASE": coinbase}
+                                           "BYBIT": bybit, "COINBASE": coinbase}
 
 
 def _module(exchange: str) -> ModuleType:

@@ -35,6 +35,17 @@ class GapWriter(Protocol):
             last_missing: int | None = None, detail: str = "", when: float | None = None) -> None: ...
 
 
+class LoggedGaps:
+    """Base of exchange quirk classes that report gaps: logs them when no collector (CollectorFeedMixin,
+    which comes first in the MRO and also writes the gaps row) is mixed in, e.g. in a direct parse."""
+
+    id: str
+
+    def gap(self, symbol: str, channel: str, reason: str, first_missing: int | None = None,
+            last_missing: int | None = None, detail: str = "", when: float | None = None) -> None:
+        LOG.warning("exchange=%s channel=%s symbol=%s: gap (%s) %s", self.id, channel, symbol, reason, detail)
+
+
 @dataclass(frozen=True)
 class Endpoints:
     """Where a simulated exchange lives: https/wss base URLs of the simulator."""

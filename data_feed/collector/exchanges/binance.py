@@ -20,26 +20,21 @@ from cryptofeed.connection import RestEndpoint, WebsocketEndpoint
 from cryptofeed.exchanges import Binance
 from cryptofeed.feed import Feed
 
-from data_feed.collector.exchanges.base import CollectorFeedMixin, Endpoints, GapRecorded
+from data_feed.collector.exchanges.base import CollectorFeedMixin, Endpoints, GapRecorded, LoggedGaps
 
 SIM_PATH = "/binance"
 SLOW_SNAPSHOT_SECONDS = 1.0  # the book is unavailable while its snapshot loads; longer than this is a gap
 BOOK = "l2_book"
 
 
-class BinanceGaps:
+class BinanceGaps(LoggedGaps):
     """Binance-family book handling that reports resets and snapshot trouble as gaps (``gap`` is the mixin's).
 
     Mixed in before cryptofeed's Binance class or a subclass of it (USD-M futures shares the scheme).
     """
 
-    id: str
     last_update_id: dict[str, int]
     _l2_book: dict[str, Any]
-
-    def gap(self, symbol: str, channel: str, reason: str, first_missing: int | None = None,
-            last_missing: int | None = None, detail: str = "", when: float | None = None) -> None:
-        raise NotImplementedError  # provided by CollectorFeedMixin
 
     def _check_update_id(self, std_pair: str, msg: dict[str, Any]) -> bool:
         """depthUpdate {"U": 157, "u": 160, ...}: U must be the last u + 1, or cryptofeed resets the books."""
