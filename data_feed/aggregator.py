@@ -54,7 +54,7 @@ from data_feed.cache import (
     stream_lag,
 )
 from data_feed.catalog import Catalog, LocalCatalog
-from data_feed.config import Config
+from data_feed.config import FEATURES_CHANNEL, Config
 from data_feed.lake import NS_PER_SECOND, LocalStore, SliceKey, SliceStore, slice_relpath
 from data_feed.schemas import L2_BOOK, SYMBOL_COLUMN
 
@@ -104,6 +104,8 @@ class Aggregator:
         self.width_ns = cfg.lake.slice_seconds * NS_PER_SECOND
         self.lateness_ns = int(cfg.lake.allowed_lateness_seconds * NS_PER_SECOND)
         self.streams = [stream_key(ex, ch) for ex, exc in cfg.exchanges.items() for ch in exc.stream_channels()]
+        if cfg.featurizer.enabled:  # the featurizer's slices land like any channel
+            self.streams += [stream_key(ex, FEATURES_CHANNEL) for ex in cfg.exchanges]
         self.open: dict[SliceKey, OpenSlice] = {}
         # entry id -> slices its records are in that are not committed yet, per stream
         self.unacked: dict[str, OrderedDict[str, set[SliceKey]]] = {k: OrderedDict() for k in self.streams}

@@ -26,13 +26,12 @@ from typing import Any
 import msgpack
 import zmq
 
-from data_feed.config import Config
+from data_feed.config import FEATURES_CHANNEL, Config
 
 LOG = logging.getLogger("data_feed.bus")
 
 PUBLISH_SOCKET_NAME = "bus-publish.sock"  # in spawner.run_dir, when no endpoint is configured
 SUBSCRIBE_SOCKET_NAME = "bus-subscribe.sock"
-FEATURES_CHANNEL = "features"
 TOPIC_SEPARATOR = "."
 PROXY_STOP_TIMEOUT_SECONDS = 5.0
 PUBLISHER_LINGER_MS = 1000  # at close, how long queued batches may still go out

@@ -23,6 +23,7 @@ SUPPORTED_EXCHANGES = ("BINANCE", "BINANCE_FUTURES", "BYBIT", "COINBASE")
 MARKET_CHANNELS = ("trades", "l2_book", "ticker", "funding", "open_interest", "liquidations", "candles")
 SOURCES = ("simulator", "live", "replay")
 GAPS_CHANNEL = "gaps"  # disconnects, sequence gaps, resyncs, bad frames: written by collectors, landed like data
+FEATURES_CHANNEL = "features"  # per-slice statistics: written by the featurizer, landed like data
 
 
 class ConfigError(ValueError):

@@ -20,7 +20,7 @@ from data_feed.config import parse_config
 from data_feed.logs import setup_logging
 from data_feed.runtime import RunDir, Runtime, trust_simulator
 
-ROLES = ("simulator", "collector", "aggregator")
+ROLES = ("simulator", "collector", "aggregator", "featurizer")
 
 
 def process_title(role: str, arg: str | None) -> str:
@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         from data_feed.collector import run as run_collector
 
         run_collector(args.arg, cfg, runtime)
+    elif args.role == "featurizer":
+        from featurizer.role import run as run_featurizer
+
+        run_featurizer(cfg, runtime.redis_url)
     else:
         from data_feed.aggregator import run as run_aggregator
 

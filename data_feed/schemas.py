@@ -111,6 +111,38 @@ GAPS = pa.schema(
     ]
 )
 
+# Per-slice statistics from the featurizer, one row per (symbol, interval, slice); ts_event is the slice start.
+# Besides the statistics it keeps their mergeable state (counts, sums, time integrals), so slices can be
+# re-aggregated exactly: vwap = notional / volume, twap_mid = mid_integral / book_time_ns, and so on.
+FEATURES = pa.schema(
+    [
+        pa.field("ts_event", TS, nullable=False),  # slice start, exchange time
+        pa.field("ts_recv", TS, nullable=False),  # when the featurizer closed the slice
+        pa.field("interval", pa.string(), nullable=False),  # 1s, 1m, ...
+        pa.field("trade_count", pa.int64(), nullable=False),
+        *(pa.field(name, pa.float64()) for name in ("open", "high", "low", "close")),  # NaN without trades
+        *(pa.field(name, pa.float64(), nullable=False)
+          for name in ("volume", "buy_volume", "sell_volume", "notional")),
+        pa.field("vwap", pa.float64()),
+        pa.field("realized_variance", pa.float64(), nullable=False),  # sum of squared log returns, trade to trade
+        pa.field("first_trade_ts", TS),  # int64 ns UTC, earliest trade event time; null without trades
+        pa.field("last_trade_ts", TS),
+        pa.field("book_updates", pa.int64(), nullable=False),  # book messages
+        pa.field("twap_mid", pa.float64()),  # time-weighted mid
+        pa.field("mean_spread_bps", pa.float64()),  # mean over book messages
+        pa.field("max_spread_bps", pa.float64()),
+        pa.field("microprice", pa.float64()),  # at the slice end
+        pa.field("mean_imbalance", pa.float64()),  # (bid - ask) / (bid + ask) size of the top N levels
+        pa.field("depth_bid", pa.float64()),  # size within X bps of mid, at the slice end
+        pa.field("depth_ask", pa.float64()),
+        pa.field("book_time_ns", pa.int64(), nullable=False),  # time with a two-sided book in the slice
+        pa.field("mid_integral", pa.float64(), nullable=False),  # sum of mid x ns
+        pa.field("spread_samples", pa.int64(), nullable=False),
+        pa.field("spread_sum_bps", pa.float64(), nullable=False),
+        pa.field("imbalance_sum", pa.float64(), nullable=False),
+    ]
+)
+
 CHANNEL_SCHEMAS: dict[str, pa.Schema] = {
     "trades": TRADES,
     "l2_book": L2_BOOK,
@@ -120,6 +152,7 @@ CHANNEL_SCHEMAS: dict[str, pa.Schema] = {
     "liquidations": LIQUIDATIONS,
     "candles": CANDLES,
     "gaps": GAPS,
+    "features": FEATURES,
 }
 
 # Columns every cached batch carries besides the schema's own: which symbol a row is for.

@@ -1,11 +1,13 @@
 """Spawner role: starts, supervises and stops every other role; serves /metrics and /health.
 
 Start order: private redis-server (when no URL is configured), simulator (when
-any exchange is simulated), aggregator, one collector per exchange. A role
+any exchange is simulated), the bus (a ZMQ proxy thread in this process),
+aggregator, featurizer (waited for until it has subscribed), one collector per exchange. A role
 that dies is restarted with exponential backoff and counted. Stop order is the
 data flow's: pause the simulator, wait until collectors have received every
-frame it sent, stop collectors (they flush), stop the aggregator (it drains the
-streams and writes every open slice), then stop the simulator and Redis.
+frame it sent, stop collectors (they flush), stop the featurizer (it drains the
+bus and closes its open slices), stop the aggregator (it drains the
+streams and writes every open slice), then stop the simulator, the bus and Redis.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import IO, Any
 import redis
 
 from data_feed import metrics
+from data_feed.bus import Proxy
 from data_feed.cache import AGGREGATOR_WRITTEN_KEY, collector_state_key, stream_key, stream_lag
 from data_feed.config import Config
 from data_feed.db import make_engine, save_effective_config
@@ -40,6 +43,8 @@ LOG = logging.getLogger("data_feed.spawner")
 SUPERVISE_INTERVAL_SECONDS = 0.5
 STABLE_AFTER_SECONDS = 60.0  # a role up this long has its backoff reset
 SIM_READY_TIMEOUT_SECONDS = 30.0
+FEATURIZER_READY_TIMEOUT_SECONDS = 30.0
+BUS_SUBSCRIBE_SETTLE_SECONDS = 0.2  # a subscription takes a moment to reach the proxy
 CATCH_UP_TIMEOUT_SECONDS = 15.0
 SIM_ACCOUNT_FILE = "sent-at-stop.json"
 SIM_ACCOUNT_BOOK_DEPTH = 20
@@ -75,6 +80,7 @@ class Spawner:
         self.started = time.time()
         self.written_at_start: dict[str, int] = {}
         self.summary: dict[str, dict[str, int]] = {}  # what landed, computed at stop
+        self.bus: Proxy | None = None
 
     # -- start -----------------------------------------------------------------------------
 
@@ -88,7 +94,10 @@ class Spawner:
         sim = self._start_simulator() if self.cfg.served() else None
         self.runtime = Runtime(redis_url=redis_url, **(sim or {}))
         self.runtime.save(self.run_dir.runtime_file)
+        self.bus = Proxy(self.cfg).start() if self.cfg.bus.enabled else None
         self._add_role("aggregator", None)
+        if self.cfg.featurizer.enabled:
+            self._start_featurizer()
         for exchange in self.cfg.exchanges:
             self._add_role("collector", exchange)
         for role in self.roles.values():
@@ -116,6 +125,21 @@ class Spawner:
         base = f"https://localhost:{info['port']}"
         LOG.info("simulator on %s serving %s", base, ", ".join(self.cfg.served()))
         return {"sim_base_url": base, "sim_ws_base": f"wss://localhost:{info['port']}", "sim_cert": info["cert"]}
+
+    def _start_featurizer(self) -> None:
+        """Launch the featurizer and wait until it has subscribed, so it sees the collectors' first batches."""
+        from featurizer.role import READY_FILE
+
+        ready = self.run_dir.root / READY_FILE
+        ready.unlink(missing_ok=True)
+        role = self._add_role("featurizer", None)
+        self._launch(role)
+        deadline = time.monotonic() + FEATURIZER_READY_TIMEOUT_SECONDS
+        while not ready.exists():
+            if time.monotonic() > deadline or not role.alive():
+                raise RuntimeError(f"featurizer did not start; see {role.log_path}")
+            time.sleep(0.05)
+        time.sleep(BUS_SUBSCRIBE_SETTLE_SECONDS)
 
     def _add_role(self, kind: str, arg: str | None) -> Role:
         name = kind if arg is None else f"{kind} {arg}"
@@ -194,7 +218,9 @@ class Spawner:
         if "simulator" in self.roles:
             self._pause_simulator_and_catch_up()
         self._stop_roles([r for n, r in self.roles.items() if n.startswith("collector")])
-        self._stop_roles([self.roles[n] for n in ("aggregator", "simulator") if n in self.roles])
+        self._stop_roles([self.roles[n] for n in ("featurizer", "aggregator", "simulator") if n in self.roles])
+        if self.bus is not None:
+            self.bus.stop()
         if self.http is not None:
             self.http.shutdown()
             self.run_dir.spawner_file.unlink(missing_ok=True)

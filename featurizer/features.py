@@ -1,22 +1,22 @@
-"""Feature values from mergeable slice state: the one definition of the ``features`` columns.
+"""Feature values from mergeable slice state, as rows of the ``features`` channel.
 
 Data flow: closed ``SLICE_DTYPE`` slices (from ``featurizer._kernels``) -> ``values`` (derived
-statistics such as VWAP and time-weighted mid next to the state they come from) -> rows for
-the bus and the Redis ``features`` stream, in ``schemas.FEATURES`` column order.
+statistics such as VWAP and time-weighted mid next to the state they come from) -> ``rows``
+in ``schemas.FEATURES`` column order, for the bus and the Redis ``features`` stream.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from data_feed.config import FEATURES_CHANNEL, interval_seconds
+from data_feed.schemas import batch_columns
 from featurizer._kernels import NS_PER_SECOND, SLICE_DTYPE
 
-INTERVAL_UNITS_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
-_INTERVAL = re.compile(r"^(\d+)([smhd])$")
+NO_TRADE_TS = -1  # first/last trade time of a slice without trades, written as null
 
 Column = npt.NDArray[Any]
 Slices = npt.NDArray[np.void]  # SLICE_DTYPE records
@@ -24,10 +24,7 @@ Slices = npt.NDArray[np.void]  # SLICE_DTYPE records
 
 def interval_ns(interval: str) -> int:
     """``"1s"`` -> 1_000_000_000; units s, m, h, d."""
-    match = _INTERVAL.match(interval)
-    if match is None or int(match.group(1)) == 0:
-        raise ValueError(f"interval {interval!r}: expected a positive count and a unit of s, m, h or d, e.g. 1s, 1m")
-    return int(match.group(1)) * INTERVAL_UNITS_SECONDS[match.group(2)] * NS_PER_SECOND
+    return interval_seconds(interval) * NS_PER_SECOND
 
 
 def _sum(slices: Slices, name: str) -> Column:
@@ -54,8 +51,8 @@ def values(slices: Slices) -> dict[str, Column]:
         "close": slices["close"], "volume": volume, "buy_volume": _sum(slices, "buy_volume"),
         "sell_volume": _sum(slices, "sell_volume"), "notional": notional, "vwap": _ratio(notional, volume),
         "realized_variance": _sum(slices, "rv"),
-        "first_trade_ts": np.where(has_trades, slices["first_ts"], -1),
-        "last_trade_ts": np.where(has_trades, slices["last_ts"], -1),
+        "first_trade_ts": np.where(has_trades, slices["first_ts"], NO_TRADE_TS),
+        "last_trade_ts": np.where(has_trades, slices["last_ts"], NO_TRADE_TS),
         "book_updates": slices["n_updates"], "twap_mid": _ratio(mid_int, book_ns),
         "mean_spread_bps": _ratio(spread_sum, samples), "max_spread_bps": slices["spread_max"],
         "microprice": slices["microprice"], "mean_imbalance": _ratio(imb_sum, samples),
@@ -63,3 +60,20 @@ def values(slices: Slices) -> dict[str, Column]:
         "mid_integral": mid_int, "spread_samples": slices["n_samples"], "spread_sum_bps": spread_sum,
         "imbalance_sum": imb_sum,
     }
+
+
+VALUE_COLUMNS = batch_columns(FEATURES_CHANNEL)[4:]  # after symbol, ts_event, ts_recv, interval
+
+
+def rows(symbol: str, interval: str, slices: Slices, ts_recv_s: float) -> list[tuple[Any, ...]]:
+    """Cached-batch rows (``batch_columns("features")``), times as float seconds like every cached row."""
+    vals = values(slices)
+    missing = set(VALUE_COLUMNS) ^ set(vals)
+    if missing:
+        raise KeyError(f"features schema and values() differ in {sorted(missing)}")
+    columns = [vals[name].tolist() for name in VALUE_COLUMNS]
+    for name in ("first_trade_ts", "last_trade_ts"):
+        col = columns[VALUE_COLUMNS.index(name)]
+        columns[VALUE_COLUMNS.index(name)] = [None if v == NO_TRADE_TS else v for v in col]
+    starts = (slices["start"] / NS_PER_SECOND).tolist()
+    return [(symbol, start, ts_recv_s, interval, *vs) for start, *vs in zip(starts, *columns, strict=True)]

@@ -14,6 +14,7 @@ from cryptofeed import FeedHandler
 from cryptofeed.connection import Connection
 from cryptofeed.defines import CANDLES, FUNDING, L2_BOOK, LIQUIDATIONS, OPEN_INTEREST, TICKER, TRADES
 
+from data_feed.bus import Publisher, endpoints
 from data_feed.collector.exchanges import Endpoints, feed_class, feed_config
 from data_feed.collector.writer import StreamWriter
 from data_feed.config import Config, ExchangeConfig
@@ -63,6 +64,7 @@ def run(exchange: str, cfg: Config, runtime: Runtime) -> None:
     ex = cfg.exchanges[exchange]
     client = aioredis.Redis.from_url(runtime.redis_url)
     writer = StreamWriter(client, exchange, cfg.redis)
+    writer.bus = Publisher(endpoints(cfg)[0], cfg.bus.high_water_mark) if cfg.bus.enabled else None
     fh = FeedHandler(config={"log": {"disabled": True}, "uvloop": False})
     recorder = start_recording(exchange, ex)  # before the feed exists: it fetches symbols when built
     fh.add_feed(build_feed(exchange, ex, runtime, writer))
@@ -72,5 +74,7 @@ def run(exchange: str, cfg: Config, runtime: Runtime) -> None:
     finally:
         if recorder is not None:
             recorder.close()
+        if writer.bus is not None:
+            writer.bus.close()
     LOG.info("exchange=%s: stopped; %d frames received, records cached %s", exchange, writer.frames_received,
              writer.records_cached)

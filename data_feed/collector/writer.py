@@ -24,6 +24,7 @@ from cryptofeed.defines import ASK, BID, CANDLES, FUNDING, L2_BOOK, LIQUIDATIONS
 from cryptofeed.types import Candle, Funding, Liquidation, OpenInterest, OrderBook, Ticker, Trade
 
 from data_feed import metrics
+from data_feed.bus import Publisher
 from data_feed.cache import collector_state_key, encode_batch, stream_key
 from data_feed.config import RedisConfig
 
@@ -67,6 +68,7 @@ class StreamWriter:
         self._stopped = False
         self._retry_delay = 0.0
         self.batch_max_records = cfg.batch_max_records
+        self.bus: Publisher | None = None  # set when the bus runs: each flushed batch is also published
         self.trade = TradeCallback(self)
         self.book = BookCallback(self)
         self.ticker = TickerCallback(self)
@@ -158,6 +160,8 @@ class StreamWriter:
                 return
             self._retry_delay = 0.0
             self._account(taken, frames)
+            if self.bus is not None:  # after Redis: the bus never carries what the cache lacks
+                self.bus.publish_batches(self.exchange, taken)
 
     def _restore(self, taken: dict[str, list[tuple[Any, ...]]], count: int) -> None:
         for ch, rows in taken.items():
