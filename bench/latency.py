@@ -1,0 +1,120 @@
+"""End-to-end feature latency: a frame leaving the simulator -> its 1-second feature slice on the bus.
+
+Runs the real pipeline (``data-feed run``: simulator over TLS, cryptofeed collector,
+Redis, bus proxy, featurizer, aggregator) with one simulated exchange producing about
+``--rate`` trade frames per second, and subscribes to ``features.1s.*`` on the bus like
+any signal consumer. For every published slice it takes the slice's last trade (its
+exchange timestamp, stamped by the simulator when it generates the frame, at most one
+simulator tick before sending it) and the wall time the slice reached this subscriber:
+
+* ``last frame -> published``: what a consumer waits after the last frame of a slice;
+  with ``allowed_lateness_seconds: 0`` a slice closes when the first frame after its end
+  arrives, so this is the pipeline's own delay plus at most one inter-frame gap.
+* ``slice end -> published``: the delay after the slice's end time.
+
+Prints p50/p99/max of both, the frame rate achieved, and ends with
+``RESULT features_latency_p99_ms <p99 of last frame -> published>``.
+
+    .venv/bin/python bench/latency.py [--rate 10000] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from data_feed.bus import Subscriber, decode_rows
+from data_feed.schemas import batch_columns
+
+ROOT = Path(__file__).resolve().parent.parent
+SYMBOLS = ["BTC-USDT", "ETH-USDT"]
+WARMUP_SECONDS = 3.0  # connection set-up and the first snapshot are not steady state
+NS_PER_SECOND = 1e9
+FEATURE_COLUMNS = batch_columns("features")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(tmp: Path, rate: float) -> tuple[Path, str]:
+    sub_endpoint = f"tcp://127.0.0.1:{free_port()}"
+    data: dict[str, Any] = yaml.safe_load((ROOT / "configs" / "data-feed-config.yaml").read_text())
+    binance = data["exchanges"]["BINANCE"]
+    data["exchanges"] = {"BINANCE": {"source": "simulator", "trades": {"symbols": SYMBOLS},
+                                     "market": {**binance["market"], "trades_per_second": rate / len(SYMBOLS)}}}
+    data["lake"].update(root=str(tmp / "lake"))
+    data["spawner"].update(run_dir=str(tmp / "run"), http_port=0)
+    data["database"]["url"] = f"sqlite:///{tmp / 'run' / 'df.db'}"
+    data["bus"].update(subscribe_endpoint=sub_endpoint)
+    data["featurizer"].update(intervals=["1s"], allowed_lateness_seconds=0)
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path, sub_endpoint
+
+
+def listen(endpoint: str, stop: threading.Event, out: list[tuple[float, list[Any]]]) -> None:
+    sub = Subscriber(endpoint, [b"features.1s."], 100_000)
+    while not stop.is_set():
+        msg = sub.recv(100)
+        if msg is not None:
+            now = time.time()
+            out.extend((now, row) for row in decode_rows(msg[1]))
+    sub.close()
+
+
+def report(name: str, values_ms: np.ndarray[Any, Any]) -> float:
+    p50, p99, worst = np.percentile(values_ms, 50), np.percentile(values_ms, 99), values_ms.max()
+    print(f"  {name:28s} p50 {p50:8.2f} ms   p99 {p99:8.2f} ms   max {worst:8.2f} ms   ({len(values_ms)} slices)")
+    return float(p99)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=10_000, help="trade frames per second, all symbols")
+    parser.add_argument("--seconds", type=float, default=20)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="df-latency-") as tmpdir:
+        tmp = Path(tmpdir)
+        config, endpoint = write_config(tmp, args.rate)
+        got: list[tuple[float, list[Any]]] = []
+        stop = threading.Event()
+        listener = threading.Thread(target=listen, args=(endpoint, stop, got), daemon=True)
+        proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "data-feed"), "run", "--config", str(config),
+                                 "--duration", str(args.seconds), "--no-status"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        listener.start()
+        _, err = proc.communicate(timeout=args.seconds + 180)
+        stop.set()
+        listener.join()
+        if proc.returncode != 0:
+            raise SystemExit(f"data-feed run failed:\n{err[-3000:]}")
+    idx = {name: i for i, name in enumerate(FEATURE_COLUMNS)}
+    rows = [(t, r) for t, r in got if r[idx["trade_count"]] > 0]
+    start = min(r[idx["ts_event"]] for _, r in rows) + WARMUP_SECONDS
+    steady = [(t, r) for t, r in rows if r[idx["ts_event"]] >= start]
+    frames = sum(r[idx["trade_count"]] for _, r in steady)
+    span = max(r[idx["ts_event"]] for _, r in steady) + 1 - start
+    last_frame = np.array([(t - r[idx["last_trade_ts"]] / NS_PER_SECOND) * 1e3 for t, r in steady])
+    after_end = np.array([(t - r[idx["ts_event"]] - 1.0) * 1e3 for t, r in steady])
+    print(f"real pipeline, {len(SYMBOLS)} symbols, target {args.rate:,.0f} trade frames/s; achieved "
+          f"{frames / span:,.0f} frames/s over {span:.0f} s of steady state")
+    p99 = report("last frame -> published", last_frame)
+    report("slice end -> published", after_end)
+    print(f"RESULT features_latency_p99_ms {p99:.2f}")
+
+
+if __name__ == "__main__":
+    main()
