@@ -12,11 +12,11 @@ from typing import Any
 
 from cryptofeed.feed import Feed
 
-from data_feed.collector.exchanges import binance, binance_futures, bybit, coinbase, replay
+from data_feed.collector.exchanges import binance, binance_futures, bybit, coinbase, kraken, replay
 from data_feed.collector.exchanges.base import Endpoints
 
 EXCHANGE_MODULES: dict[str, ModuleType] = {"BINANCE": binance, "BINANCE_FUTURES": binance_futures,
-                                           "BYBIT": bybit, "COINBASE": coinbase}
+                                           "BYBIT": bybit, "COINBASE": coinbase, "KRAKEN": kraken}
 
 
 def _module(exchange: str) -> ModuleType:
