@@ -38,6 +38,7 @@ from data_feed.schemas import batch_columns
 ROOT = Path(__file__).resolve().parent.parent
 SYMBOLS = ["BTC-USDT", "ETH-USDT"]
 WARMUP_SECONDS = 3.0  # connection set-up and the first snapshot are not steady state
+COOLDOWN_SECONDS = 2.0  # at stop the simulator pauses first: the last slices are closed by the final flush
 NS_PER_SECOND = 1e9
 FEATURE_COLUMNS = batch_columns("features")
 
@@ -104,7 +105,8 @@ def main() -> None:
     idx = {name: i for i, name in enumerate(FEATURE_COLUMNS)}
     rows = [(t, r) for t, r in got if r[idx["trade_count"]] > 0]
     start = min(r[idx["ts_event"]] for _, r in rows) + WARMUP_SECONDS
-    steady = [(t, r) for t, r in rows if r[idx["ts_event"]] >= start]
+    end = max(r[idx["ts_event"]] for _, r in rows) - COOLDOWN_SECONDS
+    steady = [(t, r) for t, r in rows if start <= r[idx["ts_event"]] < end]
     frames = sum(r[idx["trade_count"]] for _, r in steady)
     span = max(r[idx["ts_event"]] for _, r in steady) + 1 - start
     last_frame = np.array([(t - r[idx["last_trade_ts"]] / NS_PER_SECOND) * 1e3 for t, r in steady])

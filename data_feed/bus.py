@@ -172,7 +172,6 @@ class Proxy:
         self.publish_endpoint, self.subscribe_endpoint = endpoints(cfg)
         self.high_water_mark = cfg.bus.high_water_mark
         self.ctx: zmq.Context[Any] = zmq.Context()
-        self._control_endpoint = f"inproc://bus-control-{id(self)}"
         self._thread: threading.Thread | None = None
         self._bound = threading.Event()
         self._error: Exception | None = None
@@ -190,7 +189,6 @@ class Proxy:
     def _run(self) -> None:
         xsub = self.ctx.socket(zmq.XSUB)
         xpub = self.ctx.socket(zmq.XPUB)
-        control = self.ctx.socket(zmq.PAIR)
         try:
             for sock in (xsub, xpub):
                 sock.setsockopt(zmq.RCVHWM, self.high_water_mark)
@@ -198,30 +196,28 @@ class Proxy:
                 sock.setsockopt(zmq.LINGER, 0)
             xsub.bind(self.publish_endpoint)
             xpub.bind(self.subscribe_endpoint)
-            control.bind(self._control_endpoint)
         except zmq.ZMQError as err:
             self._error = err
-            for sock in (xsub, xpub, control):
-                sock.close(linger=0)
-            self._bound.set()
+            self._close(xsub, xpub)
             return
         self._bound.set()
         try:
-            zmq.proxy_steerable(xsub, xpub, None, control)
+            zmq.proxy(xsub, xpub)
+        except zmq.ContextTerminated:  # stop(): terminating the context is how a zmq.proxy ends
+            pass
         finally:
-            for sock in (xsub, xpub, control):
-                sock.close(linger=0)
+            self._close(xsub, xpub)
+
+    def _close(self, *socks: zmq.Socket[Any]) -> None:
+        for sock in socks:
+            sock.close(linger=0)
+        self._bound.set()
 
     def stop(self) -> None:
         if self._thread is None:
             return
-        ctl = self.ctx.socket(zmq.PAIR)
-        ctl.connect(self._control_endpoint)
-        ctl.send(b"TERMINATE")
-        ctl.close()
+        self.ctx.term()  # returns once the proxy thread has closed its sockets
         self._thread.join(PROXY_STOP_TIMEOUT_SECONDS)
         if self._thread.is_alive():
             LOG.error("bus proxy did not stop within %.0fs", PROXY_STOP_TIMEOUT_SECONDS)
-        else:
-            self.ctx.term()
         self._thread = None

@@ -1,0 +1,115 @@
+"""The featurizer role against a real bus proxy and a real redis-server: batches in, features out on both paths."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import zmq
+
+from data_feed.bus import Proxy, Publisher, Subscriber, decode_rows, encode_rows, endpoints
+from data_feed.cache import decode_batch, stream_key
+from data_feed.config import Config
+from featurizer.role import Featurizer
+from tests.conftest import make_config
+
+T0 = 1_700_000_000.0
+SETTLE_SECONDS = 0.3
+
+
+@pytest.fixture()
+def rig(tmp_path: Path, redis_url: str) -> Iterator[dict[str, Any]]:
+    cfg: Config = make_config(tmp_path, featurizer={"intervals": ["1s", "2s"], "allowed_lateness_seconds": 1})
+    Path(cfg.spawner.run_dir).mkdir(parents=True)
+    proxy = Proxy(cfg).start()
+    ctx: zmq.Context[Any] = zmq.Context()
+    pub_ep, sub_ep = endpoints(cfg)
+    client = redis.Redis.from_url(redis_url)
+    fz = Featurizer(cfg, client)
+    consumer = Subscriber(sub_ep, [b"features."], 10_000, ctx)
+    collector = Publisher(pub_ep, 10_000, ctx)
+    time.sleep(SETTLE_SECONDS)
+    try:
+        yield {"cfg": cfg, "fz": fz, "collector": collector, "consumer": consumer, "client": client}
+    finally:
+        for sock in (collector, consumer, fz.publisher, fz.subscriber):
+            sock.close()
+        proxy.stop()
+        ctx.destroy(linger=0)
+
+
+def trade(sym: str, t: float, price: float, amount: float, side: str = "buy") -> list[Any]:
+    return [sym, t, t + 0.001, 1, None, side, price, amount]
+
+
+def pump(fz: Featurizer, rounds: int = 5) -> None:
+    for _ in range(rounds):
+        fz.step(50)
+
+
+def received(consumer: Subscriber) -> dict[bytes, list[list[Any]]]:
+    out: dict[bytes, list[list[Any]]] = {}
+    while (msg := consumer.recv(300)) is not None:
+        out.setdefault(msg[0], []).extend(decode_rows(msg[1]))
+    return out
+
+
+def test_closed_slices_are_published_on_the_bus_and_written_to_the_features_stream(rig: dict[str, Any]) -> None:
+    fz, pub = rig["fz"], rig["collector"]
+    pub.publish(b"trades.BINANCE.BTC-USDT", encode_rows([trade("BTC-USDT", T0 + 0.1, 100.0, 1.0),
+                                                         trade("BTC-USDT", T0 + 0.5, 102.0, 3.0, "sell")]))
+    book = [["BTC-USDT", T0 + 0.2, T0 + 0.2, "bid", 99.0, 2.0, True, 1],
+            ["BTC-USDT", T0 + 0.2, T0 + 0.2, "ask", 101.0, 2.0, True, 1]]
+    pub.publish(b"l2_book.BINANCE.BTC-USDT", encode_rows(book))
+    pub.publish(b"trades.BINANCE.BTC-USDT", encode_rows([trade("BTC-USDT", T0 + 3.5, 103.0, 1.0)]))  # watermark
+    pump(fz)
+    got = received(rig["consumer"])
+    ones = got[b"features.1s.BINANCE.BTC-USDT"]
+    cols = {name: i for i, name in enumerate(("symbol", "ts_event", "ts_recv", "interval", "trade_count", "open",
+                                              "high", "low", "close", "volume", "buy_volume", "sell_volume",
+                                              "notional", "vwap"))}
+    first = ones[0]
+    assert first[cols["ts_event"]] == T0 and first[cols["trade_count"]] == 2
+    assert first[cols["vwap"]] == pytest.approx((100.0 + 306.0) / 4.0, rel=1e-12)
+    assert first[cols["buy_volume"]] == 1.0 and first[cols["sell_volume"]] == 3.0
+    assert [r[cols["ts_event"]] for r in ones] == [T0, T0 + 1]  # the empty second too; [T0+2, T0+3) waits
+    assert [r[cols["trade_count"]] for r in got[b"features.2s.BINANCE.BTC-USDT"]] == [2]  # merged 1s slices
+    entries = rig["client"].xrange(stream_key("BINANCE", "features"))
+    tables = [decode_batch("features", fields) for _, fields in entries]
+    landed = sum(t.num_rows for t in tables)
+    assert landed == len(ones) + 1
+    assert tables[0].column("ts_event")[0].as_py() == int(T0) * 1_000_000_000
+
+
+def test_late_trade_is_counted_and_logged_and_a_bad_batch_is_skipped(rig: dict[str, Any],
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    fz, pub = rig["fz"], rig["collector"]
+    pub.publish(b"trades.BINANCE.BTC-USDT", encode_rows([trade("BTC-USDT", T0 + 10, 100.0, 1.0)]))
+    pub.publish(b"trades.BINANCE.BTC-USDT", encode_rows([trade("BTC-USDT", T0 + 1, 100.0, 1.0)]))  # 9 s late
+    pub.publish(b"trades.BINANCE.BTC-USDT", b"\xc1 not msgpack")
+    pub.publish(b"trades.BINANCE.BTC-USDT", encode_rows([trade("BTC-USDT", T0 + 10.5, 101.0, 1.0)]))
+    with caplog.at_level(logging.WARNING):
+        pump(fz)
+    assert fz.exchanges["BINANCE"].late_trades == 1
+    assert fz.bad_batches == 1
+    assert any("1 records arrived after their slice closed" in r.message and "symbol=BTC-USDT" in r.message
+               for r in caplog.records)
+    assert any("bad bus batch skipped" in r.message for r in caplog.records)
+
+
+def test_stop_drains_the_bus_and_flushes_every_open_slice(rig: dict[str, Any]) -> None:
+    fz, pub = rig["fz"], rig["collector"]
+    pub.publish(b"trades.BINANCE.BTC-USDT", encode_rows([trade("BTC-USDT", T0 + 0.1, 100.0, 1.0)]))
+    pub.publish(b"trades.BINANCE.ETH-USDT", encode_rows([trade("ETH-USDT", T0 + 0.2, 10.0, 2.0)]))
+    time.sleep(SETTLE_SECONDS)
+    fz.request_stop()
+    fz.drain()  # nothing had closed: the watermark never passed a slice end plus the lateness
+    got = received(rig["consumer"])
+    assert {t for t in got if t.startswith(b"features.1s.")} == {b"features.1s.BINANCE.BTC-USDT",
+                                                                 b"features.1s.BINANCE.ETH-USDT"}
+    assert rig["client"].xlen(stream_key("BINANCE", "features")) == 4  # 1s and 2s per symbol
