@@ -20,6 +20,7 @@ import os
 import struct
 import threading
 from collections.abc import Iterable, Sequence
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -84,15 +85,18 @@ def decode_rows(payload: bytes) -> list[list[Any]]:
     return rows
 
 
-def group_by_symbol(rows: Iterable[Sequence[Any]]) -> dict[str, list[Sequence[Any]]]:
+def group_by_symbol(rows: Sequence[Sequence[Any]]) -> dict[str, Sequence[Sequence[Any]]]:
     """Rows of a cached batch (symbol first) split per symbol, keeping their order."""
+    symbols = set(map(itemgetter(0), rows))
+    if len(symbols) == 1:  # the common case on the collector's flush: no per-row Python work
+        return {symbols.pop(): rows}
     groups: dict[str, list[Sequence[Any]]] = {}
     for row in rows:
         group = groups.get(row[0])
         if group is None:
             group = groups[row[0]] = []
         group.append(row)
-    return groups
+    return dict(groups)
 
 
 class Publisher:
