@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "data-feed-config.yaml"
 
-SUPPORTED_EXCHANGES = ("BINANCE", "BINANCE_FUTURES", "BYBIT", "COINBASE", "KRAKEN")
+SUPPORTED_EXCHANGES = ("BINANCE", "BINANCE_FUTURES", "BYBIT", "COINBASE", "KRAKEN", "OKX")
 MARKET_CHANNELS = ("trades", "l2_book", "ticker", "funding", "open_interest", "liquidations", "candles")
 SOURCES = ("simulator", "live", "replay")
 GAPS_CHANNEL = "gaps"  # disconnects, sequence gaps, resyncs, bad frames: written by collectors, landed like data

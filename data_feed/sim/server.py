@@ -26,6 +26,7 @@ from data_feed.sim.bybit import BybitProtocol
 from data_feed.sim.coinbase import CoinbaseProtocol
 from data_feed.sim.hub import ExchangeProtocol, now
 from data_feed.sim.kraken import KrakenProtocol
+from data_feed.sim.okx import OkxProtocol
 from data_feed.sim.replay import ReplayServer
 from data_feed.sim.session import Session, load_session
 from data_feed.sim.tls import server_context, write_self_signed
@@ -36,7 +37,7 @@ TICK_SECONDS: Final = 0.01
 DRAIN_TIMEOUT_SECONDS: Final = 10.0
 PROTOCOLS: Final[dict[str, type[ExchangeProtocol]]] = {
     "BINANCE": BinanceProtocol, "BINANCE_FUTURES": BinanceFuturesProtocol, "BYBIT": BybitProtocol,
-    "COINBASE": CoinbaseProtocol, "KRAKEN": KrakenProtocol}
+    "COINBASE": CoinbaseProtocol, "KRAKEN": KrakenProtocol, "OKX": OkxProtocol}
 
 
 class Simulator:

@@ -23,6 +23,9 @@ SPOT_CHANNELS = ("trades", "l2_book", "ticker")
 BYBIT_LINEAR = ["BTC-USDT-PERP", "ETH-USDT-PERP"]
 BYBIT_SPOT = ["BTC-USDT", "ETH-USDT"]
 BYBIT_SPOT_CHANNELS = ("trades", "l2_book", "candles")  # cryptofeed 2.4.1 takes only these from Bybit spot
+OKX_SWAP = ["BTC-USDT-PERP", "ETH-USDT-PERP"]
+OKX_SPOT = ["BTC-USDT"]
+OKX_SPOT_CHANNELS = ("trades", "l2_book", "ticker", "candles")  # funding, open interest, liquidations: swaps
 
 
 def _all(symbols: list[str], channels: tuple[str, ...]) -> dict[str, list[str]]:
@@ -35,6 +38,7 @@ OFFERED: dict[str, dict[str, list[str]]] = {  # exchange -> channel -> symbols i
     "BYBIT": {ch: BYBIT_LINEAR + (BYBIT_SPOT if ch in BYBIT_SPOT_CHANNELS else []) for ch in MARKET_CHANNELS},
     "COINBASE": _all(["BTC-USD", "ETH-USD"], SPOT_CHANNELS),
     "KRAKEN": _all(["BTC-USD", "ETH-USD"], (*SPOT_CHANNELS, "candles")),
+    "OKX": {ch: OKX_SWAP + (OKX_SPOT if ch in OKX_SPOT_CHANNELS else []) for ch in MARKET_CHANNELS},
 }
 
 NO_TRADE_IDS = {"KRAKEN"}  # Kraken's v1 trade messages carry no trade id

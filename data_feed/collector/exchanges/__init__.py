@@ -12,11 +12,12 @@ from typing import Any
 
 from cryptofeed.feed import Feed
 
-from data_feed.collector.exchanges import binance, binance_futures, bybit, coinbase, kraken, replay
+from data_feed.collector.exchanges import binance, binance_futures, bybit, coinbase, kraken, okx, replay
 from data_feed.collector.exchanges.base import Endpoints
 
 EXCHANGE_MODULES: dict[str, ModuleType] = {"BINANCE": binance, "BINANCE_FUTURES": binance_futures,
-                                           "BYBIT": bybit, "COINBASE": coinbase, "KRAKEN": kraken}
+                                           "BYBIT": bybit, "COINBASE": coinbase, "KRAKEN": kraken,
+                                           "OKX": okx}
 
 
 def _module(exchange: str) -> ModuleType:
