@@ -1,6 +1,8 @@
 """The exchange simulator: one TLS aiohttp server hosting every simulated exchange plus a control API.
 
-Exchanges are mounted by protocol module (Binance under /binance, Coinbase under /coinbase). A clock
+Exchanges are mounted by protocol module (Binance under /binance, Binance USD-M futures under
+/binance_futures, Bybit under /bybit, Coinbase under /coinbase, Kraken under /kraken, OKX under /okx),
+recorded sessions under /replay/{EXCHANGE} (`replay.py`). A clock
 task advances every started market each tick and lets the protocol modules emit frames in batches.
 Control API (JSON): GET /_sim/health, GET /_sim/stats, POST /_sim/pause, POST /_sim/resume,
 GET /_sim/book/{EXCHANGE}/{SYMBOL}?depth=20.
