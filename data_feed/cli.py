@@ -201,9 +201,10 @@ def replay(
 @app.command()
 def query(
     sql: Annotated[str, typer.Argument(help="SQL over the views trades, l2_book, ticker")],
-    lake: Annotated[Path | None, typer.Option(help="lake directory (default: lake.root of the config)")] = None,
+    lake: Annotated[Path | None, typer.Option(help="lake directory (default: lake.root of the config, or the "
+                                              "lake on S3 when lake.s3 is set)")] = None,
     fmt: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
-    engine: Annotated[Engine, typer.Option(help="duckdb: the local lake; athena: the configured Athena "
+    engine: Annotated[Engine, typer.Option(help="duckdb: the lake (local or lake.s3); athena: the configured Athena "
                                            "workgroup (SQL in Athena's dialect)")] = Engine.duckdb,
     dialect: Annotated[Engine | None, typer.Option(help="dialect of the SQL (default: the engine's); "
                                                    "--dialect athena on duckdb translates it")] = None,
@@ -216,8 +217,9 @@ def query(
         if engine is Engine.athena:
             df = run_athena(sql, _load(config).athena)
         else:
+            s3 = None if lake else _load(config).lake.s3
             root = lake or Path(_load(config).lake.root)
-            df = run_query(root, sql, "athena" if dialect is Engine.athena else "duckdb")
+            df = run_query(root, sql, "athena" if dialect is Engine.athena else "duckdb", s3=s3)
     except QueryError as err:
         err_console.print(f"error: {err}", markup=False, highlight=False)
         raise typer.Exit(1) from None

@@ -7,6 +7,11 @@ never both. The snapshot's lease keeps retired files on disk until the query
 is done. Partition columns (exchange, symbol, date) come from the Hive path, so
 a filter on them prunes files before any is opened.
 
+A lake on S3 (``lake.s3``) is read the same way: the file list comes from the
+Glue catalog's snapshot (the files of every partition Glue lists), and the
+files are read through pyarrow's S3 filesystem as a dataset registered in DuckDB
+(DuckDB's httpfs extension is not bundled and cannot be fetched offline).
+
 ``dialect="athena"`` takes SQL written for Athena (Trino) and translates it
 with sqlglot to DuckDB, with the channel schemas so that Trino's typed
 semantics (integer division of integers) carry over.
@@ -28,7 +33,7 @@ from sqlglot.optimizer.annotate_types import annotate_types
 from sqlglot.optimizer.qualify import qualify
 
 from data_feed.catalog import CatalogFile, LocalCatalog
-from data_feed.config import AthenaConfig
+from data_feed.config import AthenaConfig, S3LakeConfig
 from data_feed.schemas import CHANNEL_SCHEMAS, PARTITION_KEYS
 
 LOG = logging.getLogger("data_feed.query")
@@ -64,8 +69,13 @@ def _files_view(root: Path, files: list[CatalogFile]) -> str:
 
 
 @contextmanager
-def session(lake_root: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    """An in-memory DuckDB connection with a view per channel over one catalog snapshot of the lake."""
+def session(lake_root: str | Path, s3: S3LakeConfig | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB connection with a view per channel over one catalog snapshot of the lake: the local
+    one at ``lake_root``, or the one on S3 when ``s3`` is given."""
+    if s3 is not None:
+        with _s3_session(s3) as con:
+            yield con
+        return
     root = Path(lake_root)
     catalog = LocalCatalog(root)
     snap = catalog.snapshot()
@@ -79,6 +89,28 @@ def session(lake_root: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
         con.close()
         catalog.release(snap.lease)
         catalog.close()
+
+
+@contextmanager
+def _s3_session(s3: S3LakeConfig) -> Iterator[duckdb.DuckDBPyConnection]:
+    from data_feed.s3 import GlueCatalog, S3Store, arrow_dataset, arrow_filesystem
+
+    snap = GlueCatalog(s3, S3Store(s3)).snapshot()
+    fs = arrow_filesystem(s3)
+    keys = ", ".join(PARTITION_KEYS)
+    tail = ", ".join(sorted(PARTITION_KEYS))  # the local views' order: DuckDB's hive reader sorts them
+    con = duckdb.connect()
+    try:
+        for channel in CHANNEL_SCHEMAS:
+            files = snap.files.get(channel)
+            if files:
+                con.register(f"_{channel}_files", arrow_dataset(s3, fs, channel, files))
+                con.execute(f"CREATE VIEW {channel} AS SELECT * EXCLUDE ({keys}), {tail} FROM _{channel}_files")
+            else:
+                con.execute(f"CREATE VIEW {channel} AS {_empty_view(channel)}")
+        yield con
+    finally:
+        con.close()
 
 
 def to_duckdb(sql: str) -> str:
@@ -99,14 +131,16 @@ def to_duckdb(sql: str) -> str:
     return out[0]
 
 
-def run_query(lake_root: str | Path, sql: str, dialect: Dialect = "duckdb") -> pd.DataFrame:
-    """Run one query over a snapshot of the lake; ``dialect`` is the SQL's dialect."""
+def run_query(lake_root: str | Path, sql: str, dialect: Dialect = "duckdb",
+              s3: S3LakeConfig | None = None) -> pd.DataFrame:
+    """Run one query over a snapshot of the lake (on S3 when ``s3`` is given); ``dialect`` is the SQL's."""
     text = to_duckdb(sql) if dialect == "athena" else sql
-    with session(lake_root) as con:
+    with session(lake_root, s3) as con:
         try:
             return con.execute(text).df()
         except duckdb.Error as err:
-            LOG.error("query failed on the lake at %s: %s", lake_root, str(err).strip())
+            where = f"s3://{s3.bucket}/{s3.prefix}" if s3 is not None else lake_root
+            LOG.error("query failed on the lake at %s: %s", where, str(err).strip())
             raise QueryError(str(err).strip()) from None
 
 

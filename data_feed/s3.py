@@ -6,8 +6,11 @@ or none; durable once the PUT completes), under
 ``GlueCatalog`` has the local catalog's interface for the aggregator: one Glue
 table per channel (created on first use, partitioned by exchange, symbol and
 date) and a partition registered as the first slice of it lands; its file
-lists come from S3 listings of the partition. Compaction and retention run on
-the local lake only (not yet on S3: ``is_retired`` is always false here).
+lists come from S3 listings of the partition. ``snapshot`` gives queries the
+files of every partition Glue lists, and ``arrow_filesystem`` reads them with
+pyarrow (DuckDB's httpfs extension is not bundled with its wheel). Compaction
+and retention run on the local lake only (not yet on S3: ``is_retired`` is
+always false here).
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ import logging
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from data_feed.catalog import CatalogFile
+from data_feed.catalog import CatalogFile, Snapshot
 from data_feed.config import S3LakeConfig
 from data_feed.lake import NS_PER_SECOND, SliceKey, partition_dir, slice_relpath
 from data_feed.schemas import CHANNEL_SCHEMAS, PARTITION_KEYS, schema_for
@@ -46,6 +52,33 @@ def glue_columns(channel: str) -> dict[str, str]:
 def slice_start_of(name: str) -> int:
     start = datetime.strptime(name[:STAMP_CHARS], STAMP_FORMAT).replace(tzinfo=UTC)
     return int(start.timestamp()) * NS_PER_SECOND
+
+
+def arrow_filesystem(cfg: S3LakeConfig, session: boto3.Session | None = None) -> pafs.S3FileSystem:
+    """pyarrow's S3 filesystem at the lake's endpoint, with the boto3 session's credentials and region (so
+    the environment, a profile or an instance role work as they do for boto3)."""
+    session = session or boto3_session(cfg)
+    creds = session.get_credentials()
+    if creds is None:
+        raise RuntimeError(f"no AWS credentials found for the lake on s3://{cfg.bucket}/{cfg.prefix} "
+                           "(set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile)")
+    frozen = creds.get_frozen_credentials()
+    options: dict[str, Any] = {"access_key": frozen.access_key, "secret_key": frozen.secret_key,
+                               "session_token": frozen.token, "region": session.region_name or "us-east-1"}
+    if cfg.endpoint_url:
+        url = urlsplit(cfg.endpoint_url)
+        options |= {"endpoint_override": url.netloc, "scheme": url.scheme or "https"}
+    return pafs.S3FileSystem(**options)
+
+
+def arrow_dataset(cfg: S3LakeConfig, fs: pafs.FileSystem, channel: str, files: list[CatalogFile]) -> ds.Dataset:
+    """The given files of a channel as one dataset: the file columns, then exchange, symbol and date from
+    the Hive path (so DuckDB prunes files on them before opening any)."""
+    base = f"{cfg.bucket}/{PurePosixPath(cfg.prefix) / channel}"
+    partition = pa.schema([("exchange", pa.string()), ("symbol", pa.string()), ("date", pa.date32())])
+    return ds.dataset([f"{cfg.bucket}/{PurePosixPath(cfg.prefix) / f.path}" for f in files], filesystem=fs,
+                      format="parquet", schema=pa.unify_schemas([schema_for(channel), partition]),
+                      partitioning=ds.partitioning(partition, flavor="hive"), partition_base_dir=base)
 
 
 class S3Store:
@@ -153,7 +186,24 @@ class GlueCatalog:
         return sorted(out, key=lambda f: f.path)
 
     def partitions(self, channel: str) -> list[tuple[str, str, str]]:
-        """(exchange, symbol, date) of every partition Glue lists for the channel's table."""
+        """(exchange, symbol, date) of every partition Glue lists for the channel's table (none without one)."""
+        if not self.wr.catalog.does_table_exist(database=self.cfg.database, table=channel,
+                                                boto3_session=self.session):
+            return []
         found = self.wr.catalog.get_partitions(database=self.cfg.database, table=channel,
                                                boto3_session=self.session)
         return sorted((v[0], v[1], v[2]) for v in found.values())
+
+    def snapshot(self) -> Snapshot:
+        """Every channel's files in the partitions Glue lists. S3 has no catalog versions or leases (lease 0):
+        a file is visible once its PUT completed and its partition is registered."""
+        files: dict[str, list[CatalogFile]] = {}
+        for channel in CHANNEL_SCHEMAS:
+            registered = set(self.partitions(channel))
+            if registered:
+                listed = [f for f in self.files(channel) if (f.exchange, f.symbol, f.date) in registered]
+                files[channel] = listed
+        return Snapshot(lease=0, version=0, files=files)
+
+    def release(self, lease: int) -> None:
+        pass

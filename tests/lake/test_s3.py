@@ -20,6 +20,7 @@ import boto3
 import pandas as pd
 import pytest
 import redis
+import yaml
 
 from data_feed.aggregator import Aggregator
 from data_feed.cache import STREAM_KEY_PREFIX, collector_state_key, encode_batch, stream_key
@@ -293,3 +294,47 @@ def test_a_simulated_session_lands_the_same_rows_and_files_on_s3_and_glue_as_loc
         assert [f.path for f in catalog.files(channel)] == [f.path for f in glue.files(channel)], channel
         listed = wr.catalog.get_partitions(database="session", table=channel)
         assert sorted(tuple(v) for v in listed.values()) == catalog.partitions(channel), channel
+
+
+QUERIES = (
+    "select * from trades order by all",
+    "select * from l2_book order by all",
+    "select * from ticker order by all",
+    "select exchange, symbol, date, count(*) n, sum(price * amount) notional from trades "
+    "where symbol = 'ETH-USDT' and date = DATE '2023-11-14' group by all order by all",
+)
+
+
+def _write_yaml(cfg: Config, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(json.loads(cfg.canonical_json())))
+    return path
+
+
+def test_query_over_the_s3_lake_reads_glue_partitions_and_equals_the_local_lake(
+        tmp_path: Path, redis_url: str, servers: dict[str, str]) -> None:
+    local = make_config(tmp_path / "local", lake={"slice_seconds": 1, "allowed_lateness_seconds": 0,
+                                                  "book_snapshot_depth": 1000})
+    _land(local, redis_url)
+    remote = _s3_config(tmp_path / "s3", servers, "query/lake", "query")
+    _land(remote, redis_url)
+    assert remote.lake.s3 is not None
+    for sql in QUERIES:
+        here = run_query(local.lake.root, sql)
+        assert len(here) > 0, sql
+        pd.testing.assert_frame_equal(run_query("/nonexistent", sql, s3=remote.lake.s3), here, obj=sql)
+    athena_sql = "SELECT symbol, count(*) / 100 AS hundreds FROM trades GROUP BY symbol ORDER BY symbol"
+    pd.testing.assert_frame_equal(run_query("/nonexistent", athena_sql, "athena", s3=remote.lake.s3),
+                                  run_query(local.lake.root, athena_sql, "athena"))
+    # a file in a partition Glue does not list is not part of the lake
+    store = S3Store(remote.lake.s3)
+    first = GlueCatalog(remote.lake.s3, store).files("trades")[0].path
+    stray = first.replace("exchange=BINANCE", "exchange=STRAY")
+    store.client.copy_object(Bucket=BUCKET, Key=store.key(stray),
+                             CopySource={"Bucket": BUCKET, "Key": store.key(first)})
+    count = "select count(*) n, count(distinct exchange) e from trades"
+    assert run_query("/x", count, s3=remote.lake.s3).values.tolist() == [[1000, 1]]
+    # the CLI takes the lake from lake.s3 of the config
+    out = subprocess.run([str(BIN / "data-feed"), "query", QUERIES[3], "--format", "csv", "--config",
+                          str(_write_yaml(remote, tmp_path / "s3.yaml"))], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == run_query(local.lake.root, QUERIES[3]).to_csv(index=False)
