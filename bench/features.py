@@ -3,9 +3,10 @@
 Batch: the Cython kernel (``featurizer._kernels.trade_slices``, which also computes buy/sell
 volume, notional, realized variance and first/last event time) against polars
 ``group_by_dynamic`` and pandas ``resample`` on the same 10 million trades in this run; the
-results are cross-checked before any figure is printed. Streaming: trades/s from a ZMQ SUB
-socket (batches published by another process, msgpack rows exactly as the collector publishes
-them) through the featurizer's decode and the kernel engine. Ends with
+results are cross-checked before any figure is printed. Streaming: trades/s through the
+featurizer role's own loop (``Featurizer.step``: bus SUB socket behind a real proxy, msgpack
+decode, kernels, closed slices published on the bus and written to a private redis-server),
+fed collector-style batches by another process. Ends with
 ``RESULT features_vs_polars <kernel rows/s / polars rows/s>`` (target >= 1.0).
 
     .venv/bin/python bench/features.py [--trades 10000000] [--stream-trades 2000000]
@@ -15,18 +16,24 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-import msgpack
 import numpy as np
 import pandas as pd
 import polars as pl
+import redis
 import zmq
 
-from featurizer._kernels import Engine, trade_slices
+from data_feed.bus import Proxy, Publisher, encode_rows, endpoints, market_topic
+from data_feed.config import parse_config
+from data_feed.redis_server import PrivateRedis
+from featurizer._kernels import trade_slices
 from featurizer.features import values
+from featurizer.role import Featurizer
 
 SECOND = 1_000_000_000
 T0 = 1_700_000_000 * SECOND
@@ -34,6 +41,8 @@ SPAN_SECONDS = 86_400
 STREAM_BATCH_ROWS = 1_000
 STREAM_SYMBOLS = ("BTC-USDT", "ETH-USDT")
 STREAM_HWM_MESSAGES = 1_000_000
+STREAM_EXCHANGE = "BINANCE"
+STREAM_TRADES_PER_MARKET_SECOND = 50_000  # event-time density of the streamed trades: ~25k per symbol-second
 
 
 def synthetic(n: int, seed: int = 7) -> dict[str, np.ndarray[Any, Any]]:
@@ -103,55 +112,61 @@ def batch(n: int, rounds: int) -> float:
 
 
 def publisher(endpoint: str, n: int, ready: Any) -> None:
-    """Another process: publish n trades as collector-style batches on one topic per symbol."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.PUB)
-    sock.setsockopt(zmq.SNDHWM, STREAM_HWM_MESSAGES)
-    sock.connect(endpoint)
-    d = synthetic(n, seed=11)
-    ts_s = (d["ts"] / 1e9).tolist()
+    """Another process: n trades as collector-style batches (``bus.Publisher``), one topic per symbol."""
+    bus = Publisher(endpoint, STREAM_HWM_MESSAGES)
+    rng = np.random.default_rng(11)
+    span_ns = n * SECOND // STREAM_TRADES_PER_MARKET_SECOND
+    ts_s = (np.sort(T0 + rng.integers(0, span_ns, n)) / 1e9).tolist()
+    price = np.round(30_000 * np.exp(np.cumsum(rng.normal(0, 1e-4, n))), 2).tolist()
+    amount = rng.exponential(0.3, n).tolist()
     payloads = []
     for start in range(0, n, STREAM_BATCH_ROWS):
         sym = STREAM_SYMBOLS[(start // STREAM_BATCH_ROWS) % len(STREAM_SYMBOLS)]
-        rows = [[sym, ts_s[i], ts_s[i], i, None, "buy" if d["buy"][i] else "sell", float(d["price"][i]),
-                 float(d["amount"][i])] for i in range(start, min(start + STREAM_BATCH_ROWS, n))]
-        payloads.append((f"trades.BENCH.{sym}".encode(), msgpack.packb(rows, use_bin_type=True)))
+        rows = [[sym, ts_s[i], ts_s[i], i, None, "buy" if i % 3 else "sell", price[i], amount[i]]
+                for i in range(start, min(start + STREAM_BATCH_ROWS, n))]
+        payloads.append((market_topic("trades", STREAM_EXCHANGE, sym), encode_rows(rows)))
     ready.wait()
-    time.sleep(0.5)  # let the subscription reach us
+    time.sleep(0.5)  # let the subscription reach the proxy
     for topic, payload in payloads:
-        sock.send_multipart([topic, payload])
-    sock.send_multipart([b"trades.BENCH.END", b""])
-    sock.close(linger=-1)
-    ctx.term()
+        bus.publish(topic, payload)
+    bus.sock.setsockopt(zmq.LINGER, -1)
+    bus.close()
+    bus.ctx.term()  # blocks until every batch is sent (a forked child exits without atexit handlers)
 
 
 def streaming(n: int) -> float:
-    ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.RCVHWM, STREAM_HWM_MESSAGES)
-    port = sub.bind_to_random_port("tcp://127.0.0.1")
-    sub.setsockopt(zmq.SUBSCRIBE, b"trades.")
-    ready = mp.Event()
-    proc = mp.Process(target=publisher, args=(f"tcp://127.0.0.1:{port}", n, ready))
-    proc.start()
-    engine = Engine(SECOND, 2 * SECOND)
-    ready.set()
-    topic, payload = sub.recv_multipart()
-    t0, count = time.perf_counter(), 0
-    while topic != b"trades.BENCH.END":
-        rows = msgpack.unpackb(payload, raw=False)
-        engine.trade_rows(rows)
-        count += len(rows)
-        topic, payload = sub.recv_multipart()
-    elapsed = time.perf_counter() - t0
-    engine.flush()
-    proc.join()
-    sub.close()
-    ctx.term()
-    assert count == n, f"streaming: received {count} of {n} trades"
+    """The featurizer role's own loop (bus SUB, decode, kernels, publish + Redis) fed by another process."""
+    with tempfile.TemporaryDirectory(prefix="df-features-bench-") as tmp:
+        cfg = parse_config({"exchanges": {STREAM_EXCHANGE: {"trades": {"symbols": list(STREAM_SYMBOLS)}}},
+                            "spawner": {"run_dir": tmp}, "bus": {"high_water_mark": STREAM_HWM_MESSAGES}})
+        server = PrivateRedis(Path(tmp), persist=False).start()
+        proxy = Proxy(cfg).start()
+        try:
+            fz = Featurizer(cfg, redis.Redis.from_url(server.url))
+            ready = mp.Event()
+            proc = mp.Process(target=publisher, args=(endpoints(cfg)[0], n, ready))
+            proc.start()
+            ready.set()
+            while fz.records_in == 0:
+                fz.step(100)
+            t0 = time.perf_counter()
+            first = fz.records_in
+            while fz.records_in < n:
+                if not fz.step(2000) and not proc.is_alive():
+                    break
+            elapsed = time.perf_counter() - t0
+            count = fz.records_in - first
+            proc.join()
+            fz.drain()
+        finally:
+            proxy.stop()
+            server.stop()
+    assert fz.records_in == n and fz.subscriber.missing == 0, \
+        f"streaming: {fz.records_in} of {n} trades arrived, {fz.subscriber.missing} batches missing"
     rate = count / elapsed
-    print(f"streaming: {count:,} trades from a ZMQ SUB socket through msgpack decode and the kernel engine: "
-          f"{elapsed:.2f} s, {rate:,.0f} trades/s (target >= 500,000 per featurizer process)")
+    print(f"streaming: {n:,} trades through the featurizer role's loop (bus SUB socket, msgpack decode, kernels, "
+          f"features published on the bus and written to Redis): {elapsed:.2f} s, "
+          f"{rate:,.0f} trades/s (target >= 500,000 per featurizer process)")
     return rate
 
 

@@ -61,6 +61,7 @@ class Featurizer:
         self.pending: list[tuple[str, list[tuple[object, ...]]]] = []  # (exchange, rows) not yet in Redis
         self.stopping = False
         self.bad_batches = 0
+        self.records_in = 0  # market-data records taken from the bus
         self._last_redis_error = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -126,6 +127,7 @@ class Featurizer:
             return
         try:
             data = decode_rows(payload)
+            self.records_in += len(data)
             late = fx.trade_rows(data) if channel == "trades" else fx.book_rows(data)
         except (ValueError, TypeError, IndexError, msgpack.UnpackException) as err:
             self._bad(topic.decode(), err)
