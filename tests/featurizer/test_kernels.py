@@ -280,3 +280,15 @@ def test_batch_kernel_rejects_unsorted_trades() -> None:
     with pytest.raises(ValueError, match="sorted"):
         trade_slices(ts, df["price"].to_numpy(np.float64), df["amount"].to_numpy(np.float64),
                      df["buy"].to_numpy(np.uint8), SECOND)
+
+
+def test_collector_rows_path_is_bit_identical_to_the_column_path() -> None:
+    """Live (bus rows, float seconds) and backfill (lake columns, int64 ns) go through different entry points."""
+    df = synthetic_trades(30_000, seed=10, span_s=120)
+    df["ts"] = df["ts"] // 1000 * 1000  # collector times are whole microseconds
+    rows = [["X", t / 1e9, t / 1e9, i, None, "buy" if b else "sell", p, q]
+            for i, (t, p, q, b) in enumerate(zip(df["ts"], df["price"], df["amount"], df["buy"], strict=True))]
+    live = Engine(SECOND, 0)
+    live.trade_rows(rows)
+    live.flush()
+    assert_identical(live.take()[1], kernel_trades(df, SECOND))
