@@ -304,12 +304,12 @@ def lake_expire(
 ) -> None:
     """Delete whole partitions older than lake.retention_days of their channel, and their catalog entries."""
     from data_feed.compaction import MaintenanceBusy
-    from data_feed.retention import expire
+    from data_feed.retention import expire, expire_s3
 
     cfg = _load(config)
     setup_logging("retention")
     try:
-        report = expire(lake or Path(cfg.lake.root), cfg.lake)
+        report = expire_s3(cfg.lake) if cfg.lake.s3 and not lake else expire(lake or Path(cfg.lake.root), cfg.lake)
     except MaintenanceBusy as err:
         err_console.print(f"error: {err}", markup=False, highlight=False)
         raise typer.Exit(1) from None

@@ -5,6 +5,11 @@ older than the channel's retention. Its files leave the catalog in one
 transaction, like compaction's swap, and are deleted once no reader's snapshot
 can still use them (the same grace period and leases), so a query running
 during retention sees the partition whole or not at all.
+
+On S3 (``lake.s3``) an expired partition is removed from Glue first (queries
+list files from Glue's partitions, so it leaves them whole) and its objects are
+deleted right after: S3 has no reader leases, so a query already reading it
+may fail, never see half of it.
 """
 
 from __future__ import annotations
@@ -53,6 +58,28 @@ def expire(root: str | Path, lake: LakeConfig, now_ns: int | None = None) -> Ret
             report.purged, report.held = purge_retired(root, catalog, lake.compaction_grace_seconds)
         finally:
             catalog.close()
+    return report
+
+
+def expire_s3(lake: LakeConfig, now_ns: int | None = None) -> RetentionReport:
+    """Drop every expired partition of the lake on S3 (``lake.s3``) from Glue, then delete its files."""
+    from data_feed.s3 import GlueCatalog, S3Store
+
+    if lake.s3 is None:
+        raise ValueError("expire_s3: lake.s3 is not configured")
+    catalog = GlueCatalog(lake.s3, S3Store(lake.s3))
+    now = now_ns if now_ns is not None else time.time_ns()
+    report = RetentionReport()
+    for channel, days in sorted(lake.retention_days.items()):
+        gone = [p for p in catalog.partitions(channel) if expired(p[2], days, now)]
+        for exchange, symbol, date in gone:
+            deleted = catalog.drop_partition(channel, exchange, symbol, date)
+            report.files += len(deleted)
+            report.purged += len(deleted)
+            LOG.info("channel=%s exchange=%s symbol=%s date=%s: expired after %d days (%d files deleted from S3)",
+                     channel, exchange, symbol, date, days, len(deleted))
+        if gone:
+            report.partitions[channel] = gone
     return report
 
 

@@ -8,15 +8,17 @@ table per channel (created on first use, partitioned by exchange, symbol and
 date) and a partition registered as the first slice of it lands; its file
 lists come from S3 listings of the partition. ``snapshot`` gives queries the
 files of every partition Glue lists, and ``arrow_filesystem`` reads them with
-pyarrow (DuckDB's httpfs extension is not bundled with its wheel). Compaction
-and retention run on the local lake only (not yet on S3: ``is_retired`` is
-always false here).
+pyarrow (DuckDB's httpfs extension is not bundled with its wheel). Retention
+drops a partition from Glue, then deletes its objects (``drop_partition``).
+Compaction runs on the local lake only (not yet on S3: ``is_retired`` is
+always false here, there being no retired-file register on S3).
 """
 
 from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -39,6 +41,7 @@ STAMP_FORMAT = "%Y%m%dT%H%M%SZ"  # a slice file name starts with its slice start
 STAMP_CHARS = 16
 GLUE_TYPES = {"int64": "bigint", "double": "double", "string": "string", "bool": "boolean"}
 PARTITION_GLUE_TYPES = {"exchange": "string", "symbol": "string", "date": "date"}
+DELETE_BATCH = 1000  # keys per S3 DeleteObjects request at most
 
 
 def boto3_session(cfg: S3LakeConfig) -> boto3.Session:
@@ -120,6 +123,14 @@ class S3Store:
                 out.append((obj["Key"][len(base):].lstrip("/"), int(obj["Size"])))
         return out
 
+    def delete(self, relpaths: Sequence[str]) -> None:
+        """Delete objects (paths relative to the lake root), in batches of what one request allows."""
+        for lo in range(0, len(relpaths), DELETE_BATCH):
+            batch = [{"Key": self.key(p)} for p in relpaths[lo:lo + DELETE_BATCH]]
+            resp = self.client.delete_objects(Bucket=self.cfg.bucket, Delete={"Objects": batch, "Quiet": True})
+            if resp.get("Errors"):
+                raise RuntimeError(f"deleting {len(batch)} objects from s3://{self.cfg.bucket}: {resp['Errors'][:3]}")
+
 
 class GlueCatalog:
     """The local catalog's interface over Glue: a table per channel, a partition per (exchange, symbol, date)."""
@@ -193,6 +204,16 @@ class GlueCatalog:
         found = self.wr.catalog.get_partitions(database=self.cfg.database, table=channel,
                                                boto3_session=self.session)
         return sorted((v[0], v[1], v[2]) for v in found.values())
+
+    def drop_partition(self, channel: str, exchange: str, symbol: str, date: str) -> list[str]:
+        """Remove a partition from Glue, then delete its files; returns the files deleted. Queries take their
+        file lists from Glue's partitions, so the partition leaves them whole, before any file goes."""
+        self.wr.catalog.delete_partitions(table=channel, database=self.cfg.database,
+                                          partitions_values=[[exchange, symbol, date]], boto3_session=self.session)
+        self.known.discard((channel, exchange, symbol, date))
+        paths = [f.path for f in self.files(channel, exchange, symbol) if f.date == date]
+        self.store.delete(paths)
+        return paths
 
     def snapshot(self) -> Snapshot:
         """Every channel's files in the partitions Glue lists. S3 has no catalog versions or leases (lease 0):

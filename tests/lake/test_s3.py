@@ -386,3 +386,28 @@ def test_query_engine_athena_submits_the_sql_unchanged_to_the_workgroup_and_retu
     assert execution["Query"] == ATHENA_SQL
     assert execution["QueryExecutionContext"]["Database"] == "athena_db"
     assert execution["WorkGroup"] == "lake-wg"
+
+
+def test_lake_expire_on_s3_drops_expired_glue_partitions_and_their_files_and_keeps_the_rest(
+        tmp_path: Path, redis_url: str, servers: dict[str, str]) -> None:
+    cfg = _s3_config(tmp_path, servers, "expire/lake", "expire")
+    cfg = cfg.model_copy(update={"lake": cfg.lake.model_copy(
+        update={"retention_days": {"trades": 1, "l2_book": 100_000}})})  # 2023 data: trades expire, books stay
+    _land(cfg, redis_url)
+    assert cfg.lake.s3 is not None
+    glue = GlueCatalog(cfg.lake.s3, S3Store(cfg.lake.s3))
+    before = {ch: (glue.partitions(ch), len(glue.files(ch)), len(_read_s3(servers, "expire/lake", ch)))
+              for ch in CHANNELS}
+    assert before["trades"][0] == [("BINANCE", "BTC-USDT", "2023-11-14"), ("BINANCE", "ETH-USDT", "2023-11-14")]
+    out = subprocess.run([str(BIN / "data-feed"), "lake", "expire", "--config",
+                          str(_write_yaml(cfg, tmp_path / "expire.yaml"))], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "trades: expired 2 partitions" in out.stdout and f"files expired: {before['trades'][1]}" in out.stdout
+    assert glue.partitions("trades") == [] and glue.files("trades") == []
+    assert wr.catalog.get_partitions(database="expire", table="trades") == {}
+    for channel in ("l2_book", "ticker"):
+        assert (glue.partitions(channel), len(glue.files(channel)),
+                len(_read_s3(servers, "expire/lake", channel))) == before[channel]
+    counts = run_query("/x", "select (select count(*) from trades), (select count(*) from ticker)", s3=cfg.lake.s3)
+    assert counts.values.tolist() == [[0, before["ticker"][2]]]
