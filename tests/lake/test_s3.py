@@ -264,7 +264,6 @@ def _drain(cfg: Config, client: redis.Redis) -> None:
     agg.drain()
 
 
-@pytest.mark.slow
 def test_a_simulated_session_lands_the_same_rows_and_files_on_s3_and_glue_as_locally(
         tmp_path: Path, redis_url: str, servers: dict[str, str]) -> None:
     local = _record_session(tmp_path / "local", redis_url)
