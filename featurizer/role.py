@@ -45,6 +45,7 @@ RECV_TIMEOUT_MS = 100
 MAX_BATCHES_PER_STEP = 500  # then publish what closed, so output never waits on a busy input
 DRAIN_QUIET_MS = 500  # at stop: the bus counts as drained after this long without a batch
 REDIS_RETRY_SECONDS = 1.0
+MAX_PENDING_BATCHES = 100_000  # feature batches kept while Redis is unreachable
 READY_FILE = "featurizer.ready"  # in spawner.run_dir, once subscribed
 NS_PER_SECOND = 1_000_000_000
 
@@ -121,6 +122,10 @@ class Featurizer:
             self._bad(topic.decode(errors="replace"), err)
             return
         fx = self.exchanges.get(exchange)
+        if channel not in INPUT_CHANNELS:
+            LOG.error("exchange=%s channel=%s symbol=%s: not a featurizer input channel; ignored", exchange, channel,
+                      symbol)
+            return
         if fx is None:
             LOG.error("exchange=%s channel=%s symbol=%s: batch for an exchange not in the config; ignored",
                       exchange, channel, symbol)
@@ -150,12 +155,22 @@ class Featurizer:
         for batch in closed:
             out = rows(batch.symbol, batch.interval, batch.slices, now)
             self.publisher.publish(features_topic(batch.interval, exchange, batch.symbol), encode_rows(out))
-            self.pending.append((exchange, out))
+            self._keep_for_redis(exchange, out)
             metrics.FEATURE_SLICES.labels(exchange, batch.interval).inc(len(out))
             end_ns = int(batch.slices["start"][-1]) + interval_ns(batch.interval)
             metrics.FEATURE_LATENCY.labels(exchange).set(now - end_ns / NS_PER_SECOND)
 
+    def _keep_for_redis(self, exchange: str, out: list[tuple[object, ...]]) -> None:
+        self.pending.append((exchange, out))
+        if len(self.pending) > MAX_PENDING_BATCHES:  # Redis has been down for long: bound the memory, say so
+            lost_exchange, lost = self.pending.pop(0)
+            LOG.error("exchange=%s: Redis unreachable for %d feature batches; dropped the oldest (%d slices) from "
+                      "the lake path (they were published on the bus; featurizer backfill recomputes them)",
+                      lost_exchange, MAX_PENDING_BATCHES, len(lost))
+
     def _write_pending(self) -> None:
+        if time.monotonic() - self._last_redis_error < REDIS_RETRY_SECONDS:
+            return  # Redis failed just now: do not stall the bus on every step
         pipe = self.client.pipeline(transaction=False)
         for exchange, out in self.pending:
             pipe.xadd(stream_key(exchange, FEATURES_CHANNEL), encode_batch(FEATURES_CHANNEL, out),  # type: ignore[arg-type]
@@ -163,9 +178,8 @@ class Featurizer:
         try:
             pipe.execute()
         except (redis.RedisError, OSError) as err:
-            if time.monotonic() - self._last_redis_error > REDIS_RETRY_SECONDS:
-                LOG.error("Redis write of %d feature batches failed (%s); keeping them, retrying", len(self.pending),
-                          err)
+            LOG.error("Redis write of %d feature batches failed (%s); keeping them, retrying in %.0fs",
+                      len(self.pending), err, REDIS_RETRY_SECONDS)
             self._last_redis_error = time.monotonic()
             return
         self.pending.clear()

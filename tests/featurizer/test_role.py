@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,11 +12,13 @@ from typing import Any
 import pytest
 import redis
 import zmq
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from data_feed.bus import Proxy, Publisher, Subscriber, decode_rows, encode_rows, endpoints
 from data_feed.cache import decode_batch, stream_key
 from data_feed.config import Config
-from featurizer.role import Featurizer
+from featurizer.role import REDIS_RETRY_SECONDS, Featurizer
 from tests.conftest import make_config
 
 T0 = 1_700_000_000.0
@@ -113,3 +116,19 @@ def test_stop_drains_the_bus_and_flushes_every_open_slice(rig: dict[str, Any]) -
     assert {t for t in got if t.startswith(b"features.1s.")} == {b"features.1s.BINANCE.BTC-USDT",
                                                                  b"features.1s.BINANCE.ETH-USDT"}
     assert rig["client"].xlen(stream_key("BINANCE", "features")) == 4  # 1s and 2s per symbol
+
+
+def test_features_are_kept_while_redis_is_unreachable_and_written_once_it_answers(rig: dict[str, Any]) -> None:
+    fz, pub = rig["fz"], rig["collector"]
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    fz.client = redis.Redis(port=dead_port, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    pub.publish(b"trades.BINANCE.BTC-USDT", encode_rows([trade("BTC-USDT", T0 + 0.1, 100.0, 1.0),
+                                                         trade("BTC-USDT", T0 + 5.0, 100.0, 1.0)]))
+    pump(fz)
+    assert fz.pending and b"features.1s.BINANCE.BTC-USDT" in received(rig["consumer"])  # the bus did not wait
+    fz.client = rig["client"]
+    time.sleep(REDIS_RETRY_SECONDS)
+    pump(fz, 1)
+    assert not fz.pending and rig["client"].xlen(stream_key("BINANCE", "features")) > 0
