@@ -36,6 +36,18 @@ class BinanceGaps(LoggedGaps):
     last_update_id: dict[str, int]
     _l2_book: dict[str, Any]
 
+    async def _book(self, msg: dict[str, Any], pair: str, timestamp: float) -> None:
+        self.__dict__["_df_depth_event_ms"] = msg.get("E")
+        await super()._book(msg, pair, timestamp)  # type: ignore[misc]
+
+    async def book_callback(self, book_type: str, book: Any, receipt_timestamp: float, **kwargs: Any) -> None:
+        """Spot's REST snapshot has no time: stamp it with the exchange time of the depth event that asked for it
+        (not the local time, which in a replay is years away from the exchange's timeline)."""
+        event_ms = self.__dict__.get("_df_depth_event_ms")
+        if kwargs.get("timestamp") is None and kwargs.get("delta") is None and event_ms is not None:
+            kwargs["timestamp"] = event_ms / 1000
+        await super().book_callback(book_type, book, receipt_timestamp, **kwargs)  # type: ignore[misc]
+
     def _check_update_id(self, std_pair: str, msg: dict[str, Any]) -> bool:
         """depthUpdate {"U": 157, "u": 160, ...}: U must be the last u + 1, or cryptofeed resets the books."""
         expected = self.last_update_id.get(std_pair)

@@ -34,6 +34,7 @@ from data_feed.collector.exchanges.base import CollectorFeedMixin, Endpoints
 LOG = logging.getLogger("data_feed.collector")
 
 SEQUENCE_KEY = '"sequence_num":'
+TIMESTAMP_KEY = '"timestamp":"'
 LEVEL2 = "level2"
 
 SIM_PATH = "/coinbase"
@@ -64,7 +65,8 @@ class CoinbaseWithTicker(Coinbase):  # type: ignore[misc]
         await super()._pair_level2_snapshot(msg, timestamp)
 
     async def book_callback(self, book_type: str, book: OrderBook, receipt_timestamp: float, **kwargs: Any) -> None:
-        kwargs["timestamp"] = to_epoch_seconds(kwargs.get("timestamp"))
+        # A snapshot comes without a time: it gets its frame's (exchange time, also right in a replay).
+        kwargs["timestamp"] = to_epoch_seconds(kwargs.get("timestamp") or self.__dict__.get("_df_frame_time"))
         await super().book_callback(book_type, book, receipt_timestamp, **kwargs)
 
     async def subscribe(self, conn: Any) -> None:
@@ -103,6 +105,10 @@ class CoinbaseWithTicker(Coinbase):  # type: ignore[misc]
 
     async def message_handler(self, msg: str, conn: Any, timestamp: float) -> None:
         await self._check_sequence(msg, conn)
+        at = msg.find(TIMESTAMP_KEY)
+        if at >= 0:
+            start = at + len(TIMESTAMP_KEY)
+            self.__dict__["_df_frame_time"] = msg[start:msg.find('"', start)]
         # Only ticker and heartbeat frames are ours; the rest go to cryptofeed unchanged.
         if '"ticker"' not in msg and '"heartbeats"' not in msg:
             await super().message_handler(msg, conn, timestamp)
