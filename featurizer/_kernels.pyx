@@ -28,6 +28,7 @@ from cython.parallel cimport prange
 cnp.import_array()
 
 MIN_ROWS_PER_THREAD = 100_000  # below this, one thread: starting more costs more than it saves
+CHUNKS_PER_THREAD = 16  # small chunks handed out on demand: a thread slowed by other load takes fewer
 
 NS_PER_SECOND = 1_000_000_000
 cdef double BPS = 1e4  # basis points per unit
@@ -772,11 +773,11 @@ def trade_slices(const int64_t[::1] ts, const double[::1] price, const double[::
                  const uint8_t[::1] is_buy, int64_t width_ns):
     """Batch kernel: one symbol's trades, sorted by event time, into every slice from the first to the last.
 
-    Runs on all cores: the trades are cut at slice boundaries into one chunk per thread, each slice is
+    Runs on all cores: the trades are cut at slice boundaries into chunks handed to threads, each slice is
     computed whole by one thread with the streaming engine's own per-slice code, so the result is
     bit-identical to ``Engine.trade_arrays`` over the same trades.
     """
-    cdef Py_ssize_t n = ts.shape[0], c, chunks, i
+    cdef Py_ssize_t n = ts.shape[0], c, chunks, threads, i
     if price.shape[0] != n or amount.shape[0] != n or is_buy.shape[0] != n:
         raise ValueError("trade_slices: columns differ in length")
     if width_ns <= 0:
@@ -792,7 +793,8 @@ def trade_slices(const int64_t[::1] ts, const double[::1] price, const double[::
     cdef int64_t k
     for k in range(k0, k1 + 1):
         slice_init(&o[k - k0], k * width_ns)
-    chunks = max(1, min(openmp.omp_get_max_threads(), n // MIN_ROWS_PER_THREAD))
+    threads = max(1, min(openmp.omp_get_max_threads(), n // MIN_ROWS_PER_THREAD))
+    chunks = threads * CHUNKS_PER_THREAD if threads > 1 else 1
     bounds = np.empty(chunks + 1, dtype=np.intp)
     cdef Py_ssize_t[::1] b = bounds
     b[0] = 0
@@ -800,6 +802,6 @@ def trade_slices(const int64_t[::1] ts, const double[::1] price, const double[::
     for c in range(1, chunks):  # cut at the first trade of a new slice at or after c/chunks of the rows
         i = n * c // chunks
         b[c] = max(b[c - 1], first_at_or_after(&ts[0], n, (ts[i] // width_ns) * width_ns))
-    for c in prange(chunks, nogil=True, schedule="static", chunksize=1, num_threads=chunks):
+    for c in prange(chunks, nogil=True, schedule="dynamic", chunksize=1, num_threads=threads):
         fill_slices(o, k0, &ts[0], &price[0], &amount[0], &is_buy[0], b[c], b[c + 1], width_ns)
     return out
