@@ -52,13 +52,16 @@ def synthetic(n: int, seed: int = 7) -> dict[str, np.ndarray[Any, Any]]:
     return {"ts": ts, "price": price, "amount": rng.exponential(0.3, n), "buy": (rng.random(n) < 0.5).astype(np.uint8)}
 
 
-def best_of(rounds: int, fn: Callable[[], Any]) -> tuple[float, Any]:
-    best, out = float("inf"), None
+def best_of_interleaved(rounds: int, fns: dict[str, Callable[[], Any]]) -> dict[str, tuple[float, Any]]:
+    """Best time of each function, the functions taking turns within every round, so that load from
+    other processes on the machine falls on all of them alike."""
+    best: dict[str, tuple[float, Any]] = {name: (float("inf"), None) for name in fns}
     for _ in range(rounds):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            out = fn()
+            best[name] = (min(best[name][0], time.perf_counter() - t), out)
+    return best
 
 
 def run_kernel(d: dict[str, np.ndarray[Any, Any]]) -> Any:
@@ -97,14 +100,14 @@ def cross_check(kernel: Any, polars_out: pl.DataFrame, pandas_out: pd.DataFrame)
 
 def batch(n: int, rounds: int) -> float:
     d = synthetic(n)
-    print(f"{n:,} synthetic trades over {SPAN_SECONDS:,} s; best of {rounds} rounds, 1-second slices")
-    t_k, k_out = best_of(rounds, lambda: run_kernel(d))
+    print(f"{n:,} synthetic trades over {SPAN_SECONDS:,} s; best of {rounds} interleaved rounds, 1-second slices")
     pl_df = pl.DataFrame({"ts": pl.Series(d["ts"]).cast(pl.Datetime("ns")), "price": d["price"],
                           "amount": d["amount"]}).set_sorted("ts")
-    t_p, p_out = best_of(rounds, lambda: run_polars(pl_df))
     pd_df = pd.DataFrame({"price": d["price"], "amount": d["amount"], "notional": d["price"] * d["amount"]},
                          index=pd.DatetimeIndex(d["ts"].view("datetime64[ns]")))
-    t_pd, pd_out = best_of(max(1, rounds - 1), lambda: run_pandas(pd_df))
+    best = best_of_interleaved(rounds, {"kernel": lambda: run_kernel(d), "polars": lambda: run_polars(pl_df),
+                                        "pandas": lambda: run_pandas(pd_df)})
+    (t_k, k_out), (t_p, p_out), (t_pd, pd_out) = best["kernel"], best["polars"], best["pandas"]
     cross_check(k_out, p_out, pd_out)
     for name, t in (("cython kernel", t_k), ("polars group_by_dynamic", t_p), ("pandas resample", t_pd)):
         print(f"  {name:26s} {t:8.3f} s  {n / t / 1e6:8.2f} M rows/s")

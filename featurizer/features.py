@@ -31,6 +31,15 @@ def _sum(slices: Slices, name: str) -> Column:
     return np.asarray(slices[name] + slices[name + "_c"], dtype=np.float64)
 
 
+def _difference(slices: Slices, minuend: str, subtrahend: str) -> Column:
+    """(a + a_c) - (b + b_c) of two double-double sums, rounded once (exact subtraction of the high parts)."""
+    a, b = slices[minuend], slices[subtrahend]
+    high = a - b
+    virtual = high - a
+    err = (a - (high - virtual)) - (b + virtual)  # TwoSum(a, -b): a - b == high + err exactly
+    return np.asarray(high + (err + (slices[minuend + "_c"] - slices[subtrahend + "_c"])), dtype=np.float64)
+
+
 def _ratio(num: Column, den: Column) -> Column:
     out = np.full(len(num), np.nan)
     np.divide(num, den, out=out, where=den != 0)
@@ -49,7 +58,8 @@ def values(slices: Slices) -> dict[str, Column]:
     return {
         "trade_count": slices["n_trades"], "open": slices["open"], "high": slices["high"], "low": slices["low"],
         "close": slices["close"], "volume": volume, "buy_volume": _sum(slices, "buy_volume"),
-        "sell_volume": _sum(slices, "sell_volume"), "notional": notional, "vwap": _ratio(notional, volume),
+        "sell_volume": _difference(slices, "volume", "buy_volume"), "notional": notional,
+        "vwap": _ratio(notional, volume),
         "realized_variance": _sum(slices, "rv"),
         "first_trade_ts": np.where(has_trades, slices["first_ts"], NO_TRADE_TS),
         "last_trade_ts": np.where(has_trades, slices["last_ts"], NO_TRADE_TS),
