@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -62,9 +63,23 @@ class CollectorFeedMixin:
     frames_received = 0
     gap_writer: GapWriter | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._df_subscribed: set[str] = set()
+        super().__init__(*args, **kwargs)
+
+    def connect(self) -> list[Any]:
+        """cryptofeed's connections, each remembering when its last frame came before it reopens.
+
+        cryptofeed clears ``last_message`` on reopening; keeping it here costs nothing per frame.
+        """
+        connections: list[Any] = super().connect()  # type: ignore[misc]
+        for conn, *_ in connections:
+            conn.df_silent_since = None
+            conn._open = _remembering_open(conn, conn._open)
+        return connections
+
     async def message_handler(self, msg: str, conn: Any, timestamp: float) -> None:
         self.frames_received += 1
-        self._last_frame()[conn.uuid] = timestamp
         try:
             await super().message_handler(msg, conn, timestamp)  # type: ignore[misc]
         except GapRecorded as err:
@@ -79,16 +94,15 @@ class CollectorFeedMixin:
 
     async def subscribe(self, conn: Any) -> None:
         """Every (re)connection subscribes; a second subscribe of one connection follows a reconnect."""
-        last = self._last_frame()
-        if conn.uuid in self._subscribed():
-            silent_since = last.get(conn.uuid)
+        if conn.uuid in self._df_subscribed:
+            silent_since = getattr(conn, "df_silent_since", None)
             now = time.time()
             stalled = silent_since is not None and now - silent_since >= self.timeout * STALL_FRACTION_OF_WATCHDOG
             since = f"{silent_since:.6f}" if silent_since is not None else "?"
             LOG.warning("exchange=%s conn=%s: reconnected (%s); no data from %s to %.6f", self.id, conn.uuid,
                         "stall" if stalled else "disconnect", since, now)
             self.connection_gap(conn, "stall" if stalled else "disconnect", f"no frames from {since} to {now:.6f}")
-        self._subscribed().add(conn.uuid)
+        self._df_subscribed.add(conn.uuid)
         await super().subscribe(conn)  # type: ignore[misc]
 
     def connection_gap(self, conn: Any, reason: str, detail: str) -> None:
@@ -120,14 +134,10 @@ class CollectorFeedMixin:
         if self.gap_writer is not None:
             self.gap_writer.gap(symbol, channel, reason, first_missing, last_missing, detail, when)
 
-    def _last_frame(self) -> dict[str, float]:
-        found: dict[str, float] | None = self.__dict__.get("_df_last_frame")
-        if found is None:
-            found = self.__dict__["_df_last_frame"] = {}
-        return found
 
-    def _subscribed(self) -> set[str]:
-        found: set[str] | None = self.__dict__.get("_df_subscribed")
-        if found is None:
-            found = self.__dict__["_df_subscribed"] = set()
-        return found
+def _remembering_open(conn: Any, original: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    async def _open() -> None:
+        conn.df_silent_since = conn.last_message or conn.df_silent_since
+        await original()
+
+    return _open
