@@ -31,6 +31,9 @@ class KrakenWithChecks(LoggedGaps, Kraken):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
 
     async def message_handler(self, msg: str, conn: Any, timestamp: float) -> None:
+        resyncing: set[str] = self.__dict__.setdefault("_df_resyncing", set())
+        if resyncing and '"book-' in msg and self._awaiting_snapshot(msg, resyncing):
+            return  # updates to a book known to be wrong: skipped until the fresh snapshot
         try:
             await super().message_handler(msg, conn, timestamp)
         except BadChecksum:
@@ -38,9 +41,21 @@ class KrakenWithChecks(LoggedGaps, Kraken):  # type: ignore[misc]
             channel_name, pair = frame[-2], frame[-1]
             symbol = self.exchange_symbol_to_std_symbol(pair)
             self.gap(symbol, BOOK, "checksum", detail=f"{channel_name} {pair}: book checksum mismatch; resubscribed")
+            resyncing.add(pair)
             sub = {"name": "book", "depth": int(channel_name.split("-")[1])}
             for event in ("unsubscribe", "subscribe"):
                 await conn.write(json.dumps({"event": event, "pair": [pair], "subscription": sub}))
+
+
+    @staticmethod
+    def _awaiting_snapshot(msg: str, resyncing: set[str]) -> bool:
+        frame = json.loads(msg)
+        if not isinstance(frame, list) or frame[-1] not in resyncing:
+            return False
+        if "as" in frame[1]:  # the snapshot
+            resyncing.discard(frame[-1])
+            return False
+        return True
 
 
 QUIRKS = KrakenWithChecks  # the class replays build on

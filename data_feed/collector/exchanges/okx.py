@@ -41,15 +41,30 @@ class OkxWithChecks(LoggedGaps, OKX):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
 
     async def message_handler(self, msg: str, conn: Any, timestamp: float) -> None:
+        resyncing: set[str] = self.__dict__.setdefault("_df_resyncing", set())
+        if resyncing and '"books"' in msg and self._awaiting_snapshot(msg, resyncing):
+            return  # updates to a book known to be wrong: skipped until the fresh snapshot
         try:
             await super().message_handler(msg, conn, timestamp)
         except BadChecksum:
             inst_id = json.loads(msg)["arg"]["instId"]
             self.gap(self.exchange_symbol_to_std_symbol(inst_id), BOOK, "checksum",
                      detail=f"books {inst_id}: checksum mismatch; resubscribed")
+            resyncing.add(inst_id)
             arg = [{"channel": "books", "instId": inst_id}]
             for op in ("unsubscribe", "subscribe"):
                 await conn.write(json.dumps({"op": op, "args": arg}))
+
+    @staticmethod
+    def _awaiting_snapshot(msg: str, resyncing: set[str]) -> bool:
+        frame = json.loads(msg)
+        inst_id = frame.get("arg", {}).get("instId")
+        if inst_id not in resyncing or "action" not in frame:
+            return False
+        if frame["action"] == "snapshot":
+            resyncing.discard(inst_id)
+            return False
+        return True
 
     async def callback(self, data_type: str, obj: Any, receipt_timestamp: float) -> None:
         if data_type == LIQUIDATIONS and obj.symbol.endswith(SWAP_SUFFIX):  # 2.4.1 passes the instId
