@@ -59,8 +59,10 @@ BUS_DROPPED = Counter("data_feed_bus_dropped_batches_total", "Bus batches a publ
                       ["channel"])
 FEATURE_SLICES = Counter("data_feed_feature_slices_total", "Feature slices the featurizer closed and published",
                          ["exchange", "interval"])
-FEATURE_LATE_RECORDS = Counter("data_feed_feature_late_records_total",
-                               "Records that reached the featurizer after their slice had closed", ["exchange", "channel"])
+FEATURE_LATE_RECORDS = Counter(
+    "data_feed_feature_late_records_total", "Records that reached the featurizer after their slice had closed",
+    ["exchange", "channel"],
+)
 FEATURE_LATENCY = Gauge("data_feed_feature_publish_delay_seconds",
                         "Wall time from a slice's end to its publication, last slice", ["exchange"],
                         multiprocess_mode="livemax")
