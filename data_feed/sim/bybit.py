@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from data_feed.sim.hub import Delivery, ExchangeProtocol, Outbox, SymbolState, epoch_ms, now, serve_socket
+from data_feed.sim.hub import Delivery, ExchangeProtocol, Outbox, SymbolState, epoch_ms, now, open_socket
 from data_feed.sim.market import BID, PRICE_SCALE, SIZE_SCALE, MarketEvent, Trade, price_str, size_str
 
 LINEAR: Final = "linear"
@@ -124,21 +124,9 @@ class BybitProtocol(ExchangeProtocol):
     # -- websocket --------------------------------------------------------------------------
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(compress=False)
-        await ws.prepare(request)
+        ws = await open_socket(request)
         conn = BybitConnection(Outbox(ws, self), request.path.rsplit("/", 1)[-1])
-        self.connections.add(conn)
-        self.outboxes.add(conn.outbox)
-
-        async def on_text(text: str) -> None:
-            self._handle_request(conn, text)
-
-        try:
-            await serve_socket(ws, conn.outbox, on_text)
-        finally:
-            self.connections.discard(conn)
-            self.outboxes.discard(conn.outbox)
-        return ws
+        return await self.serve_connection(ws, conn, self.connections, lambda text: self._handle_request(conn, text))
 
     def _handle_request(self, conn: BybitConnection, text: str) -> None:
         """{"op": "subscribe", "args": ["orderbook.200.BTCUSDT"]} -> {"success": true, "ret_msg": "", "op": ...}"""

@@ -25,8 +25,8 @@ from data_feed.sim.hub import (
     Outbox,
     SymbolState,
     now,
+    open_socket,
     rfc3339,
-    serve_socket,
 )
 from data_feed.sim.market import BID, LevelChange, MarketEvent, Trade, price_str, size_str
 
@@ -138,21 +138,9 @@ class CoinbaseProtocol(ExchangeProtocol):
     # -- websocket --------------------------------------------------------------------------
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(compress=False)
-        await ws.prepare(request)
+        ws = await open_socket(request)
         conn = CoinbaseConnection(Outbox(ws, self))
-        self.connections.add(conn)
-        self.outboxes.add(conn.outbox)
-
-        async def on_text(text: str) -> None:
-            self._handle_request(conn, text)
-
-        try:
-            await serve_socket(ws, conn.outbox, on_text)
-        finally:
-            self.connections.discard(conn)
-            self.outboxes.discard(conn.outbox)
-        return ws
+        return await self.serve_connection(ws, conn, self.connections, lambda text: self._handle_request(conn, text))
 
     def _handle_request(self, conn: CoinbaseConnection, text: str) -> None:
         """Validate one client message; errors answer like the exchange: {"type": "error", "message": ...}."""

@@ -14,7 +14,7 @@ import contextlib
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -231,6 +231,12 @@ class Outbox:
         return False
 
 
+async def open_socket(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(compress=False)
+    await ws.prepare(request)
+    return ws
+
+
 async def serve_socket(ws: web.WebSocketResponse, outbox: Outbox, on_text: Any = None) -> None:
     """Run the outbox writer while reading client messages until the socket closes."""
     writer = asyncio.get_running_loop().create_task(outbox.run())
@@ -287,6 +293,22 @@ class ExchangeProtocol(ABC):
     def stats(self) -> dict[str, Any]:
         return {"frames_sent": self.frames_sent, "faults": self.faults.stats(),
                 "symbols": {s: st.stats() for s, st in self.symbols.items()}}
+
+    async def serve_connection(self, ws: web.WebSocketResponse, conn: Any, connections: set[Any],
+                               on_text: Callable[[str], None]) -> web.WebSocketResponse:
+        """Keep `conn` registered while its socket is open; each client text frame goes to `on_text`."""
+        connections.add(conn)
+        self.outboxes.add(conn.outbox)
+
+        async def handle(text: str) -> None:
+            on_text(text)
+
+        try:
+            await serve_socket(ws, conn.outbox, handle)
+        finally:
+            connections.discard(conn)
+            self.outboxes.discard(conn.outbox)
+        return ws
 
     def sync_unwatched_book(self, state: SymbolState, watched: bool) -> None:
         """Without book subscribers nothing reflects the book: keep the published book current."""

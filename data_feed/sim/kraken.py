@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from data_feed.sim.hub import Delivery, ExchangeProtocol, Outbox, SymbolState, now, serve_socket
+from data_feed.sim.hub import Delivery, ExchangeProtocol, Outbox, SymbolState, now, open_socket
 from data_feed.sim.market import BID, PRICE_SCALE, SIZE_SCALE, LevelChange, MarketEvent, Trade, price_str, size_str
 
 PRICE_EXTRA_ZEROS: Final = "000"  # Kraken prints 5 decimals for USD pairs: 65000.01000
@@ -106,23 +106,11 @@ class KrakenProtocol(ExchangeProtocol):
     # -- websocket --------------------------------------------------------------------------
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(compress=False)
-        await ws.prepare(request)
+        ws = await open_socket(request)
         conn = KrakenConnection(Outbox(ws, self), next_heartbeat=now() + HEARTBEAT_SECONDS)
-        self.connections.add(conn)
-        self.outboxes.add(conn.outbox)
         conn.outbox.send(_dumps({"connectionID": id(conn), "event": "systemStatus", "status": "online",
                                  "version": "1.9.0"}))
-
-        async def on_text(text: str) -> None:
-            self._handle_request(conn, text)
-
-        try:
-            await serve_socket(ws, conn.outbox, on_text)
-        finally:
-            self.connections.discard(conn)
-            self.outboxes.discard(conn.outbox)
-        return ws
+        return await self.serve_connection(ws, conn, self.connections, lambda text: self._handle_request(conn, text))
 
     def _handle_request(self, conn: KrakenConnection, text: str) -> None:
         try:
