@@ -23,7 +23,7 @@ from data_feed.sim.binance import (
     price_str,
 )
 from data_feed.sim.hub import Outbox, SymbolState, epoch_ms, now
-from data_feed.sim.market import PRICE_SCALE, SIZE_SCALE, MarketEvent, Trade, size_str
+from data_feed.sim.market import PRICE_SCALE, SIZE_SCALE, Candle, MarketEvent, Trade, size_str
 
 FUNDING_INTERVAL_SECONDS: Final = 8 * 3600
 FUNDING_RATE: Final = "0.00010000"
@@ -50,20 +50,6 @@ class FuturesDepthDiff(DepthDiff):
         payload["pu"] = first - 1 if self.previous_u is None else self.previous_u
         self.previous_u = payload["u"]
         return payload
-
-
-@dataclass
-class Candle:
-    start: float
-    interval: str
-    open: int
-    high: int
-    low: int
-    close: int
-    volume: int = 0
-    trades: int = 0
-    first_id: int = 0
-    last_id: int = 0
 
 
 @dataclass(eq=False)
@@ -187,41 +173,36 @@ class BinanceFuturesProtocol(BinanceProtocol):
             conn.outbox.send(text)
 
     def _send_candle(self, state: SymbolState, trade: Trade) -> None:
+        folded: dict[str, Candle] = {}  # each trade enters each interval's candle once, however many listen
         for conn in self._futures_conns():
             interval = conn.candles.get(state.symbol)
             if interval is None:
                 continue
-            candle = self._candle(state, interval, trade)
-            conn.outbox.send(self._kline(state, candle, trade.timestamp, closed=False))
+            if interval not in folded:
+                folded[interval] = self._candle(state, interval, trade)
+            conn.outbox.send(self._kline(state, interval, folded[interval], trade.timestamp, closed=False))
 
     def _candle(self, state: SymbolState, interval: str, trade: Trade) -> Candle:
         width = CANDLE_SECONDS[interval]
         start = math.floor(trade.timestamp / width) * width
         key = (state.symbol, interval)
-        candle = self.candles.get(key)
-        if candle is None or candle.start != start:
-            candle = self.candles[key] = Candle(start, interval, trade.price, trade.price, trade.price, trade.price,
-                                                first_id=trade.trade_id)
-        candle.high, candle.low, candle.close = max(candle.high, trade.price), min(candle.low, trade.price), trade.price
-        candle.volume += trade.size
-        candle.trades += 1
-        candle.last_id = trade.trade_id
+        candle = self.candles[key] = Candle.fold(self.candles.get(key), start, trade)
         return candle
 
     @staticmethod
-    def _kline(state: SymbolState, c: Candle, ts: float, closed: bool) -> str:
+    def _kline(state: SymbolState, interval: str, c: Candle, ts: float, closed: bool) -> str:
         """{"stream": "btcusdt@kline_1m", "data": {"e": "kline", "E": 1638747660000, "s": "BTCUSDT", "k": {
         "t": 1638747660000, "T": 1638747719999, "s": "BTCUSDT", "i": "1m", "f": 100, "L": 200, "o": "0.0010",
         "c": "0.0020", "h": "0.0025", "l": "0.0015", "v": "1000", "n": 100, "x": false, "q": "1.0000",
         "V": "500", "Q": "0.500", "B": "123456"}}}"""
-        width_ms = CANDLE_SECONDS[c.interval] * 1000
+        width_ms = CANDLE_SECONDS[interval] * 1000
         start_ms = int(c.start * 1000)
         quote = c.volume / SIZE_SCALE * c.close / PRICE_SCALE
-        k = {"t": start_ms, "T": start_ms + width_ms - 1, "s": state.exchange_symbol, "i": c.interval,
+        k = {"t": start_ms, "T": start_ms + width_ms - 1, "s": state.exchange_symbol, "i": interval,
              "f": c.first_id, "L": c.last_id, "o": price_str(c.open), "c": price_str(c.close),
              "h": price_str(c.high), "l": price_str(c.low), "v": size_str(c.volume), "n": c.trades, "x": closed,
              "q": f"{quote:.8f}", "V": "0", "Q": "0", "B": "0"}
-        return _dumps({"stream": f"{state.exchange_symbol.lower()}@kline_{c.interval}",
+        return _dumps({"stream": f"{state.exchange_symbol.lower()}@kline_{interval}",
                        "data": {"e": "kline", "E": epoch_ms(ts), "s": state.exchange_symbol, "k": k}})
 
     def on_tick(self, now_ts: float) -> None:

@@ -19,7 +19,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from data_feed.sim.hub import Delivery, ExchangeProtocol, Outbox, SymbolState, epoch_ms, now, open_socket
-from data_feed.sim.market import BID, PRICE_SCALE, SIZE_SCALE, MarketEvent, Trade, price_str, size_str
+from data_feed.sim.market import BID, PRICE_SCALE, SIZE_SCALE, Candle, MarketEvent, Trade, price_str, size_str
 
 LINEAR: Final = "linear"
 SPOT: Final = "spot"
@@ -41,16 +41,6 @@ def _dumps(obj: Any) -> str:
 
 def category(symbol: str) -> str:
     return LINEAR if symbol.endswith(PERP_SUFFIX) else SPOT
-
-
-@dataclass
-class Kline:
-    start_ms: int
-    open: int
-    high: int
-    low: int
-    close: int
-    volume: int = 0
 
 
 @dataclass(eq=False)
@@ -80,7 +70,7 @@ class BybitProtocol(ExchangeProtocol):
         for state in self.symbols.values():
             self.by_category[category(state.symbol)][state.exchange_symbol] = state
         self.open_interest = dict.fromkeys(self.symbols, OPEN_INTEREST_BASE)
-        self.klines: dict[str, Kline] = {}
+        self.klines: dict[str, Candle] = {}
         self._last_top: dict[tuple[int, str], tuple[int, int, int, int]] = {}
 
     @staticmethod
@@ -229,13 +219,9 @@ class BybitProtocol(ExchangeProtocol):
             if conn.wants("liquidation", state) and trade.trade_id % LIQUIDATION_EVERY_TRADES == 0:
                 conn.outbox.send(_liquidation_frame(state, trade))
 
-    def _kline(self, state: SymbolState, trade: Trade) -> Kline:
+    def _kline(self, state: SymbolState, trade: Trade) -> Candle:
         start = int(trade.timestamp * 1000) // CANDLE_MS * CANDLE_MS
-        k = self.klines.get(state.symbol)
-        if k is None or k.start_ms != start:
-            k = self.klines[state.symbol] = Kline(start, trade.price, trade.price, trade.price, trade.price)
-        k.high, k.low, k.close = max(k.high, trade.price), min(k.low, trade.price), trade.price
-        k.volume += trade.size
+        k = self.klines[state.symbol] = Candle.fold(self.klines.get(state.symbol), start, trade)
         return k
 
     def _send_top(self, conn: BybitConnection, state: SymbolState, event: MarketEvent) -> None:
@@ -294,14 +280,14 @@ def _trade_frame(state: SymbolState, trade: Trade) -> str:
     return _dumps({"topic": f"publicTrade.{state.exchange_symbol}", "type": "snapshot", "ts": ms, "data": data})
 
 
-def _kline_frame(state: SymbolState, k: Kline, ts: float) -> str:
+def _kline_frame(state: SymbolState, k: Candle, ts: float) -> str:
     """{"topic": "kline.1.BTCUSDT", "data": [{"start": 1671187800000, "end": 1671187859999, "interval": "1",
     "open": "16991", "close": "16980.5", "high": "16991", "low": "16980.5", "volume": "2.501",
     "turnover": "42493.2305", "confirm": false, "timestamp": 1671187815755}], "ts": 1671187815755,
     "type": "snapshot"}"""
     ms = epoch_ms(ts)
     turnover = k.volume / SIZE_SCALE * k.close / PRICE_SCALE
-    data = [{"start": k.start_ms, "end": k.start_ms + CANDLE_MS - 1, "interval": "1", "open": price_str(k.open),
+    data = [{"start": k.start, "end": k.start + CANDLE_MS - 1, "interval": "1", "open": price_str(k.open),
              "close": price_str(k.close), "high": price_str(k.high), "low": price_str(k.low),
              "volume": size_str(k.volume), "turnover": f"{turnover:.4f}", "confirm": False, "timestamp": ms}]
     return _dumps({"topic": f"kline.1.{state.exchange_symbol}", "data": data, "ts": ms, "type": "snapshot"})

@@ -20,7 +20,17 @@ from typing import Any, Final
 from aiohttp import web
 
 from data_feed.sim.hub import Delivery, ExchangeProtocol, Outbox, SymbolState, now, open_socket
-from data_feed.sim.market import BID, PRICE_SCALE, SIZE_SCALE, LevelChange, MarketEvent, Trade, price_str, size_str
+from data_feed.sim.market import (
+    BID,
+    PRICE_SCALE,
+    SIZE_SCALE,
+    Candle,
+    LevelChange,
+    MarketEvent,
+    Trade,
+    price_str,
+    size_str,
+)
 
 PRICE_EXTRA_ZEROS: Final = "000"  # Kraken prints 5 decimals for USD pairs: 65000.01000
 CHECKSUM_LEVELS: Final = 10
@@ -52,18 +62,6 @@ def checksum(book: Book) -> int:
     top_bids = sorted(bids, reverse=True)[:CHECKSUM_LEVELS]
     parts += [_digits(kraken_price(p)) + _digits(size_str(bids[p])) for p in top_bids]
     return zlib.crc32("".join(parts).encode())
-
-
-@dataclass
-class Candle:
-    start: int
-    open: int
-    high: int
-    low: int
-    close: int
-    volume: int = 0
-    notional: float = 0.0
-    count: int = 0
 
 
 @dataclass(eq=False)
@@ -225,20 +223,14 @@ class KrakenProtocol(ExchangeProtocol):
 
     def _candle(self, state: SymbolState, trade: Trade) -> Candle:
         start = int(trade.timestamp) // CANDLE_SECONDS * CANDLE_SECONDS
-        c = self.candles.get(state.symbol)
-        if c is None or c.start != start:
-            c = self.candles[state.symbol] = Candle(start, trade.price, trade.price, trade.price, trade.price)
-        c.high, c.low, c.close = max(c.high, trade.price), min(c.low, trade.price), trade.price
-        c.volume += trade.size
-        c.notional += trade.size * trade.price
-        c.count += 1
+        c = self.candles[state.symbol] = Candle.fold(self.candles.get(state.symbol), start, trade)
         return c
 
     @staticmethod
     def _ohlc(c: Candle, ts: float) -> list[Any]:
         vwap = c.notional / c.volume / PRICE_SCALE if c.volume else c.close / PRICE_SCALE
         return [f"{ts:.6f}", f"{c.start + CANDLE_SECONDS:.6f}", kraken_price(c.open), kraken_price(c.high),
-                kraken_price(c.low), kraken_price(c.close), f"{vwap:.5f}", size_str(c.volume), c.count]
+                kraken_price(c.low), kraken_price(c.close), f"{vwap:.5f}", size_str(c.volume), c.trades]
 
     def _send_ticker(self, state: SymbolState, event: MarketEvent,
                      subscribed: list[tuple[KrakenConnection, dict[tuple[str, str], tuple[int, str]]]]) -> None:

@@ -271,3 +271,35 @@ class SymbolMarket:
     def _level_index(self, count: int) -> int:
         """Level to touch, biased toward the top of the book."""
         return min(count - 1, int(self.rng.expovariate(1.0 / max(1.0, count / 5))))
+
+
+@dataclass
+class Candle:
+    """The candle of one time bucket, folded from its trades (prices in ticks, sizes in units).
+
+    ``start`` is the bucket start in whatever unit the exchange module keys buckets by (seconds or ms).
+    """
+
+    start: int
+    open: int
+    high: int
+    low: int
+    close: int
+    volume: int = 0
+    notional: int = 0  # sum of size * price, for a VWAP
+    trades: int = 0
+    first_id: int = 0
+    last_id: int = 0
+
+    @classmethod
+    def fold(cls, current: Candle | None, start: int, trade: Trade) -> Candle:
+        """``current`` with ``trade`` added, or a new candle when ``trade`` opens bucket ``start``."""
+        c = current
+        if c is None or c.start != start:
+            c = cls(start, trade.price, trade.price, trade.price, trade.price, first_id=trade.trade_id)
+        c.high, c.low, c.close = max(c.high, trade.price), min(c.low, trade.price), trade.price
+        c.volume += trade.size
+        c.notional += trade.size * trade.price
+        c.trades += 1
+        c.last_id = trade.trade_id
+        return c

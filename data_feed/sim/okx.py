@@ -21,7 +21,17 @@ from typing import Any, Final
 from aiohttp import web
 
 from data_feed.sim.hub import Delivery, ExchangeProtocol, Outbox, SymbolState, epoch_ms, now, open_socket
-from data_feed.sim.market import BID, PRICE_SCALE, SIZE_SCALE, LevelChange, MarketEvent, Trade, price_str, size_str
+from data_feed.sim.market import (
+    BID,
+    PRICE_SCALE,
+    SIZE_SCALE,
+    Candle,
+    LevelChange,
+    MarketEvent,
+    Trade,
+    price_str,
+    size_str,
+)
 
 PERP_SUFFIX: Final = "-PERP"
 SWAP_SUFFIX: Final = "-SWAP"
@@ -56,16 +66,6 @@ def checksum(book: Book) -> int:
                 parts += [price_str(levels[i][0]), size_str(levels[i][1])]
     crc = zlib.crc32(":".join(parts).encode())
     return crc - 2**32 if crc >= 2**31 else crc
-
-
-@dataclass
-class Candle:
-    start_ms: int
-    open: int
-    high: int
-    low: int
-    close: int
-    volume: int = 0
 
 
 @dataclass(eq=False)
@@ -240,11 +240,7 @@ class OkxProtocol(ExchangeProtocol):
 
     def _candle(self, state: SymbolState, trade: Trade) -> Candle:
         start = int(trade.timestamp * 1000) // CANDLE_MS * CANDLE_MS
-        c = self.candles.get(state.symbol)
-        if c is None or c.start_ms != start:
-            c = self.candles[state.symbol] = Candle(start, trade.price, trade.price, trade.price, trade.price)
-        c.high, c.low, c.close = max(c.high, trade.price), min(c.low, trade.price), trade.price
-        c.volume += trade.size
+        c = self.candles[state.symbol] = Candle.fold(self.candles.get(state.symbol), start, trade)
         return c
 
     def on_tick(self, now_ts: float) -> None:
@@ -305,7 +301,7 @@ def _candle_frame(state: SymbolState, c: Candle) -> str:
     """{"arg": {"channel": "candle1m", "instId": "BTC-USDT"}, "data": [["1597026383085", "8533.02", "8553.74",
     "8527.17", "8548.26", "45247", "529.5858061", "529.5858061", "0"]]}  (ts, o, h, l, c, vol, ..., confirm)"""
     quote = c.volume / SIZE_SCALE * c.close / PRICE_SCALE
-    row = [str(c.start_ms), price_str(c.open), price_str(c.high), price_str(c.low), price_str(c.close),
+    row = [str(c.start), price_str(c.open), price_str(c.high), price_str(c.low), price_str(c.close),
            size_str(c.volume), size_str(c.volume), f"{quote:.8f}", "0"]
     return _dumps({"arg": {"channel": "candle1m", "instId": state.exchange_symbol}, "data": [row]})
 
