@@ -107,7 +107,10 @@ def parse_instant(text: str) -> int:
         return round(float(text) * 1e6) * 1000
     except ValueError:
         pass
-    stamp = pd.Timestamp(text)
+    try:
+        stamp = pd.Timestamp(text)
+    except ValueError:
+        raise ValueError(f"{text!r}: expected ISO-8601 (2024-05-01T12:00:00) or epoch seconds") from None
     if stamp.tzinfo is None:
         stamp = stamp.tz_localize("UTC")
     return int(stamp.value)

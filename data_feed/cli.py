@@ -42,11 +42,12 @@ class OutputFormat(StrEnum):
     json = "json"
 
 
-def _load(config: Path | None) -> Config:
+def load_config_or_exit(config: Path | None) -> Config:
+    """The config, or exit code 2 with every bad key's path on stderr (before anything starts)."""
     try:
         return load_config(config)
     except ConfigError as err:
-        err_console.print(f"[red]error:[/red] {err}", markup=True, highlight=False)
+        err_console.print(f"error: {err}", markup=False, highlight=False)  # messages may hold [brackets]
         raise typer.Exit(2) from None
 
 
@@ -57,7 +58,7 @@ def run(
     status: Annotated[bool, typer.Option(help="live status table (when stdout is a terminal)")] = True,
 ) -> None:
     """Run the whole pipeline (simulator, collectors, aggregator) until Ctrl-C or --duration."""
-    _run_pipeline(_load(config), duration, status)
+    _run_pipeline(load_config_or_exit(config), duration, status)
 
 
 @app.command()
@@ -70,7 +71,7 @@ def record(
     """Run the pipeline and also record every exchange's raw session (REST, websocket frames) for replay."""
     from data_feed.recorder import recording_config
 
-    _run_pipeline(recording_config(_load(config), out), duration, status)
+    _run_pipeline(recording_config(load_config_or_exit(config), out), duration, status)
 
 
 def _run_pipeline(cfg: Config, duration: float | None, status: bool) -> None:
@@ -156,7 +157,7 @@ def _print_summary(summary: dict[str, dict[str, int]]) -> None:
 @app.command()
 def sim(config: ConfigOpt = None) -> None:
     """Run the exchange simulator alone (every exchange whose source is 'simulator')."""
-    cfg = _load(config)
+    cfg = load_config_or_exit(config)
     if not cfg.simulated():
         err_console.print("error: no exchange in the config has source: simulator")
         raise typer.Exit(2)
@@ -181,7 +182,7 @@ def replay(
 
     try:
         pace = None if speed == "max" else float(speed)
-        cfg = replay_config(_load(config), files, pace, lake)
+        cfg = replay_config(load_config_or_exit(config), files, pace, lake)
     except (ValueError, OSError, ConfigError, SessionError) as err:
         err_console.print(f"error: {err}", markup=False, highlight=False)
         raise typer.Exit(2) from None
@@ -215,10 +216,10 @@ def query(
 
     try:
         if engine is Engine.athena:
-            df = run_athena(sql, _load(config).athena)
+            df = run_athena(sql, load_config_or_exit(config).athena)
         else:
-            s3 = None if lake else _load(config).lake.s3
-            root = lake or Path(_load(config).lake.root)
+            s3 = None if lake else load_config_or_exit(config).lake.s3
+            root = lake or Path(load_config_or_exit(config).lake.root)
             df = run_query(root, sql, "athena" if dialect is Engine.athena else "duckdb", s3=s3)
     except QueryError as err:
         err_console.print(f"error: {err}", markup=False, highlight=False)
@@ -248,7 +249,7 @@ def book(
     """Print the order book at one instant, decoded from the single l2_book slice that holds it."""
     from data_feed.book import book_at, parse_instant
 
-    root = lake or Path(_load(config).lake.root)
+    root = lake or Path(load_config_or_exit(config).lake.root)
     try:
         levels = book_at(root, exchange, symbol, parse_instant(at), depth)
     except (LookupError, ValueError) as err:
@@ -280,7 +281,7 @@ def lake_compact(
     """Merge the small slice files of closed periods into large files, atomically for running queries."""
     from data_feed.compaction import BYTES_PER_MB, MaintenanceBusy, compact, parse_duration
 
-    cfg = _load(config)
+    cfg = load_config_or_exit(config)
     setup_logging("compaction")
     try:
         report = compact(lake or Path(cfg.lake.root), cfg.lake, parse_duration(older_than),
@@ -306,7 +307,7 @@ def lake_expire(
     from data_feed.compaction import MaintenanceBusy
     from data_feed.retention import expire, expire_s3
 
-    cfg = _load(config)
+    cfg = load_config_or_exit(config)
     setup_logging("retention")
     try:
         report = expire_s3(cfg.lake) if cfg.lake.s3 and not lake else expire(lake or Path(cfg.lake.root), cfg.lake)
@@ -321,7 +322,7 @@ def lake_expire(
 @app.command()
 def status(config: ConfigOpt = None) -> None:
     """List the running roles with PID, uptime, restarts, and the aggregator's lag."""
-    cfg = _load(config)
+    cfg = load_config_or_exit(config)
     state_file = RunDir(Path(cfg.spawner.run_dir)).spawner_file
     health = _fetch_health(state_file)
     table = Table(title=f"data-feed: {health['status']} (spawner pid {health['pid']}, up {health['uptime_s']}s)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +11,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from data_feed.config import Config, ConfigError, load_config
+from data_feed.book import parse_instant
+from data_feed.cli import load_config_or_exit
 from featurizer.backfill import Period, backfill
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -29,24 +29,9 @@ def _main() -> None:
 def parse_time(text: str) -> int:
     """ISO-8601 (UTC unless it says otherwise) or epoch seconds -> int64 ns."""
     try:
-        return int(float(text) * NS_PER_SECOND)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise typer.BadParameter(f"{text!r}: expected ISO-8601 (2024-05-01T12:00:00) or epoch seconds") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp()) * NS_PER_SECOND + moment.microsecond * 1000
-
-
-def _load(config: Path | None) -> Config:
-    try:
-        return load_config(config)
-    except ConfigError as err:
-        err_console.print(f"error: {err}", markup=False, highlight=False)
-        raise typer.Exit(2) from None
+        return parse_instant(text)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
 
 
 @app.command("backfill")
@@ -58,7 +43,7 @@ def backfill_cmd(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config")] = None,
 ) -> None:
     """Compute the features of [--from, --to) from the lake, exactly as the live featurizer does."""
-    cfg = _load(config)
+    cfg = load_config_or_exit(config)
     period = Period(parse_time(start), parse_time(end))
     if period.end_ns <= period.start_ns:
         raise typer.BadParameter("--to must be after --from")
