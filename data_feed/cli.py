@@ -275,17 +275,21 @@ def lake_compact(
     older_than: Annotated[str, typer.Option(help="only slices closed at least this long ago: 30m, 6h, 2d, 0s")],
     target_mb: Annotated[int | None, typer.Option(min=1, help="merged file size at most (default: "
                                                   "lake.compaction_target_mb)")] = None,
-    lake: Annotated[Path | None, typer.Option(help="lake directory (default: lake.root of the config)")] = None,
+    lake: Annotated[Path | None, typer.Option(help="lake directory (default: lake.root of the config, or the "
+                                              "lake on S3 when lake.s3 is set)")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Merge the small slice files of closed periods into large files, atomically for running queries."""
-    from data_feed.compaction import BYTES_PER_MB, MaintenanceBusy, compact, parse_duration
+    from data_feed.compaction import BYTES_PER_MB, MaintenanceBusy, compact, compact_s3, parse_duration
 
     cfg = load_config_or_exit(config)
     setup_logging("compaction")
     try:
-        report = compact(lake or Path(cfg.lake.root), cfg.lake, parse_duration(older_than),
-                         target_mb * BYTES_PER_MB if target_mb else None)
+        target = target_mb * BYTES_PER_MB if target_mb else None
+        if cfg.lake.s3 and not lake:
+            report = compact_s3(cfg.lake, parse_duration(older_than), target)
+        else:
+            report = compact(lake or Path(cfg.lake.root), cfg.lake, parse_duration(older_than), target)
     except (ValueError, MaintenanceBusy) as err:
         err_console.print(f"error: {err}", markup=False, highlight=False)
         raise typer.Exit(2 if isinstance(err, ValueError) else 1) from None

@@ -13,6 +13,14 @@ reader's snapshot predates the swap and the grace period has passed.
 A crash at any point is harmless: before the swap the merged file is an orphan
 no query lists (and a rerun rewrites it under the same name); after it, the
 retired members are deleted by the next run.
+
+On S3 (``lake.s3``, ``compact_s3``) the merged file is one PUT and the swap is
+one PUT of the partition's compaction manifest (``data_feed.s3.Manifest``),
+which queries and the aggregator read. S3 has no reader leases: retired files
+are deleted once ``lake.compaction_grace_seconds`` have passed since the swap,
+so the grace period must outlast the longest query (a longer one may fail,
+never see a row twice). Runs must not overlap: the maintenance lock is taken
+on ``lake.root`` of the host running it, so run compaction from one host.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
 
@@ -33,6 +42,9 @@ from data_feed.catalog import CatalogFile, LocalCatalog
 from data_feed.config import LakeConfig
 from data_feed.lake import NS_PER_SECOND, SliceKey, compacted_file_name, partition_dir, write_merged
 from data_feed.schemas import CHANNEL_SCHEMAS
+
+if TYPE_CHECKING:
+    from data_feed.s3 import GlueCatalog, Partition, S3Store
 
 LOG = logging.getLogger("data_feed.compaction")
 
@@ -45,6 +57,10 @@ DURATION_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
 class MaintenanceBusy(RuntimeError):
     """Another compaction or retention run holds the lake's maintenance lock."""
+
+
+class CompactionMismatch(RuntimeError):
+    """A merged file does not hold the rows of its members; nothing was swapped."""
 
 
 @dataclass
@@ -157,8 +173,8 @@ def _merge(root: Path, catalog: LocalCatalog, run: list[CatalogFile], level: int
     rows = sum(f.rows for f in run)
     written = pq.ParquetFile(root / relpath).metadata.num_rows
     if written != rows:
-        raise RuntimeError(f"compaction of {len(run)} files into {relpath}: wrote {written} rows, the catalog "
-                           f"lists {rows}; nothing swapped")
+        raise CompactionMismatch(f"compaction of {len(run)} files into {relpath}: wrote {written} rows, the "
+                                 f"catalog lists {rows}; nothing swapped")
     merged = CatalogFile(relpath, first.channel, first.exchange, first.symbol, first.date, first.slice_start_ns,
                          rows, size)
     catalog.replace(members, [merged])
@@ -176,4 +192,82 @@ def purge_retired(root: Path, catalog: LocalCatalog, grace_seconds: float) -> tu
     catalog.mark_deleted(free)
     if free or held:
         LOG.info("deleted %d retired files; %d still held for readers or the grace period", len(free), held)
+    return len(free), held
+
+
+def compact_s3(lake: LakeConfig, older_than_seconds: float, target_bytes: int | None = None,
+               now_ns: int | None = None) -> CompactionReport:
+    """``compact`` for the lake on S3: merge every closed partition's small files, one manifest PUT per
+    partition swapping them, then delete retired files whose grace period has passed (at ``now_ns``)."""
+    from data_feed.s3 import GlueCatalog, S3Store
+
+    if lake.s3 is None:
+        raise ValueError("compact_s3: lake.s3 is not configured")
+    target = target_bytes if target_bytes is not None else lake.compaction_target_mb * BYTES_PER_MB
+    now = now_ns if now_ns is not None else time.time_ns()
+    cutoff = closed_before_ns(lake, older_than_seconds, now)
+    report = CompactionReport()
+    with maintenance_lock(Path(lake.root)):
+        catalog = GlueCatalog(lake.s3, S3Store(lake.s3))
+        for channel in CHANNEL_SCHEMAS:
+            before, after = 0, 0
+            for partition in catalog.partitions(channel):
+                n, m = _compact_partition_s3(catalog, (channel, *partition), cutoff, target,
+                                             lake.compression_level, now, report)
+                before, after = before + n, after + m
+            report.files_before += before
+            report.files_after += after
+            if before:
+                report.per_channel[channel] = (before, after)
+        report.purged, report.held = purge_retired_s3(catalog, lake.compaction_grace_seconds, now)
+    return report
+
+
+def _compact_partition_s3(catalog: GlueCatalog, partition: Partition, cutoff_ns: int, target_bytes: int,
+                          level: int, now_ns: int, report: CompactionReport) -> tuple[int, int]:
+    """Merge one partition's closed files and swap them in one manifest PUT; returns its files before, after."""
+    manifest, files = catalog.partition_files(partition)
+    runs = plan_runs([f for f in files if f.slice_start_ns < cutoff_ns], target_bytes)
+    if not runs:
+        return len(files), len(files)
+    merged = [_merge_s3(catalog.store, run, level) for run in runs]
+    members = [f.path for run in runs for f in run]
+    catalog.write_manifest(partition, manifest.swap(members, merged, now_ns))
+    report.merged += len(members)
+    report.written += len(merged)
+    report.bytes_written += sum(f.bytes for f in merged)
+    LOG.info("channel=%s exchange=%s symbol=%s date=%s: swapped %d files for %d merged ones on S3", *partition,
+             len(members), len(merged))
+    return len(files), len(files) - len(members) + len(merged)
+
+
+def _merge_s3(store: S3Store, run: list[CatalogFile], level: int) -> CatalogFile:
+    """PUT one merged file of ``run``; returns its catalog entry (not yet part of the lake)."""
+    first, last = run[0], run[-1]
+    key = SliceKey(first.channel, first.exchange, first.symbol, first.slice_start_ns)
+    members = [f.path for f in run]
+    name = compacted_file_name(key, SliceKey(last.channel, last.exchange, last.symbol, last.slice_start_ns), members)
+    relpath = str(partition_dir(Path(), key) / name)
+    size, read, written = store.write_merged(relpath, first.channel, members, level)
+    if written != read:
+        raise CompactionMismatch(f"compaction of {len(run)} files into {store.uri(relpath)}: wrote {written} rows "
+                                 f"of {read} read; nothing swapped")
+    return CatalogFile(relpath, first.channel, first.exchange, first.symbol, first.date, first.slice_start_ns,
+                       written, size)
+
+
+def purge_retired_s3(catalog: GlueCatalog, grace_seconds: float, now_ns: int) -> tuple[int, int]:
+    """Delete retired objects swapped out at least ``grace_seconds`` before ``now_ns``; returns (deleted,
+    still held for the grace period)."""
+    horizon = now_ns - int(grace_seconds * NS_PER_SECOND)
+    free, held = [], 0
+    for channel in CHANNEL_SCHEMAS:
+        for path, retired_ns in catalog.retired_objects(channel):
+            if retired_ns <= horizon:
+                free.append(path)
+            else:
+                held += 1
+    catalog.store.delete(free)
+    if free or held:
+        LOG.info("deleted %d retired files from S3; %d still held for the grace period", len(free), held)
     return len(free), held

@@ -52,8 +52,13 @@ def slice_start(ts_event_ns: int, slice_seconds: int) -> int:
     return ts_event_ns - ts_event_ns % width
 
 
+def partition_relpath(channel: str, exchange: str, symbol: str, date: str) -> str:
+    """A partition's directory relative to the lake root."""
+    return f"{channel}/exchange={exchange}/symbol={symbol}/date={date}"
+
+
 def partition_dir(root: Path, key: SliceKey) -> Path:
-    return root / key.channel / f"exchange={key.exchange}" / f"symbol={key.symbol}" / f"date={key.date()}"
+    return root / partition_relpath(key.channel, key.exchange, key.symbol, key.date())
 
 
 def slice_file_name(key: SliceKey, first_entry_id: str) -> str:
@@ -86,6 +91,11 @@ def compacted_file_name(first: SliceKey, last: SliceKey, members: list[str]) -> 
     compaction redone after a crash rewrites the same file."""
     digest = hashlib.sha256("\n".join(members).encode()).hexdigest()[:COMPACT_DIGEST_CHARS]
     return f"{first.stamp()}-{last.stamp()}-{COMPACT_TAG}{digest}.parquet"
+
+
+def is_compacted(name: str) -> bool:
+    """Whether a lake file name is a compacted file's (``compacted_file_name``) rather than a slice's."""
+    return name.removesuffix(".parquet").rsplit("-", 1)[-1].startswith(COMPACT_TAG)
 
 
 def write_merged(root: Path, relpath: str, channel: str, sources: list[str], compression_level: int) -> int:

@@ -10,21 +10,38 @@ lists come from S3 listings of the partition. ``snapshot`` gives queries the
 files of every partition Glue lists, and ``arrow_filesystem`` reads them with
 pyarrow (DuckDB's httpfs extension is not bundled with its wheel). Retention
 drops a partition from Glue, then deletes its objects (``drop_partition``).
-Compaction runs on the local lake only (not yet on S3: ``is_retired`` is
-always false here, there being no retired-file register on S3).
+
+Compaction's register is a per-partition ``_manifest.json`` (``Manifest``),
+written by compaction only, each time with one PUT: the compacted files that
+are live, and the files retired (replaced by a compacted file), with when. A
+partition's files are its listed slice files not retired, plus the live
+compacted files the manifest names; a compacted file the manifest does not
+name (written, not yet swapped in, or left by a crashed run) is not part of
+the lake. So the PUT of the manifest is the whole swap: a reader sees the
+members or the merged file, never both, never neither. Retired files stay
+until ``lake.compaction_grace_seconds`` have passed (S3 has no reader leases:
+a query running longer than that may fail, never see a row twice), and a
+retired name stays retired, so ``is_retired`` stops the aggregator redoing an
+old write from landing a compacted slice again. Athena reads the partition
+locations, not the manifest: during the grace period it would count retired
+files too.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
+import botocore.exceptions
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
@@ -32,7 +49,7 @@ import pyarrow.parquet as pq
 
 from data_feed.catalog import CatalogFile, Snapshot
 from data_feed.config import S3LakeConfig
-from data_feed.lake import NS_PER_SECOND, SliceKey, partition_dir, slice_relpath
+from data_feed.lake import NS_PER_SECOND, SliceKey, is_compacted, partition_dir, partition_relpath, slice_relpath
 from data_feed.schemas import CHANNEL_SCHEMAS, PARTITION_KEYS, schema_for
 
 LOG = logging.getLogger("data_feed.s3")
@@ -42,6 +59,76 @@ STAMP_CHARS = 16
 GLUE_TYPES = {"int64": "bigint", "double": "double", "string": "string", "bool": "boolean"}
 PARTITION_GLUE_TYPES = {"exchange": "string", "symbol": "string", "date": "date"}
 DELETE_BATCH = 1000  # keys per S3 DeleteObjects request at most
+MANIFEST_NAME = "_manifest.json"  # a partition's compaction register; Athena and Hive skip names starting "_"
+MANIFEST_FORMAT = 1
+MANIFEST_READ_THREADS = 16  # manifests fetched at once when listing many compacted partitions
+MISSING_KEY_CODES = ("NoSuchKey", "404")
+
+Partition = tuple[str, str, str, str]  # channel, exchange, symbol, date
+
+
+class ManifestError(ValueError):
+    """A partition's manifest that cannot be read: the partition's files cannot be told apart safely."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A partition's compaction register (see the module docstring), by file name within the partition."""
+
+    live: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # compacted: (slice start ns, rows, bytes)
+    retired: dict[str, int] = field(default_factory=dict)  # replaced file -> when, wall clock ns
+
+    def to_json(self) -> bytes:
+        return json.dumps({"format": MANIFEST_FORMAT, "live": self.live, "retired": self.retired},
+                          sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes, where: str) -> Manifest:
+        try:
+            doc = json.loads(raw)
+            if doc["format"] != MANIFEST_FORMAT:
+                raise ManifestError(f"{where}: manifest format {doc['format']}, this version reads {MANIFEST_FORMAT}")
+            live = {str(k): (int(v[0]), int(v[1]), int(v[2])) for k, v in doc["live"].items()}
+            return cls(live, {str(k): int(v) for k, v in doc["retired"].items()})
+        except (ValueError, KeyError, TypeError, IndexError) as err:
+            raise ManifestError(f"{where}: unreadable compaction manifest: {err}") from None
+
+    def swap(self, removed: Sequence[str], added: Sequence[CatalogFile], now_ns: int) -> Manifest:
+        """The manifest after replacing the files ``removed`` (paths) by the compacted files ``added``."""
+        gone = {_name(p) for p in removed}
+        live = {k: v for k, v in self.live.items() if k not in gone}
+        live |= {_name(f.path): (f.slice_start_ns, f.rows, f.bytes) for f in added}
+        return Manifest(live, self.retired | dict.fromkeys(sorted(gone), now_ns))
+
+    def visible(self, partition: Partition, listed: Sequence[tuple[str, int]]) -> list[CatalogFile]:
+        """The partition's files: listed slice files not retired, then the live compacted files."""
+        channel, exchange, symbol, date = partition
+        base = partition_relpath(*partition)
+        out = [CatalogFile(path, channel, exchange, symbol, date, slice_start_of(_name(path)), -1, size)
+               for path, size in listed  # rows: not listed by S3
+               if _is_lake_file(_name(path)) and not is_compacted(_name(path)) and _name(path) not in self.retired]
+        out += [CatalogFile(f"{base}/{name}", channel, exchange, symbol, date, start, rows, size)
+                for name, (start, rows, size) in self.live.items()]
+        return out
+
+
+def _name(relpath: str) -> str:
+    return relpath.rsplit("/", 1)[-1]
+
+
+def _is_lake_file(name: str) -> bool:
+    return name.endswith(".parquet") and not name.startswith((".", "_"))
+
+
+def _partition_of(relpath: str) -> Partition | None:
+    """(channel, exchange, symbol, date) of a path relative to the lake root; None outside a partition."""
+    parts = relpath.split("/")
+    if len(parts) != len(PARTITION_KEYS) + 2 or not all("=" in p for p in parts[1:-1]):
+        return None
+    values = dict(p.split("=", 1) for p in parts[1:-1])
+    if set(values) != set(PARTITION_KEYS):
+        return None
+    return parts[0], values["exchange"], values["symbol"], values["date"]
 
 
 def boto3_session(cfg: S3LakeConfig) -> boto3.Session:
@@ -112,6 +199,38 @@ class S3Store:
         body = self.client.get_object(Bucket=self.cfg.bucket, Key=self.key(relpath))["Body"].read()
         return pq.read_table(io.BytesIO(body), schema=schema)
 
+    def get(self, relpath: str) -> bytes | None:
+        """An object's body; None when there is no such object."""
+        try:
+            body: bytes = self.client.get_object(Bucket=self.cfg.bucket, Key=self.key(relpath))["Body"].read()
+        except botocore.exceptions.ClientError as err:
+            if err.response.get("Error", {}).get("Code") in MISSING_KEY_CODES:
+                return None
+            raise
+        return body
+
+    def put(self, relpath: str, body: bytes) -> None:
+        """One PUT: readers see the old object or the new one whole."""
+        self.client.put_object(Bucket=self.cfg.bucket, Key=self.key(relpath), Body=body)
+
+    def write_merged(self, relpath: str, channel: str, sources: Sequence[str], compression_level: int) -> tuple[
+            int, int, int]:
+        """Concatenate lake files, in the given order, into one object written with one PUT; returns its size,
+        the rows read and the rows the written file holds. Holds the merged file in memory (at most the
+        compaction target) and one source at a time."""
+        schema = schema_for(channel)
+        buf = io.BytesIO()
+        read = 0
+        with pq.ParquetWriter(buf, schema, compression="zstd", compression_level=compression_level) as writer:
+            for source in sources:
+                table = self.read(source, schema)
+                read += table.num_rows
+                writer.write_table(table)
+        body = buf.getvalue()
+        written = pq.ParquetFile(io.BytesIO(body)).metadata.num_rows
+        self.put(relpath, body)
+        return len(body), read, written
+
     def list(self, prefix: str) -> list[tuple[str, int]]:
         """(path relative to the lake root, size) of every object under ``prefix`` (relative too)."""
         base = self.key("")
@@ -144,7 +263,7 @@ class GlueCatalog:
         self.session = session or boto3_session(cfg)
         if cfg.glue_endpoint_url:
             wr.config.glue_endpoint_url = cfg.glue_endpoint_url
-        self.known: set[tuple[str, str, str, str]] = set()
+        self.known: set[Partition] = set()
         self.tables: set[str] = set()
 
     def close(self) -> None:
@@ -160,11 +279,15 @@ class GlueCatalog:
         self.wr.catalog.create_parquet_table(
             database=self.cfg.database, table=channel, path=self.table_uri(channel),
             columns_types=glue_columns(channel), partitions_types=PARTITION_GLUE_TYPES, compression="zstd",
-            mode="overwrite", boto3_session=self.session)
+            mode="append", boto3_session=self.session)  # "overwrite" would drop every partition of it
         self.tables.add(channel)
 
     def register(self, key: SliceKey, path: str, rows: int, size: int) -> bool:
-        """Register the file's partition in Glue the first time one of its files lands."""
+        """Register the file's partition in Glue the first time one of its files lands. False when compaction
+        retired the path: the file is not part of the lake (its rows are in a compacted file); the object is
+        deleted with the retired ones after the grace period."""
+        if self.is_retired(path):
+            return False
         partition = (key.channel, key.exchange, key.symbol, key.date())
         if partition in self.known:
             return True
@@ -178,23 +301,66 @@ class GlueCatalog:
         return True
 
     def is_retired(self, path: str) -> bool:
-        return False
+        """Whether compaction replaced the file at ``path`` (relative to the lake root)."""
+        directory, name = path.rsplit("/", 1)
+        return name in self.manifest(directory).retired
+
+    def manifest(self, partition_path: str) -> Manifest:
+        """The compaction manifest of the partition at ``partition_path`` (empty when never compacted)."""
+        where = f"{partition_path}/{MANIFEST_NAME}"
+        raw = self.store.get(where)
+        return Manifest() if raw is None else Manifest.from_json(raw, self.store.uri(where))
+
+    def write_manifest(self, partition: Partition, manifest: Manifest) -> None:
+        """Swap a partition's files: one PUT of its manifest."""
+        self.store.put(f"{partition_relpath(*partition)}/{MANIFEST_NAME}", manifest.to_json())
+
+    def listing(self, prefix: str) -> dict[Partition, tuple[Manifest, list[tuple[str, int]]]]:
+        """Every partition with objects under ``prefix``: its manifest and its lake files (path, size), listed
+        first; a manifest written after the listing retires only files the listing holds (retired files outlive
+        the grace period), and names the compacted files it makes live."""
+        groups: dict[Partition, list[tuple[str, int]]] = {}
+        manifested: list[Partition] = []
+        for relpath, size in self.store.list(prefix):
+            partition = _partition_of(relpath)
+            if partition is None:
+                continue
+            group = groups.setdefault(partition, [])
+            if _name(relpath) == MANIFEST_NAME:
+                manifested.append(partition)
+            elif _is_lake_file(_name(relpath)):
+                group.append((relpath, size))
+        with ThreadPoolExecutor(MANIFEST_READ_THREADS) as pool:
+            read = dict(zip(manifested, pool.map(lambda p: self.manifest(partition_relpath(*p)), manifested),
+                            strict=True))
+        return {p: (read.get(p, Manifest()), files) for p, files in groups.items()}
 
     def files(self, channel: str, exchange: str | None = None, symbol: str | None = None) -> list[CatalogFile]:
+        """The channel's files (of one exchange, and symbol): listed slice files compaction has not retired,
+        and the compacted files its manifests name."""
         prefix = channel + "/"
         if exchange is not None:
             prefix += f"exchange={exchange}/"
             if symbol is not None:
                 prefix += f"symbol={symbol}/"
         out = []
-        for relpath, size in self.store.list(prefix):
-            parts = dict(p.split("=", 1) for p in relpath.split("/")[1:-1])
-            name = relpath.rsplit("/", 1)[-1]
-            if name.startswith(".") or set(parts) != set(PARTITION_KEYS):
-                continue
-            out.append(CatalogFile(relpath, channel, parts["exchange"], parts["symbol"], parts["date"],
-                                   slice_start_of(name), -1, size))  # rows: not listed by S3
+        for partition, (manifest, listed) in self.listing(prefix).items():
+            if partition[0] == channel:
+                out += manifest.visible(partition, listed)
         return sorted(out, key=lambda f: f.path)
+
+    def partition_files(self, partition: Partition) -> tuple[Manifest, list[CatalogFile]]:
+        """One partition's manifest and files."""
+        found = self.listing(partition_relpath(*partition) + "/").get(partition)
+        manifest, listed = found if found is not None else (Manifest(), [])
+        return manifest, manifest.visible(partition, listed)
+
+    def retired_objects(self, channel: str) -> list[tuple[str, int]]:
+        """(path, retired at ns) of every object of the channel that compaction retired and is not deleted yet."""
+        out = []
+        for manifest, listed in self.listing(channel + "/").values():
+            out += [(path, manifest.retired[_name(path)]) for path, _ in listed if _name(path) in manifest.retired]
+        return sorted(out)
 
     def partitions(self, channel: str) -> list[tuple[str, str, str]]:
         """(exchange, symbol, date) of every partition Glue lists for the channel's table (none without one)."""
@@ -211,9 +377,10 @@ class GlueCatalog:
         self.wr.catalog.delete_partitions(table=channel, database=self.cfg.database,
                                           partitions_values=[[exchange, symbol, date]], boto3_session=self.session)
         self.known.discard((channel, exchange, symbol, date))
-        paths = [f.path for f in self.files(channel, exchange, symbol) if f.date == date]
-        self.store.delete(paths)
-        return paths
+        prefix = partition_relpath(channel, exchange, symbol, date) + "/"
+        objects = [path for path, _ in self.store.list(prefix)]  # retired and compacted files, and the manifest
+        self.store.delete(objects)
+        return [path for path in objects if _is_lake_file(_name(path))]
 
     def snapshot(self) -> Snapshot:
         """Every channel's files in the partitions Glue lists. S3 has no catalog versions or leases (lease 0):
