@@ -234,13 +234,19 @@ class S3Store:
     def list(self, prefix: str) -> list[tuple[str, int]]:
         """(path relative to the lake root, size) of every object under ``prefix`` (relative too)."""
         base = self.key("")
-        out = []
+        out: dict[str, int] = {}
+        repeated = 0
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.cfg.bucket,
                                                                       Prefix=self.key(prefix))
         for page in pages:
             for obj in page.get("Contents", []):
-                out.append((obj["Key"][len(base):].lstrip("/"), int(obj["Size"])))
-        return out
+                path = obj["Key"][len(base):].lstrip("/")
+                repeated += path in out
+                out[path] = int(obj["Size"])
+        if repeated:  # keys are unique; a server that pages the same key twice must not make a file count twice
+            LOG.warning("s3://%s/%s: the listing returned %d keys more than once; counted once",
+                        self.cfg.bucket, self.key(prefix), repeated)
+        return list(out.items())
 
     def delete(self, relpaths: Sequence[str]) -> None:
         """Delete objects (paths relative to the lake root), in batches of what one request allows."""
