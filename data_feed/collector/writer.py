@@ -40,9 +40,10 @@ NS_PER_US = 1000
 # Some cryptofeed classes hand over exchange times in epoch milliseconds (Bybit's books, tickers, candles);
 # as seconds such a value would lie past the year 5000, so anything above this is milliseconds.
 MS_EPOCH_THRESHOLD = 1e11
+RECV_STEP_SECONDS = 1e-6  # book messages of one symbol get distinct receive times at least this far apart
+STOP_FLUSH_SECONDS = 30.0  # how long stop() keeps retrying Redis for what it still holds
 
 
-RECV_STEP_SECONDS = 1e-6
 def _chunks(rows: list[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
     for start in range(0, len(rows), size):
         yield rows[start : start + size]
@@ -119,7 +120,7 @@ class StreamWriter:
         self._stopped = True
         if self._flusher is not None:
             self._flusher.cancel()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + STOP_FLUSH_SECONDS
         while self.pending and time.monotonic() < deadline:
             await self.flush()
             if self.pending:
