@@ -217,7 +217,7 @@ class Spawner:
         LOG.info("stopping: input first, then drain, then flush")
         if "simulator" in self.roles:
             self._pause_simulator_and_catch_up()
-        self._stop_roles([r for n, r in self.roles.items() if n.startswith("collector")])
+        self._stop_roles([r for n, r in self.roles.items() if n.startswith("collector")], together=True)
         self._stop_roles([self.roles[n] for n in ("featurizer", "aggregator", "simulator") if n in self.roles])
         if self.bus is not None:
             self.bus.stop()
@@ -232,13 +232,17 @@ class Spawner:
                 role.log_file.close()
         LOG.info("stopped")
 
-    def _stop_roles(self, roles: list[Role]) -> None:
-        """SIGTERM each in order, waiting for each before the next (aggregator drains before the sim stops)."""
+    def _stop_roles(self, roles: list[Role], together: bool = False) -> None:
+        """SIGTERM each in order, waiting for each before the next (aggregator drains before the sim stops);
+        ``together``: signal all, then wait for all (independent peers such as the collectors)."""
         for role in roles:
             if role.alive():
                 assert role.proc is not None
                 role.proc.send_signal(signal.SIGTERM)
-            self._wait([role])
+            if not together:
+                self._wait([role])
+        if together:
+            self._wait(roles)
 
     def _wait(self, roles: list[Role]) -> None:
         deadline = time.monotonic() + self.cfg.spawner.stop_timeout_seconds
