@@ -75,18 +75,6 @@ def previous_slice_files(catalog: LocalCatalog, exchange: str, symbol: str, befo
     return [f.path for f in files if f.slice_start_ns == latest]
 
 
-def with_opening_snapshot(root: Path, catalog: LocalCatalog, exchange: str, symbol: str, start_ns: int,
-                          table: pa.Table, depth: int) -> pa.Table:
-    """Prefix a slice's rows with the book at the end of the previous slice (nothing when there is none)."""
-    previous = previous_slice_files(catalog, exchange, symbol, start_ns)
-    if not previous or table.num_rows == 0:
-        return table
-    book = book_state(read_files(root, previous))
-    first_recv = int(np.min(table.column("ts_recv").to_numpy()))
-    snap = snapshot_table(book, depth, start_ns, first_recv - SNAPSHOT_STAMP_OFFSET_NS)
-    return pa.concat_tables([snap, table.cast(L2_BOOK)])
-
-
 def book_at(root: str | Path, exchange: str, symbol: str, at_ns: int, depth: int) -> Levels:
     """The top ``depth`` levels per side at exchange time ``at_ns``, from the one slice that holds it."""
     root = Path(root)
