@@ -22,7 +22,7 @@ from aiohttp import web
 
 from data_feed.config import ExchangeConfig
 from data_feed.sim.faults import MALFORMED_FRAME, Fault, FaultInjector
-from data_feed.sim.market import PRICE_SCALE, SIZE_SCALE, LevelChange, MarketEvent, SymbolMarket, Trade
+from data_feed.sim.market import BID, PRICE_SCALE, SIZE_SCALE, LevelChange, MarketEvent, SymbolMarket, Trade
 
 START_GRACE_SECONDS: Final = 0.25  # lets a client finish subscribing before the first event
 MAX_OUTBOX_FRAMES: Final = 200_000  # a slower consumer is disconnected, as real exchanges do
@@ -318,3 +318,20 @@ class ExchangeProtocol(ABC):
 
 def now() -> float:
     return time.time()
+
+
+BookView = tuple[dict[int, int], dict[int, int]]  # bids, asks: price ticks -> size units
+
+
+def copy_book(state: SymbolState) -> BookView:
+    """A checksum-keeping exchange's own view of a symbol's book, starting from the market's."""
+    market = state.market
+    return dict(market.bids.top(len(market.bids))), dict(market.asks.top(len(market.asks)))
+
+
+def apply_change(book: BookView, change: LevelChange) -> None:
+    side = book[0] if change.side == BID else book[1]
+    if change.size:
+        side[change.price] = change.size
+    else:
+        side.pop(change.price, None)

@@ -19,13 +19,22 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from data_feed.sim.hub import Delivery, ExchangeProtocol, Outbox, SymbolState, now, open_socket
+from data_feed.sim.hub import (
+    BookView,
+    Delivery,
+    ExchangeProtocol,
+    Outbox,
+    SymbolState,
+    apply_change,
+    copy_book,
+    now,
+    open_socket,
+)
 from data_feed.sim.market import (
     BID,
     PRICE_SCALE,
     SIZE_SCALE,
     Candle,
-    LevelChange,
     MarketEvent,
     Trade,
     price_str,
@@ -40,7 +49,7 @@ CANDLE_SECONDS: Final = 60
 NAMES: Final = {"BTC": "XBT", "DOGE": "XDG"}
 CHANNELS: Final = ("trade", "ticker", "book", "ohlc")
 
-Book = tuple[dict[int, int], dict[int, int]]  # bids, asks: price ticks -> size units
+Book = BookView
 
 
 def _dumps(obj: Any) -> str:
@@ -78,7 +87,7 @@ class KrakenProtocol(ExchangeProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.connections: set[KrakenConnection] = set()
-        self.view: dict[str, Book] = {s: _copy(st) for s, st in self.symbols.items()}
+        self.view: dict[str, Book] = {s: copy_book(st) for s, st in self.symbols.items()}
         self.candles: dict[str, Candle] = {}
         self._ids = itertools.count(1)
         self._last_top: dict[str, tuple[int, int, int, int]] = {}
@@ -198,7 +207,7 @@ class KrakenProtocol(ExchangeProtocol):
             if not changes:
                 continue
             for change in changes:
-                _apply(view, change)
+                apply_change(view, change)
             updates = [[kraken_price(c.price), size_str(c.size), ts] for c in changes]
             frames.append({side_key: updates, "c": str(checksum(view))})
         return frames
@@ -259,14 +268,3 @@ class KrakenProtocol(ExchangeProtocol):
                 conn.outbox.send(_dumps({"event": "heartbeat"}))
 
 
-def _copy(state: SymbolState) -> Book:
-    market = state.market
-    return dict(market.bids.top(len(market.bids))), dict(market.asks.top(len(market.asks)))
-
-
-def _apply(book: Book, change: LevelChange) -> None:
-    side = book[0] if change.side == BID else book[1]
-    if change.size:
-        side[change.price] = change.size
-    else:
-        side.pop(change.price, None)

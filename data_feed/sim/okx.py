@@ -20,13 +20,23 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from data_feed.sim.hub import Delivery, ExchangeProtocol, Outbox, SymbolState, epoch_ms, now, open_socket
+from data_feed.sim.hub import (
+    BookView,
+    Delivery,
+    ExchangeProtocol,
+    Outbox,
+    SymbolState,
+    apply_change,
+    copy_book,
+    epoch_ms,
+    now,
+    open_socket,
+)
 from data_feed.sim.market import (
     BID,
     PRICE_SCALE,
     SIZE_SCALE,
     Candle,
-    LevelChange,
     MarketEvent,
     Trade,
     price_str,
@@ -48,7 +58,7 @@ CANDLE_MS: Final = 60_000
 CHANNELS: Final = ("books", "trades", "tickers", "candle1m", "funding-rate", "open-interest")
 SWAP_ONLY: Final = ("funding-rate", "open-interest")
 
-Book = tuple[dict[int, int], dict[int, int]]
+Book = BookView
 
 
 def _dumps(obj: Any) -> str:
@@ -85,7 +95,7 @@ class OkxProtocol(ExchangeProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.connections: set[OkxConnection] = set()
-        self.view: dict[str, Book] = {s: _copy(st) for s, st in self.symbols.items()}
+        self.view: dict[str, Book] = {s: copy_book(st) for s, st in self.symbols.items()}
         self.open_interest = dict.fromkeys(self.symbols, OPEN_INTEREST_BASE)
         self.candles: dict[str, Candle] = {}
         self.liquidations: dict[str, deque[dict[str, str]]] = {}
@@ -208,7 +218,7 @@ class OkxProtocol(ExchangeProtocol):
             return None
         view = self.view[state.symbol]
         for change in event.changes:
-            _apply(view, change)
+            apply_change(view, change)
         data = {"asks": [_level(c.price, c.size) for c in event.changes if c.side != BID],
                 "bids": [_level(c.price, c.size) for c in event.changes if c.side == BID],
                 "ts": str(epoch_ms(event.timestamp)), "checksum": checksum(view),
@@ -269,19 +279,6 @@ def _inst_type(state: SymbolState) -> str:
 
 def _level(price: int, size: int) -> list[str]:
     return [price_str(price), size_str(size), "0", "1" if size else "0"]
-
-
-def _copy(state: SymbolState) -> Book:
-    market = state.market
-    return dict(market.bids.top(len(market.bids))), dict(market.asks.top(len(market.asks)))
-
-
-def _apply(book: Book, change: LevelChange) -> None:
-    side = book[0] if change.side == BID else book[1]
-    if change.size:
-        side[change.price] = change.size
-    else:
-        side.pop(change.price, None)
 
 
 def _liquidation(trade: Trade) -> dict[str, str]:
