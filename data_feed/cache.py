@@ -1,8 +1,15 @@
 """Redis stream cache: the one place that names keys, groups and bounds, and encodes batches.
 
-Collectors append batches (many records per entry) with ``XADD ... MAXLEN ~``;
-the aggregator reads them through one consumer group and acknowledges an entry
-only once every record in it is durable in the lake.
+Writers (collectors, the featurizer) append batches (many records per entry) with
+explicit entry ids ``{base_ms}-{seq}``: ``base_ms`` is fixed for the writer's life
+and above the stream's last generated id, ``seq`` counts its batches. A batch
+retried after a lost reply carries the id it already has, so Redis refuses the
+copy ("equal or smaller than the target stream top item") instead of adding it.
+Nobody trims with MAXLEN: the aggregator trims below its oldest unacknowledged
+entry, and a writer that finds a stream at ``redis.stream_maxlen`` entries keeps
+its batches in a local spill (``data_feed.spill``) until there is room.
+The ``gaps`` stream is the exception: several roles write it, with automatic ids,
+and the aggregator drops repeated identical gap rows.
 """
 
 from __future__ import annotations
@@ -24,7 +31,15 @@ AGGREGATOR_WRITTEN_KEY = "df:aggregator:written"  # hash: {channel}:{rows|files|
 ENTRY_PAYLOAD_FIELD = b"b"
 ENTRY_COUNT_FIELD = b"n"
 TIME_COLUMNS = ("ts_event", "ts_recv")  # float seconds in cached rows
-STATE_TTL_SECONDS = 3600
+HEALTH_KEY_PREFIX = "df:health"  # string per role instance: JSON {status, reason, pid, at}, expiring
+HEALTH_TTL_SECONDS = 15
+ID_TOO_SMALL_ERROR = "equal or smaller than the target stream top item"  # Redis's XADD refusal of an old id
+STATE_STARTED_FIELD = "started_at"  # collector state hash: when the current incarnation started
+STATE_FRAMES_FIELD = "frames_received"  # frames this incarnation received
+STATE_FRAMES_OPEN_FIELD = "frames_open"  # frames received on the connections open now
+STATE_UPDATED_FIELD = "updated_at"
+STATE_RECORDS_PREFIX = "records_"  # records_{channel}: records this incarnation cached
+STATE_MARK_PREFIX = "mark:"  # mark:{channel}:{symbol} -> "ts_recv last_id": the last record that reached the cache
 
 
 def stream_key(exchange: str, channel: str) -> str:
@@ -42,6 +57,74 @@ def parse_stream_key(key: str | bytes) -> tuple[str, str]:
 
 def collector_state_key(exchange: str) -> str:
     return f"{COLLECTOR_STATE_KEY_PREFIX}:{exchange}"
+
+
+def health_key(role: str) -> str:
+    """Where a role instance (``aggregator``, ``collector BINANCE``) reports whether it is ok or degraded."""
+    return f"{HEALTH_KEY_PREFIX}:{role.replace(' ', ':')}"
+
+
+def mark_field(channel: str, symbol: str) -> str:
+    return f"{STATE_MARK_PREFIX}{channel}:{symbol}"
+
+
+def parse_mark_field(field: str) -> tuple[str, str] | None:
+    """(channel, symbol) of a ``mark:`` field of the collector state hash; None for other fields."""
+    if not field.startswith(STATE_MARK_PREFIX):
+        return None
+    channel, _, symbol = field[len(STATE_MARK_PREFIX):].partition(":")
+    return channel, symbol
+
+
+def parse_entry_id(eid: str | bytes) -> tuple[int, int]:
+    text = eid.decode() if isinstance(eid, bytes) else eid
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass
+class EntryIds:
+    """One writer's explicit ids on one stream: ``{base_ms}-{seq}``, strictly increasing."""
+
+    base_ms: int
+    seq: int = 0
+
+    @classmethod
+    def after(cls, last_generated: str | bytes | None, now_ms: int) -> EntryIds:
+        """Ids above ``last_generated`` (the stream's ``last-generated-id``, None for a new stream)."""
+        last_ms = parse_entry_id(last_generated)[0] if last_generated else 0
+        return cls(max(now_ms, last_ms + 1))
+
+    def next(self) -> str:
+        eid = f"{self.base_ms}-{self.seq}"
+        self.seq += 1
+        return eid
+
+
+def last_generated_id(info: Any) -> str | None:
+    """``last-generated-id`` of an ``XINFO STREAM`` reply; None when the reply is an error (no such key)."""
+    if isinstance(info, Exception) or not info:
+        return None
+    last = info.get("last-generated-id") or info.get(b"last-generated-id")
+    return last.decode() if isinstance(last, bytes) else last
+
+
+def refused_as_old(result: Any) -> bool:
+    """An XADD reply saying the id is not above the stream's top: the entry may already be there."""
+    return isinstance(result, Exception) and ID_TOO_SMALL_ERROR in str(result)
+
+
+def already_written(eid: str, found: Any, last_generated: str | None) -> bool:
+    """After ``refused_as_old``: the refused entry is the writer's own earlier write (a retry after a lost
+    reply) when it is still in the stream, or when the stream's newest id still has its ``base_ms`` (nobody
+    else wrote since; the aggregator may have landed and trimmed it)."""
+    if found:
+        return True
+    return last_generated is not None and parse_entry_id(last_generated)[0] == parse_entry_id(eid)[0]
+
+
+class StreamTakenOver(RuntimeError):
+    """Another writer added entries above this writer's ids: two writers for one stream (a stale process?)."""
 
 
 def encode_batch(channel: str, rows: Sequence[Sequence[Any]]) -> dict[bytes, bytes]:

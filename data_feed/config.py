@@ -121,9 +121,16 @@ class ExchangeConfig(_Frozen):
 
 class RedisConfig(_Frozen):
     url: str | None = Field(default=None, description="redis:// URL; null starts a private redis-server")
-    stream_maxlen: int = Field(default=200_000, gt=0, description="MAXLEN (entries) of each stream")
+    stream_maxlen: int = Field(default=200_000, gt=0, description="bound (entries) of each stream; at the bound "
+                               "writers spill to local disk instead of trimming what is not yet landed")
     batch_max_records: int = Field(default=1000, gt=0, description="records per stream entry at most")
     batch_max_ms: int = Field(default=50, gt=0, description="flush a partial batch after this many ms")
+    spill_max_mb: int = Field(default=1024, gt=0, description="per writer process: compressed batches kept on "
+                              "local disk while Redis is full or unreachable; past this, records are dropped as gaps")
+    spill_dir: str | None = Field(default=None, description="spill directory; null = spawner.run_dir/spill")
+    private_appendfsync: Literal["always", "everysec"] = Field(
+        default="always", description="fsync policy of the private redis-server: always = an acknowledged write "
+        "survives a crash of Redis; everysec may lose the last second")
 
 
 class S3LakeConfig(_Frozen):
@@ -274,6 +281,10 @@ class Config(_Frozen):
     def served(self) -> dict[str, ExchangeConfig]:
         """Exchanges the simulator process serves: synthetic markets and recorded sessions."""
         return {name: ex for name, ex in self.exchanges.items() if ex.source in ("simulator", "replay")}
+
+    def spill_root(self) -> Path:
+        """Where writer processes keep batches Redis could not take (``redis.spill_dir``)."""
+        return Path(self.redis.spill_dir or Path(self.spawner.run_dir) / "spill")
 
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

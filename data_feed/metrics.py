@@ -30,8 +30,18 @@ ENTRIES_CACHED = Counter(
     "data_feed_stream_entries_total", "Stream entries (batches) written to Redis", ["exchange", "channel"]
 )
 STREAM_BOUND_HITS = Counter(
-    "data_feed_stream_bound_hits_total", "Batches written while the stream was at its MAXLEN bound", ["stream"]
+    "data_feed_stream_bound_hits_total", "Times a writer found a stream at redis.stream_maxlen and began spilling",
+    ["stream"],
 )
+SPILL_BYTES = Gauge("data_feed_spill_bytes", "Compressed batches a writer holds on local disk for Redis",
+                    ["writer"], multiprocess_mode="livemax")
+SPILLED_ENTRIES = Counter("data_feed_spilled_entries_total", "Stream entries a writer had to spill to disk",
+                          ["writer"])
+DROPPED_RECORDS = Counter("data_feed_dropped_records_total",
+                          "Records dropped because the stream and the spill were full (each an overflow gap)",
+                          ["writer", "channel"])
+LAKE_WRITE_ERRORS = Counter("data_feed_lake_write_errors_total",
+                            "Failed lake writes (disk full, read-only, S3 errors); retried", ["channel", "exchange"])
 CACHE_WRITE_ERRORS = Counter(
     "data_feed_cache_write_errors_total", "Failed Redis writes (retried; records kept in memory)", ["exchange"]
 )

@@ -13,6 +13,8 @@ rows with ``snapshot = true`` replaces the whole book.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import pyarrow as pa
 
 TS = pa.int64()
@@ -98,15 +100,32 @@ CANDLES = pa.schema(
     ]
 )
 
+class GapReason(StrEnum):
+    """Why data may be missing: the ``reason`` column of ``gaps`` (README, "Gaps")."""
+
+    DISCONNECT = "disconnect"  # the exchange closed the connection; reconnected
+    STALL = "stall"  # the connection was silent past the watchdog; reconnected
+    SEQUENCE_GAP = "sequence_gap"  # the exchange's sequence numbers skipped
+    RESYNC = "resync"  # a book was reset (and re-snapshotted) because of another symbol's gap
+    CHECKSUM = "checksum"  # the exchange's book checksum did not match; resubscribed
+    BAD_FRAME = "bad_frame"  # a frame could not be parsed; skipped
+    SNAPSHOT_FAILED = "snapshot_failed"  # a REST book snapshot failed; retried
+    SLOW_SNAPSHOT = "slow_snapshot"  # a REST book snapshot was slow; deltas buffered meanwhile
+    RESTART = "restart"  # the collector process was not running (crash, kill or a stop between runs)
+    STOPPED = "stopped"  # the collector stopped cleanly: nothing was collected after this
+    OVERFLOW = "overflow"  # the cache and the collector's spill were full: records dropped
+    LOST_ENTRIES = "lost_entries"  # stream entries vanished before they landed (trimmed or lost by Redis)
+
+
 # Gaps are data: a disconnect, sequence gap, resync or dropped frame, one row per affected channel and symbol.
 GAPS = pa.schema(
     [
         pa.field("ts_event", TS, nullable=False),  # when the gap was detected (local time)
         pa.field("ts_recv", TS, nullable=False),
         pa.field("channel", pa.string(), nullable=False),  # the channel that lost data
-        pa.field("reason", pa.string(), nullable=False),  # disconnect | sequence_gap | resync | bad_frame | ...
-        pa.field("first_missing", pa.int64()),  # first missing sequence number, when known
-        pa.field("last_missing", pa.int64()),  # last missing sequence number, when known
+        pa.field("reason", pa.string(), nullable=False),  # a GapReason
+        pa.field("first_missing", pa.int64()),  # first missing sequence number or trade id, when known
+        pa.field("last_missing", pa.int64()),  # last missing sequence number or trade id, when known
         pa.field("detail", pa.string()),
     ]
 )

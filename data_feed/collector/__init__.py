@@ -16,10 +16,11 @@ from cryptofeed.defines import CANDLES, FUNDING, L2_BOOK, LIQUIDATIONS, OPEN_INT
 
 from data_feed.bus import Publisher, endpoints
 from data_feed.collector.exchanges import Endpoints, feed_class, feed_config
-from data_feed.collector.writer import StreamWriter
+from data_feed.collector.writer import BYTES_PER_MB, StreamWriter
 from data_feed.config import Config, ExchangeConfig
 from data_feed.recorder import SessionRecorder
 from data_feed.runtime import Runtime
+from data_feed.spill import Spill
 
 LOG = logging.getLogger("data_feed.collector")
 
@@ -63,7 +64,9 @@ def run(exchange: str, cfg: Config, runtime: Runtime) -> None:
     """Run until SIGINT/SIGTERM; returns after the final flush."""
     ex = cfg.exchanges[exchange]
     client = aioredis.Redis.from_url(runtime.redis_url)
-    writer = StreamWriter(client, exchange, cfg.redis)
+    spill = Spill(cfg.spill_root() / f"collector-{exchange}", cfg.redis.spill_max_mb * BYTES_PER_MB)
+    channels = {name: ch.symbols for name, ch in ex.channels().items()}
+    writer = StreamWriter(client, exchange, cfg.redis, spill, channels)
     writer.bus = Publisher(endpoints(cfg)[0], cfg.bus.high_water_mark) if cfg.bus.enabled else None
     fh = FeedHandler(config={"log": {"disabled": True}, "uvloop": False})
     recorder = start_recording(exchange, ex)  # before the feed exists: it fetches symbols when built
@@ -78,3 +81,9 @@ def run(exchange: str, cfg: Config, runtime: Runtime) -> None:
             writer.bus.close()
     LOG.info("exchange=%s: stopped; %d frames received, records cached %s", exchange, writer.frames_received,
              writer.records_cached)
+    if writer.failed is not None:
+        raise CollectorFailed(f"exchange={exchange}: {type(writer.failed).__name__}: {writer.failed}")
+
+
+class CollectorFailed(RuntimeError):
+    """The collector stopped because its writer failed; the process exits non-zero to be restarted."""

@@ -7,8 +7,10 @@ skipped while the connection keeps running.
 Gaps are data: a reconnect (after the exchange closed the socket, or after the
 watchdog found it silent) and a skipped frame become rows of the ``gaps``
 table, one per channel and symbol the connection carried, so a reader of the
-lake can tell a quiet market from missing data. Exchange modules add their own
-(sequence gaps, failed book snapshots) through `gap`.
+lake can tell a quiet market from missing data. Such an outage is *opened* at
+detection and its row written with the next record of that channel and symbol,
+bounding the missing trade ids (``collector.gaps``). Exchange modules add their
+own (sequence gaps, failed book snapshots) through `gap`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from data_feed import metrics
+from data_feed.schemas import GapReason
 
 LOG = logging.getLogger("data_feed.collector")
 
@@ -34,6 +37,9 @@ class GapRecorded(Exception):
 class GapWriter(Protocol):
     def gap(self, symbol: str, channel: str, reason: str, first_missing: int | None = None,
             last_missing: int | None = None, detail: str = "", when: float | None = None) -> None: ...
+
+    def open_gap(self, symbol: str, channel: str, reason: str, detail: str = "",
+                 when: float | None = None) -> None: ...
 
 
 class LoggedGaps:
@@ -90,7 +96,7 @@ class CollectorFeedMixin:
             excerpt = msg[:FRAME_EXCERPT_CHARS] if isinstance(msg, str) else repr(msg)[:FRAME_EXCERPT_CHARS]
             LOG.error("exchange=%s conn=%s: skipped a frame that could not be parsed (%s: %s): %r",
                       self.id, getattr(conn, "uuid", "?"), type(err).__name__, err, excerpt)
-            self.connection_gap(conn, "bad_frame", f"{type(err).__name__}: {err}"[:FRAME_EXCERPT_CHARS])
+            self.connection_gap(conn, GapReason.BAD_FRAME, f"{type(err).__name__}: {err}"[:FRAME_EXCERPT_CHARS])
 
     async def subscribe(self, conn: Any) -> None:
         """Every (re)connection subscribes; a second subscribe of one connection follows a reconnect."""
@@ -101,15 +107,19 @@ class CollectorFeedMixin:
             since = f"{silent_since:.6f}" if silent_since is not None else "?"
             LOG.warning("exchange=%s conn=%s: reconnected (%s); no data from %s to %.6f", self.id, conn.uuid,
                         "stall" if stalled else "disconnect", since, now)
-            self.connection_gap(conn, "stall" if stalled else "disconnect", f"no frames from {since} to {now:.6f}")
+            reason = GapReason.STALL if stalled else GapReason.DISCONNECT
+            self.connection_gap(conn, reason, f"no frames from {since} to {now:.6f}")
         self._df_subscribed.add(conn.uuid)
         await super().subscribe(conn)  # type: ignore[misc]
 
-    def connection_gap(self, conn: Any, reason: str, detail: str) -> None:
-        """A gap row for every channel and symbol carried by ``conn``, all stamped with one detection time."""
+    def connection_gap(self, conn: Any, reason: GapReason, detail: str) -> None:
+        """An outage of every channel and symbol carried by ``conn``, all stamped with one detection time;
+        each row is written with the symbol's next record, which bounds the missing ids."""
         when = time.time()
         for channel, symbol in self.carried(conn):
-            self.gap(symbol, channel, reason, detail=detail, when=when)
+            LOG.warning("exchange=%s channel=%s symbol=%s: gap (%s) %s", self.id, channel, symbol, reason, detail)
+            if self.gap_writer is not None:
+                self.gap_writer.open_gap(symbol, channel, reason, detail, when)
 
     def carried(self, conn: Any) -> list[tuple[str, str]]:
         out = []

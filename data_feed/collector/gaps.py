@@ -1,0 +1,150 @@
+"""Outage accounting of one collector: which records reached the cache last, and the gaps still open.
+
+Pure bookkeeping, no I/O (the writer persists marks in the collector state hash).
+A *mark* is the last record of a (channel, symbol) that reached the cache: its
+receive time and, for trades with integer ids, the highest id. An outage
+(a reconnect, a stall, a skipped frame, the collector itself not running) opens a
+gap for every (channel, symbol) it touched; the gap closes with the first record
+that arrives after it, and becomes a ``gaps`` row whose ``first_missing`` /
+``last_missing`` bound the trade ids that may be missing (the mark's id + 1 to the
+first new id - 1) and whose detail gives the time range without data.
+
+Rows arrive in buffers that the writer flushes whole. A gap opened while a buffer
+holds rows from before the outage remembers the buffer position (``boundary``):
+rows before it are the outage's past, rows after it its future.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Any
+
+from data_feed.schemas import GapReason
+
+TRADES = "trades"
+TRADE_ID_INDEX = 3  # of a cached trades row: (symbol, ts_event, ts_recv, id, id_text, side, price, amount)
+RECV_INDEX = 2
+GapRow = tuple[str, float, float, str, str, int | None, int | None, str]
+Key = tuple[str, str]  # (channel, symbol)
+
+
+@dataclass(frozen=True)
+class Mark:
+    ts_recv: float
+    last_id: int | None = None
+
+    def pack(self) -> str:
+        return f"{self.ts_recv!r} {'' if self.last_id is None else self.last_id}"
+
+    @classmethod
+    def unpack(cls, text: str) -> Mark:
+        recv, _, last = text.partition(" ")
+        return cls(float(recv), int(last) if last else None)
+
+    def merged(self, other: Mark) -> Mark:
+        ids = [i for i in (self.last_id, other.last_id) if i is not None]
+        return Mark(max(self.ts_recv, other.ts_recv), max(ids) if ids else None)
+
+
+@dataclass
+class OpenGap:
+    reason: GapReason
+    detected: float
+    since: float | None  # receive time of the last record before the outage, when known
+    after_id: int | None  # highest trade id before the outage, when known
+    detail: str
+    boundary: int = 0  # rows of the current buffer before this position precede the outage
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What one buffer holds for one symbol."""
+
+    first_recv: float
+    last_recv: float
+    min_id: int | None
+    max_id: int | None
+
+
+def summarize(channel: str, rows: Sequence[Sequence[Any]]) -> dict[str, Summary]:
+    """Per symbol: first and last receive time and (trades) the lowest and highest integer id."""
+    groups: dict[str, list[Sequence[Any]]] = {}
+    symbols = set(map(itemgetter(0), rows))
+    if len(symbols) == 1:
+        groups[symbols.pop()] = list(rows)
+    else:
+        for row in rows:
+            groups.setdefault(row[0], []).append(row)
+    out = {}
+    for symbol, group in groups.items():
+        recvs = list(map(itemgetter(RECV_INDEX), group))
+        ids = [i for i in map(itemgetter(TRADE_ID_INDEX), group) if i is not None] if channel == TRADES else []
+        out[symbol] = Summary(min(recvs), max(recvs), min(ids) if ids else None, max(ids) if ids else None)
+    return out
+
+
+@dataclass
+class GapTracker:
+    marks: dict[Key, Mark] = field(default_factory=dict)
+    open: dict[Key, list[OpenGap]] = field(default_factory=dict)
+
+    def open_gap(self, channel: str, symbol: str, reason: GapReason, detected: float, detail: str,
+                 boundary: int = 0, since: float | None = None) -> None:
+        """An outage of (channel, symbol) detected at ``detected``; ``boundary`` as in the module docstring;
+        ``since``: when data may have stopped, for a (channel, symbol) without a mark."""
+        mark = self.marks.get((channel, symbol))
+        gap = OpenGap(reason, detected, mark.ts_recv if mark else since, mark.last_id if mark else None, detail,
+                      boundary)
+        self.open.setdefault((channel, symbol), []).append(gap)
+
+    def observe(self, channel: str, rows: Sequence[Sequence[Any]]) -> list[GapRow]:
+        """Account one flushed buffer of ``channel``; returns the gaps rows of the outages it closes."""
+        out: list[GapRow] = []
+        for (gap_channel, gap_symbol), gaps in list(self.open.items()):
+            if gap_channel == channel and gaps:
+                out += self._close(channel, gap_symbol, gaps, rows)
+        for symbol, summary in summarize(channel, rows).items():
+            self._advance(channel, symbol, summary)
+        return out
+
+    def _close(self, channel: str, symbol: str, gaps: list[OpenGap], rows: Sequence[Sequence[Any]]) -> list[GapRow]:
+        boundary = min(g.boundary for g in gaps)
+        before = [r for r in rows[:boundary] if r[0] == symbol]
+        after = [r for r in rows[boundary:] if r[0] == symbol]
+        if before:  # rows that preceded the outage: they raise what the gap starts from
+            self._advance(channel, symbol, summarize(channel, before)[symbol])
+            mark = self.marks[(channel, symbol)]
+            for gap in gaps:
+                gap.since, gap.after_id = mark.ts_recv, mark.last_id
+        if not after:
+            for gap in gaps:
+                gap.boundary = 0  # the next buffer is wholly after the outage
+            return []
+        del self.open[(channel, symbol)]
+        first = summarize(channel, after)[symbol]
+        return [self._row(channel, symbol, gap, first.first_recv, first.min_id) for gap in gaps]
+
+    def _advance(self, channel: str, symbol: str, summary: Summary) -> None:
+        new = Mark(summary.last_recv, summary.max_id)
+        old = self.marks.get((channel, symbol))
+        self.marks[(channel, symbol)] = new if old is None else old.merged(new)
+
+    @staticmethod
+    def _row(channel: str, symbol: str, gap: OpenGap, resumed: float | None, first_id: int | None) -> GapRow:
+        first_missing = None if gap.after_id is None else gap.after_id + 1
+        last_missing = None if first_id is None else first_id - 1
+        since = "?" if gap.since is None else f"{gap.since:.6f}"
+        until = "?" if resumed is None else f"{resumed:.6f}"
+        detail = f"{gap.detail}; no data from {since} to {until}" if gap.detail else f"no data from {since} to {until}"
+        return (symbol, gap.detected, gap.detected, channel, gap.reason.value, first_missing, last_missing, detail)
+
+    def close_all(self, now: float, stopping: Sequence[Key]) -> list[GapRow]:
+        """At a clean stop: every open gap (with no end) and a ``stopped`` row for each of ``stopping``."""
+        out = [self._row(ch, sym, gap, None, None) for (ch, sym), gaps in self.open.items() for gap in gaps]
+        self.open.clear()
+        for key in stopping:
+            self.open_gap(key[0], key[1], GapReason.STOPPED, now, "collector stopped")
+            out += [self._row(key[0], key[1], gap, None, None) for gap in self.open.pop(key)]
+        return out
