@@ -46,6 +46,7 @@ from data_feed.cache import (
     CONSUMER_GROUP,
     DEAD_LETTER_MAXLEN,
     BadEntry,
+    configured_streams,
     dead_letter_key,
     decode_batch,
     journal_key,
@@ -54,7 +55,7 @@ from data_feed.cache import (
     stream_lag,
 )
 from data_feed.catalog import Catalog, LocalCatalog
-from data_feed.config import FEATURES_CHANNEL, Config
+from data_feed.config import Config
 from data_feed.lake import NS_PER_SECOND, LocalStore, SliceKey, SliceStore, slice_relpath
 from data_feed.schemas import L2_BOOK, SYMBOL_COLUMN
 
@@ -103,9 +104,7 @@ class Aggregator:
         self.store, self.catalog = open_lake(cfg, self.root)
         self.width_ns = cfg.lake.slice_seconds * NS_PER_SECOND
         self.lateness_ns = int(cfg.lake.allowed_lateness_seconds * NS_PER_SECOND)
-        self.streams = [stream_key(ex, ch) for ex, exc in cfg.exchanges.items() for ch in exc.stream_channels()]
-        if cfg.featurizer.enabled:  # the featurizer's slices land like any channel
-            self.streams += [stream_key(ex, FEATURES_CHANNEL) for ex in cfg.exchanges]
+        self.streams = configured_streams(cfg)  # the featurizer's slices land like any channel
         self.open: dict[SliceKey, OpenSlice] = {}
         # entry id -> slices its records are in that are not committed yet, per stream
         self.unacked: dict[str, OrderedDict[str, set[SliceKey]]] = {k: OrderedDict() for k in self.streams}

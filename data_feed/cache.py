@@ -22,6 +22,7 @@ import msgpack
 import numpy as np
 import pyarrow as pa
 
+from data_feed.config import FEATURES_CHANNEL
 from data_feed.schemas import SYMBOL_COLUMN, batch_columns, schema_for
 
 STREAM_KEY_PREFIX = "df:stream"
@@ -44,6 +45,15 @@ STATE_MARK_PREFIX = "mark:"  # mark:{channel}:{symbol} -> "ts_recv last_id": the
 
 def stream_key(exchange: str, channel: str) -> str:
     return f"{STREAM_KEY_PREFIX}:{exchange}:{channel}"
+
+
+def configured_streams(cfg: Any) -> list[str]:
+    """Every stream a config's roles write and the aggregator reads: each exchange's channels, its ``gaps``
+    and, with the featurizer on, its ``features`` (``cfg`` is a ``config.Config``)."""
+    keys = [stream_key(ex, ch) for ex, exc in cfg.exchanges.items() for ch in exc.stream_channels()]
+    if cfg.featurizer.enabled:
+        keys += [stream_key(ex, FEATURES_CHANNEL) for ex in cfg.exchanges]
+    return keys
 
 
 def parse_stream_key(key: str | bytes) -> tuple[str, str]:

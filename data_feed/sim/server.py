@@ -26,8 +26,9 @@ from data_feed.sim.binance import BinanceProtocol
 from data_feed.sim.binance_futures import BinanceFuturesProtocol
 from data_feed.sim.bybit import BybitProtocol
 from data_feed.sim.coinbase import CoinbaseProtocol
-from data_feed.sim.hub import ExchangeProtocol, now
+from data_feed.sim.hub import ExchangeProtocol, SymbolState, now
 from data_feed.sim.kraken import KrakenProtocol
+from data_feed.sim.ledger import LEDGER_FILE_NAME, IdLedger
 from data_feed.sim.okx import OkxProtocol
 from data_feed.sim.replay import ReplayServer
 from data_feed.sim.session import Session, load_session
@@ -45,19 +46,32 @@ PROTOCOLS: Final[dict[str, type[ExchangeProtocol]]] = {
 class Simulator:
     """Serves every exchange of `config.simulated()` over TLS on config.simulator.host/port."""
 
-    def __init__(self, config: Config, cert_dir: Path) -> None:
+    def __init__(self, config: Config, cert_dir: Path, port: int | None = None) -> None:
         self.config = config
+        self.listen_port = config.simulator.port if port is None else port  # a restart keeps its port
         self.cert_dir = Path(cert_dir)
         seed = config.simulator.seed
         self.protocols: dict[str, ExchangeProtocol] = {
             name: PROTOCOLS[name](ex, seed) for name, ex in config.simulated().items()
         }
+        self.ledger = IdLedger(ledger_path(config))
+        for name, proto in self.protocols.items():
+            for state in proto.symbols.values():
+                self._continue_ids(name, state)
         self.replay = ReplayServer(replay_sessions(config), config.replay.speed)
         self.paused = False
         self._cert_path: Path | None = None
         self._port: int | None = None
         self._runner: web.AppRunner | None = None
         self._clock: asyncio.Task[None] | None = None
+
+    def _continue_ids(self, exchange: str, state: SymbolState) -> None:
+        trade_id, update_id = self.ledger.start(exchange, state.symbol)
+        symbol = state.symbol
+        state.market.continue_after(trade_id, update_id,
+                                    lambda t, u: self.ledger.reserve(exchange, symbol, t, u))
+        state.published.update_id = state.market.update_id
+        state.last_trade_id = trade_id
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -67,7 +81,8 @@ class Simulator:
         self._runner = web.AppRunner(self._app(), handle_signals=False, access_log=None)
         await self._runner.setup()
         cfg = self.config.simulator
-        site = web.TCPSite(self._runner, cfg.host, cfg.port, ssl_context=server_context(cert_path, key_path))
+        site = web.TCPSite(self._runner, cfg.host, self.listen_port, ssl_context=server_context(cert_path, key_path),
+                           reuse_address=True)
         await site.start()
         self._port = self._bound_port()
         self._clock = asyncio.get_running_loop().create_task(self._run_clock())
@@ -83,6 +98,9 @@ class Simulator:
             for outbox in list(proto.outboxes):
                 await outbox.ws.close()
         await self.replay.close()
+        for name, proto in self.protocols.items():  # the next run continues exactly here
+            for state in proto.symbols.values():
+                self.ledger.record_exact(name, state.symbol, state.market.last_trade_id, state.market.update_id)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -134,6 +152,7 @@ class Simulator:
                     events = state.advance(now_ts)
                     if events:
                         proto.publish(state, events)
+                        state.account_unqueued(events)
             proto.on_tick(now_ts)
 
     async def pause(self) -> None:
@@ -201,6 +220,13 @@ class Simulator:
         return web.json_response(state.published.top(max(depth, 0)))
 
 
+def ledger_path(config: Config) -> Path:
+    """Where the simulator's id ledger lives: with a local lake, in it (ids never repeat within one lake)."""
+    if config.lake.s3 is None:
+        return Path(config.lake.root) / LEDGER_FILE_NAME
+    return Path(config.spawner.run_dir) / "sim" / "ids.json"
+
+
 def replay_sessions(config: Config) -> dict[str, Session]:
     """The recorded session of every exchange whose source is replay, by exchange (from each file's header)."""
     wanted = {name for name, ex in config.exchanges.items() if ex.source == "replay"}
@@ -215,9 +241,10 @@ def replay_sessions(config: Config) -> dict[str, Session]:
     return sessions
 
 
-async def serve_forever(config: Config, cert_dir: Path, ready_file: Path | None = None) -> None:
+async def serve_forever(config: Config, cert_dir: Path, ready_file: Path | None = None,
+                        port: int | None = None) -> None:
     """Run a Simulator until SIGINT/SIGTERM; once listening write {"port", "cert"} JSON to ready_file."""
-    sim = Simulator(config, cert_dir)
+    sim = Simulator(config, cert_dir, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -21,11 +21,16 @@ KEY_NAME = "sim-key.pem"
 
 
 def write_self_signed(cert_dir: Path) -> tuple[Path, Path]:
-    """Create a fresh key and certificate in cert_dir; returns (cert_path, key_path)."""
+    """The key and certificate in cert_dir, created unless a valid pair is there; returns (cert_path, key_path).
+
+    A restarted simulator keeps the certificate its clients already trust (they load it once, at start).
+    """
     cert_dir.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = cert_dir / CERT_NAME, cert_dir / KEY_NAME
+    if _still_valid(cert_path) and key_path.exists():
+        return cert_path, key_path
     key = ec.generate_private_key(ec.SECP256R1())
     cert = _certificate(key)
-    cert_path, key_path = cert_dir / CERT_NAME, cert_dir / KEY_NAME
     key_bytes = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -34,6 +39,14 @@ def write_self_signed(cert_dir: Path) -> tuple[Path, Path]:
         fh.write(key_bytes)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
+
+
+def _still_valid(cert_path: Path) -> bool:
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return bool(cert.not_valid_after_utc > dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
 
 
 def _certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
