@@ -19,13 +19,26 @@ On restart, uncommitted intents are redone from their journalled entries (the
 same rows, the same file name), then the unacknowledged entries are re-read and
 a record is skipped when its entry is journalled as committed for its slice.
 Records arriving after their slice was written open an additional part.
+
+Faults: a lake write that fails (disk full, read-only, S3 errors) keeps the slice
+open and its entries unacknowledged; the aggregator stops reading, retries with a
+bounded backoff (at most ``LAKE_RETRY_MAX_SECONDS``), counts the error and says
+``degraded`` with the reason in its health key until a write succeeds. A lost
+Redis connection ends the process (exit 3) so that it restarts from the journal,
+never from memory that may disagree with Redis. An interrupted write whose
+entries are gone from the stream is dropped from the journal and the loss is
+written as ``lost_entries`` gaps rows. Identical gap rows (a writer's retry) land
+once.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+import os
 import signal
+import sqlite3
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -38,6 +51,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import redis
+from botocore.exceptions import BotoCoreError, ClientError
 
 from data_feed import metrics
 from data_feed.book import SNAPSHOT_STAMP_OFFSET_NS, book_state, snapshot_table
@@ -45,19 +59,22 @@ from data_feed.cache import (
     AGGREGATOR_WRITTEN_KEY,
     CONSUMER_GROUP,
     DEAD_LETTER_MAXLEN,
+    HEALTH_TTL_SECONDS,
     BadEntry,
     configured_streams,
     dead_letter_key,
     decode_batch,
+    encode_batch,
+    health_key,
     journal_key,
     parse_stream_key,
     stream_key,
     stream_lag,
 )
 from data_feed.catalog import Catalog, LocalCatalog
-from data_feed.config import Config
+from data_feed.config import GAPS_CHANNEL, Config
 from data_feed.lake import NS_PER_SECOND, LocalStore, SliceKey, SliceStore, slice_relpath
-from data_feed.schemas import L2_BOOK, SYMBOL_COLUMN
+from data_feed.schemas import L2_BOOK, SYMBOL_COLUMN, GapReason
 
 LOG = logging.getLogger("data_feed.aggregator")
 
@@ -67,6 +84,11 @@ READ_COUNT = 200  # entries per stream per XREADGROUP
 READ_BLOCK_MS = 200
 LAG_REPORT_INTERVAL_SECONDS = 5.0
 WRITTEN_MEMORY_SECONDS = 86_400  # remember written slices this long to count late records
+LAKE_RETRY_MIN_SECONDS = 0.1
+LAKE_RETRY_MAX_SECONDS = 5.0  # a failed lake write is retried at least this often
+HEALTH_REPORT_SECONDS = 2.0
+EXIT_REDIS_LOST = 3  # the process exits with this when Redis goes away: restart and recover from the journal
+LAKE_WRITE_ERRORS = (OSError, sqlite3.Error, BotoCoreError, ClientError)  # the lake, not this process, is at fault
 
 
 @dataclass
@@ -116,6 +138,10 @@ class Aggregator:
         self.written: dict[SliceKey, None] = {}
         self.stopping = False
         self._last_lag_report = 0.0
+        self._last_health_report = 0.0
+        self.lake_error: str | None = None  # why the last lake write failed, until one succeeds
+        self._lake_retry_at = 0.0
+        self._lake_backoff = LAKE_RETRY_MIN_SECONDS
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -134,6 +160,7 @@ class Aggregator:
         while not self.stopping:
             self.step(READ_BLOCK_MS)
         self.drain()
+        self.report_health(force=True)
 
     def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
         LOG.info("stop requested (signal %s): draining streams", signum)
@@ -178,27 +205,45 @@ class Aggregator:
             if not record.committed:
                 LOG.warning("exchange=%s channel=%s symbol=%s: redoing interrupted write of %s (%d entries)",
                             record.key.exchange, record.key.channel, record.key.symbol, path, len(record.entries))
-                self._redo(key, path, record)
+                if not self._redo(key, path, record):
+                    continue
             self._remember(key, path, replace(record, committed=True))
 
-    def _redo(self, key: str, path: str, record: JournalRecord) -> None:
-        """Rewrite a journalled file from exactly the entries it names, in their order."""
+    def _redo(self, key: str, path: str, record: JournalRecord) -> bool:
+        """Rewrite a journalled file from exactly the entries it names, in their order; False when none is left
+        (the journal record is dropped)."""
         pipe = self.client.pipeline(transaction=False)
         for eid in record.entries:
             pipe.xrange(key, eid, eid)
-        parts = []
+        parts, gone = [], []
         for eid, found in zip(record.entries, pipe.execute(), strict=True):
             if not found:
-                LOG.error("exchange=%s channel=%s symbol=%s: entry %s of %s is gone from %s (trimmed by MAXLEN?); "
-                          "its records are lost", record.key.exchange, record.key.channel, record.key.symbol, eid,
-                          path, key)
+                gone.append(eid)
                 continue
             table = decode_batch(record.key.channel, found[0][1], key, eid)
             parts += [part for sk, part in self._split(record.key.channel, record.key.exchange, table)
                       if sk == record.key]
+        if gone:
+            self._lost(key, path, record, gone)
+        if not parts:
+            self.client.hdel(journal_key(key), path)
+            return False
         table = pa.concat_tables(parts)
         size = self._land(record.key, record.entries[0], table)
         self._commit(key, path, record, table.num_rows, size, settle=False)
+        return True
+
+    def _lost(self, key: str, path: str, record: JournalRecord, gone: list[str]) -> None:
+        """Entries an interrupted write named are gone from the stream: say so in the lake, as gaps rows."""
+        sk = record.key
+        LOG.error("exchange=%s channel=%s symbol=%s: %d of the %d entries of %s are gone from %s; their records "
+                  "are lost (written as a lost_entries gap)", sk.exchange, sk.channel, sk.symbol, len(gone),
+                  len(record.entries), path, key)
+        now = time.time()
+        detail = f"{len(gone)} stream entries of {path} gone before they landed: {', '.join(gone[:10])}"
+        row = (sk.symbol, now, now, sk.channel, GapReason.LOST_ENTRIES.value, None, None, detail[:500])
+        self.client.xadd(stream_key(sk.exchange, GAPS_CHANNEL), encode_batch(GAPS_CHANNEL, [row]))  # type: ignore[arg-type]
+        metrics.GAPS.labels(sk.exchange, sk.channel, GapReason.LOST_ENTRIES.value).inc()
 
     def drain(self) -> None:
         while self.step(None):
@@ -209,7 +254,15 @@ class Aggregator:
     # -- reading -----------------------------------------------------------------------------
 
     def step(self, block_ms: int | None) -> int:
-        """Read once from every stream; write slices that closed. Returns entries read."""
+        """Read once from every stream; write slices that closed. Returns entries read.
+
+        While the lake refuses writes, nothing more is read (the streams and the writers' spills hold it):
+        the step waits for the retry time, retries, and reads again only after a write succeeds."""
+        if self.lake_error is not None:
+            self._wait_for_lake(block_ms)
+            self.close_ready()
+            self.report_health()
+            return 0
         resp = self.client.xreadgroup(
             CONSUMER_GROUP, CONSUMER_NAME, dict.fromkeys(self.streams, ">"), count=READ_COUNT, block=block_ms  # type: ignore[arg-type]
         )
@@ -222,7 +275,14 @@ class Aggregator:
                 self.last_read[key] = entries[-1][0]
         self.close_ready()
         self._report_lag()
+        self.report_health()
         return n
+
+    def _wait_for_lake(self, block_ms: int | None) -> None:
+        delay = self._lake_retry_at - time.monotonic()
+        if delay > 0:
+            limit = READ_BLOCK_MS / 1000 if block_ms is None else max(block_ms / 1000, delay)
+            time.sleep(min(delay, limit))
 
     @staticmethod
     def _decode_keys(resp: Any) -> list[tuple[str, list[tuple[str, dict[bytes, bytes]]]]]:
@@ -300,29 +360,71 @@ class Aggregator:
     # -- writing -----------------------------------------------------------------------------
 
     def close_ready(self) -> None:
+        if self.lake_error is not None and time.monotonic() < self._lake_retry_at:
+            return
         horizon = self.width_ns + self.lateness_ns
         ready = [sk for sk in self.open if sk.start_ns + horizon <= self.watermark.get(sk.exchange, 0)]
         for sk in sorted(ready):
-            self.write(sk)
+            if not self.write(sk):
+                return  # the lake refused: retry later, in order
 
     def flush_all(self) -> None:
         for sk in sorted(self.open):
-            self.write(sk)
+            if not self.write(sk):
+                LOG.error("the lake refuses writes (%s); %d open slices stay in Redis, unacknowledged, for the next "
+                          "start", self.lake_error, len(self.open))
+                return
 
-    def write(self, sk: SliceKey) -> None:
-        """Intent, durable file, catalog, then commit with the acknowledgements it allows."""
-        slot = self.open.pop(sk)
+    def write(self, sk: SliceKey) -> bool:
+        """Intent, durable file, catalog, then commit with the acknowledgements it allows. False when the lake
+        refused the file: the slice stays open, its entries unacknowledged, and the retry is scheduled."""
+        slot = self.open[sk]
         key = stream_key(sk.exchange, sk.channel)
         record = JournalRecord(sk, tuple(slot.entries), committed=False)
         path = slice_relpath(sk, slot.entries[0])
         self.client.hset(journal_key(key), path, record.pack())
         table = pa.concat_tables(slot.parts)
-        size = self._land(sk, slot.entries[0], table)
+        try:
+            size = self._land(sk, slot.entries[0], table)
+        except LAKE_WRITE_ERRORS as err:
+            self._lake_failed(sk, err)
+            return False
+        del self.open[sk]
+        self._lake_ok()
         self.written[sk] = None
         self._forget_old_written(sk.start_ns)
         self._commit(key, path, record, table.num_rows, size, settle=True)
         LOG.debug("exchange=%s channel=%s symbol=%s: wrote %d rows to %s", sk.exchange, sk.channel, sk.symbol,
                   table.num_rows, path)
+        return True
+
+    def _lake_failed(self, sk: SliceKey, err: BaseException) -> None:
+        metrics.LAKE_WRITE_ERRORS.labels(sk.channel, sk.exchange).inc()
+        first = self.lake_error is None
+        self.lake_error = f"lake write failed: {type(err).__name__}: {err}"[:300]
+        self._lake_retry_at = time.monotonic() + self._lake_backoff
+        log = LOG.error if first or self._lake_backoff >= LAKE_RETRY_MAX_SECONDS else LOG.warning
+        log("exchange=%s channel=%s symbol=%s: %s; slice %s kept, entries unacknowledged; retrying in %.1fs",
+            sk.exchange, sk.channel, sk.symbol, self.lake_error, sk.stamp(), self._lake_backoff)
+        self._lake_backoff = min(self._lake_backoff * 2, LAKE_RETRY_MAX_SECONDS)
+        self.report_health(force=True)
+
+    def _lake_ok(self) -> None:
+        if self.lake_error is not None:
+            LOG.info("the lake accepts writes again; catching up")
+            self.lake_error = None
+            self._lake_backoff = LAKE_RETRY_MIN_SECONDS
+            self.report_health(force=True)
+
+    def report_health(self, force: bool = False) -> None:
+        """ok, or degraded with the reason, in the aggregator's health key (read by /health and status)."""
+        now = time.monotonic()
+        if not force and now - self._last_health_report < HEALTH_REPORT_SECONDS:
+            return
+        self._last_health_report = now
+        body = {"status": "degraded" if self.lake_error else "ok", "reason": self.lake_error or "",
+                "pid": os.getpid(), "at": time.time()}
+        self.client.set(health_key("aggregator"), json.dumps(body), ex=HEALTH_TTL_SECONDS)
 
     def _land(self, sk: SliceKey, first_entry_id: str, table: pa.Table) -> int:
         """Write the file atomically and durably and register it in the catalog; returns its size."""
@@ -332,6 +434,8 @@ class Aggregator:
             return 0
         if sk.channel == BOOK_CHANNEL:
             table = self._with_opening_snapshot(sk, table)
+        elif sk.channel == GAPS_CHANNEL:
+            table = _distinct_rows(table)
         path, size = self.store.write_slice(sk, table, first_entry_id, self.cfg.lake.compression_level)
         if not self.catalog.register(sk, path, table.num_rows, size):
             LOG.warning("exchange=%s channel=%s symbol=%s: %s was already compacted into a larger file; "
@@ -461,8 +565,21 @@ def open_lake(cfg: Config, root: Path) -> tuple[SliceStore, Catalog]:
     return store, GlueCatalog(cfg.lake.s3, store)
 
 
+def _distinct_rows(table: pa.Table) -> pa.Table:
+    """Gap rows once each: several roles write gaps with automatic ids, and a retried write may repeat them."""
+    if table.num_rows < 2:
+        return table
+    unique = table.group_by(table.column_names, use_threads=False).aggregate([])
+    return unique.select(table.column_names).sort_by([("ts_event", "ascending")])
+
+
 def run(cfg: Config, redis_url: str) -> None:
     agg = Aggregator(cfg, redis.Redis.from_url(redis_url))
     agg.install_signal_handlers()
     LOG.info("aggregating %d streams into %s (slices of %ss)", len(agg.streams), agg.root, cfg.lake.slice_seconds)
-    agg.run()
+    try:
+        agg.run()
+    except (redis.ConnectionError, redis.TimeoutError) as err:
+        LOG.error("Redis connection lost (%s); exiting to restart from the journal, nothing acknowledged is lost",
+                  err)
+        raise SystemExit(EXIT_REDIS_LOST) from None

@@ -19,7 +19,7 @@ import logging
 import os
 import struct
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -139,6 +139,7 @@ class Subscriber:
             self.sock.setsockopt(zmq.SUBSCRIBE, prefix)
         self.last: dict[tuple[bytes, int], int] = {}
         self.missing = 0
+        self.on_loss: Callable[[bytes, int], None] | None = None  # (topic, batches lost): e.g. mark slices
 
     def recv(self, timeout_ms: int) -> tuple[bytes, bytes] | None:
         """(topic, payload) of the next batch, or None after ``timeout_ms`` without one."""
@@ -164,6 +165,8 @@ class Subscriber:
         metrics.BUS_DROPPED.labels(topic.decode().split(TOPIC_SEPARATOR)[0]).inc(lost)
         LOG.error("topic=%s: %d bus batches lost before this subscriber read them (queue full); %d lost so far",
                   topic.decode(), lost, self.missing)
+        if self.on_loss is not None:
+            self.on_loss(topic, lost)
 
     def close(self) -> None:
         self.sock.close(linger=0)

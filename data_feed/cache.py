@@ -32,6 +32,8 @@ AGGREGATOR_WRITTEN_KEY = "df:aggregator:written"  # hash: {channel}:{rows|files|
 ENTRY_PAYLOAD_FIELD = b"b"
 ENTRY_COUNT_FIELD = b"n"
 TIME_COLUMNS = ("ts_event", "ts_recv")  # float seconds in cached rows
+BOOK_SNAPSHOT_REQUEST_KEY = "df:control:book-snapshot"  # epoch seconds of the newest request: collectors answer
+# with a full snapshot of every book they keep (a restarted featurizer has no book to apply deltas to)
 HEALTH_KEY_PREFIX = "df:health"  # string per role instance: JSON {status, reason, pid, at}, expiring
 HEALTH_TTL_SECONDS = 15
 ID_TOO_SMALL_ERROR = "equal or smaller than the target stream top item"  # Redis's XADD refusal of an old id

@@ -78,10 +78,14 @@ def write_slice(root: Path, key: SliceKey, table: pa.Table, first_entry_id: str,
     directory = final.parent
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f"{TMP_PREFIX}{final.name}.{os.getpid()}"
-    pq.write_table(table, tmp, compression="zstd", compression_level=compression_level)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    tmp.replace(final)
+    try:
+        pq.write_table(table, tmp, compression="zstd", compression_level=compression_level)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        tmp.replace(final)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temporary behind
+        raise
     _fsync_dir(directory)
     return final
 

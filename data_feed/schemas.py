@@ -159,6 +159,9 @@ FEATURES = pa.schema(
         pa.field("spread_samples", pa.int64(), nullable=False),
         pa.field("spread_sum_bps", pa.float64(), nullable=False),
         pa.field("imbalance_sum", pa.float64(), nullable=False),
+        # False when the featurizer did not see the slice whole: it (re)started inside it, lost bus batches in
+        # it, had no book yet, or closed it at a stop before its end. `featurizer backfill --incomplete` redoes them.
+        pa.field("complete", pa.bool_(), nullable=False),
     ]
 )
 

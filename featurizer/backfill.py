@@ -28,7 +28,7 @@ from data_feed.catalog import CatalogFile, LocalCatalog
 from data_feed.config import FEATURES_CHANNEL, FeaturizerConfig
 from data_feed.schemas import schema_for
 from featurizer.engine import Closed, ExchangeFeaturizer
-from featurizer.features import VALUE_COLUMNS, values
+from featurizer.features import COMPLETE_COLUMN, VALUE_COLUMNS, values
 
 LOG = logging.getLogger("featurizer.backfill")
 
@@ -160,6 +160,7 @@ def features_table(exchange: str, closed: list[Closed], ts_recv_ns: int) -> pa.T
             col = vals[name]
             mask = col == -1 if name in ("first_trade_ts", "last_trade_ts") else None
             cols[name] = pa.array(col, schema.field(name).type, mask=mask)
+        cols[COMPLETE_COLUMN] = pa.array([batch.complete] * n, pa.bool_())
         parts.append(pa.table(cols))
     if not parts:
         return pa.table({"exchange": pa.array([], pa.string()), "symbol": pa.array([], pa.string()),

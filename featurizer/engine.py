@@ -10,7 +10,7 @@ so both compute features the same way.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -25,11 +25,13 @@ NS_PER_SECOND = 1_000_000_000
 
 @dataclass(frozen=True)
 class Closed:
-    """Closed slices of one symbol and interval, ordered by start."""
+    """Closed slices of one symbol and interval, ordered by start; ``complete`` is False for slices closed by
+    a flush (at stop, or the end of a backfill) before the watermark passed them: data may still come."""
 
     interval: str
     symbol: str
     slices: Slices
+    complete: bool = True
 
 
 class ExchangeFeaturizer:
@@ -54,6 +56,11 @@ class ExchangeFeaturizer:
         """Collector l2_book rows (whole messages); returns late rows."""
         return self.engine.book_rows(rows)
 
+    def open_until_ns(self) -> int:
+        """Start of the first base slice after every slice open now (the one holding the watermark)."""
+        wm = int(self.engine.watermark)
+        return wm - wm % self.base_ns + self.base_ns if wm > 0 else -1
+
     # -- output ------------------------------------------------------------------------------
 
     def closed(self) -> list[Closed]:
@@ -61,9 +68,10 @@ class ExchangeFeaturizer:
         return self._collect(final=False)
 
     def flush(self) -> list[Closed]:
-        """At stop or the end of a backfill: close every open slice, complete or not, and return all."""
+        """At stop or the end of a backfill: close every open slice, complete or not, and return all
+        (marked incomplete: the watermark did not pass them)."""
         self.engine.flush()
-        return self._collect(final=True)
+        return [replace(c, complete=False) for c in self._collect(final=True)]
 
     def _collect(self, final: bool) -> list[Closed]:
         sym_ids, slices = self.engine.take()

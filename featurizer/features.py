@@ -72,11 +72,16 @@ def values(slices: Slices) -> dict[str, Column]:
     }
 
 
-VALUE_COLUMNS = batch_columns(FEATURES_CHANNEL)[4:]  # after symbol, ts_event, ts_recv, interval
+COMPLETE_COLUMN = "complete"  # not a statistic: whether the slice was seen whole (schemas.FEATURES)
+VALUE_COLUMNS = tuple(c for c in batch_columns(FEATURES_CHANNEL)[4:] if c != COMPLETE_COLUMN)  # after symbol,
+# ts_event, ts_recv, interval; the statistics and their mergeable state
 
 
-def rows(symbol: str, interval: str, slices: Slices, ts_recv_s: float) -> list[tuple[Any, ...]]:
+def rows(symbol: str, interval: str, slices: Slices, ts_recv_s: float,
+         complete: npt.NDArray[np.bool_]) -> list[tuple[Any, ...]]:
     """Cached-batch rows (``batch_columns("features")``), times as float seconds like every cached row."""
+    if batch_columns(FEATURES_CHANNEL)[-1] != COMPLETE_COLUMN:
+        raise KeyError(f"features schema must end with {COMPLETE_COLUMN!r}")
     vals = values(slices)
     missing = set(VALUE_COLUMNS) ^ set(vals)
     if missing:
@@ -86,4 +91,6 @@ def rows(symbol: str, interval: str, slices: Slices, ts_recv_s: float) -> list[t
         col = columns[VALUE_COLUMNS.index(name)]
         columns[VALUE_COLUMNS.index(name)] = [None if v == NO_TRADE_TS else v for v in col]
     starts = (slices["start"] / NS_PER_SECOND).tolist()
-    return [(symbol, start, ts_recv_s, interval, *vs) for start, *vs in zip(starts, *columns, strict=True)]
+    flags = [bool(c) for c in complete]
+    return [(symbol, start, ts_recv_s, interval, *vs, flag)
+            for start, flag, *vs in zip(starts, flags, *columns, strict=True)]

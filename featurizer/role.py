@@ -2,13 +2,21 @@
 
 Data flow: SUB ``trades.*`` and ``l2_book.*`` on the spawner's bus -> one ``ExchangeFeaturizer``
 per exchange -> each closed slice is published as ``features.{interval}.{exchange}.{symbol}``
-and appended to the Redis stream ``df:stream:{exchange}:features``, which the aggregator lands
-in the lake's ``features`` table like any channel.
+and appended to the Redis stream ``df:stream:{exchange}:features`` (``featurizer.sink``: explicit
+ids, spill, never trimmed), which the aggregator lands in the lake's ``features`` table.
+
+A slice is never presented as whole when it is not: its ``complete`` column is False when
+- the featurizer started inside it: at start, once subscribed, it reads each symbol's newest
+  exchange time already cached (the collectors' marks); slices up to that one may miss records;
+- it had no book to apply deltas to: after a restart it asks the collectors for a full snapshot
+  of every book (``cache.BOOK_SNAPSHOT_REQUEST_KEY``) and slices up to the snapshot's are incomplete;
+- bus batches of its symbol were lost while it was open;
+- a stop closed it before the watermark passed it.
+A feature key already in the cache (an earlier run closed it at its stop) is not emitted again.
 
 Stop (SIGTERM, sent after the collectors have stopped): read the bus until it is quiet, close
-every open slice, publish and write them, exit. Open slices live in memory only: a featurizer
-restarted by the spawner starts its slices afresh (the lake still has every record, and
-``featurizer backfill`` recomputes any period from it).
+every open slice, publish and write them, exit. ``featurizer backfill --incomplete`` recomputes
+the incomplete slices from the lake.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ from pathlib import Path
 from types import FrameType
 
 import msgpack
+import numpy as np
+import numpy.typing as npt
 import redis
 
 from data_feed import metrics
@@ -33,21 +43,27 @@ from data_feed.bus import (
     features_topic,
     parse_market_topic,
 )
-from data_feed.cache import encode_batch, stream_key
-from data_feed.config import FEATURES_CHANNEL, Config
+from data_feed.cache import BOOK_SNAPSHOT_REQUEST_KEY, collector_state_key, parse_mark_field
+from data_feed.collector.gaps import Mark
+from data_feed.config import Config
+from data_feed.spill import Spill
 from featurizer.engine import Closed, ExchangeFeaturizer
-from featurizer.features import interval_ns, rows
+from featurizer.features import Slices, interval_ns, rows
+from featurizer.sink import FeatureSink
 
 LOG = logging.getLogger("featurizer")
 
 INPUT_CHANNELS = ("trades", "l2_book")
+BOOK_SNAPSHOT_COLUMN = 6  # of an l2_book row: (symbol, ts_event, ts_recv, side, price, size, snapshot, sequence)
 RECV_TIMEOUT_MS = 100
 MAX_BATCHES_PER_STEP = 500  # then publish what closed, so output never waits on a busy input
 DRAIN_QUIET_MS = 500  # at stop: the bus counts as drained after this long without a batch
 REDIS_RETRY_SECONDS = 1.0
-MAX_PENDING_BATCHES = 100_000  # feature batches kept while Redis is unreachable
 READY_FILE = "featurizer.ready"  # in spawner.run_dir, once subscribed
+SUBSCRIBE_SETTLE_SECONDS = 0.3  # a subscription takes a moment to reach the proxy; marks are read after it
 NS_PER_SECOND = 1_000_000_000
+BYTES_PER_MB = 1024 * 1024
+UNSEEN = -1  # complete_from of a symbol the featurizer saw from its first record
 
 
 class Featurizer:
@@ -57,22 +73,69 @@ class Featurizer:
         publish, subscribe = endpoints(cfg)
         self.subscriber = Subscriber(subscribe, [channel_prefix(ch) for ch in INPUT_CHANNELS],
                                      cfg.bus.high_water_mark)
+        self.subscriber.on_loss = self._bus_loss
         self.publisher = Publisher(publish, cfg.bus.high_water_mark)
         self.exchanges = {ex: ExchangeFeaturizer(ex, cfg.featurizer) for ex in cfg.exchanges}
-        self.pending: list[tuple[str, list[tuple[object, ...]]]] = []  # (exchange, rows) not yet in Redis
+        spill = Spill(cfg.spill_root() / "featurizer", cfg.redis.spill_max_mb * BYTES_PER_MB)
+        self.sink = FeatureSink(client, list(cfg.exchanges), cfg.redis, spill)
+        self.complete_from: dict[tuple[str, str], int] = {}  # slices starting before this are incomplete (ns)
+        self.awaiting_book: set[tuple[str, str]] = set()  # symbols whose book needs a snapshot first
+        self.tainted: set[tuple[str, str]] = set()  # symbols whose bus batches were lost just now
         self.stopping = False
+        self.prepared = False
         self.bad_batches = 0
+        self.suppressed = 0  # slices not emitted: their key is already in the cache
         self.records_in = 0  # market-data records taken from the bus
-        self._last_redis_error = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def run(self, ready_file: Path | None = None) -> None:
+        time.sleep(SUBSCRIBE_SETTLE_SECONDS)
+        while not self.prepare() and not self.stopping:
+            time.sleep(REDIS_RETRY_SECONDS)
         if ready_file is not None:
             ready_file.write_text("subscribed\n")
         while not self.stopping:
             self.step(RECV_TIMEOUT_MS)
         self.drain()
+
+    def prepare(self) -> bool:
+        """Once subscribed: entry ids, what is already cached, and where this featurizer's view begins."""
+        if self.prepared:
+            return True
+        try:
+            self.sink.prepare()
+            self._mark_unseen()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as err:
+            LOG.error("Redis unreachable at start (%s); retrying in %.0fs", err, REDIS_RETRY_SECONDS)
+            return False
+        self.prepared = True
+        return True
+
+    def _mark_unseen(self) -> None:
+        """Slices up to each symbol's newest cached record may miss records this featurizer never saw."""
+        pipe = self.client.pipeline(transaction=False)
+        for ex in self.exchanges:
+            pipe.hgetall(collector_state_key(ex))
+        asked = False
+        for ex, state in zip(self.exchanges, pipe.execute(), strict=True):
+            base = self.exchanges[ex].base_ns
+            for field, value in state.items():
+                parsed = parse_mark_field(field.decode())
+                if parsed is None or parsed[0] not in INPUT_CHANNELS:
+                    continue
+                newest = round(Mark.unpack(value.decode()).ts_event * NS_PER_SECOND)
+                self._incomplete_until(ex, parsed[1], newest - newest % base + base)
+                if parsed[0] == "l2_book":
+                    self.awaiting_book.add((ex, parsed[1]))
+                    asked = True
+        if asked:  # collectors answer with a full snapshot of each book they keep
+            self.client.set(BOOK_SNAPSHOT_REQUEST_KEY, repr(time.time()))
+            LOG.info("asked the collectors for a book snapshot (%d books to rebuild)", len(self.awaiting_book))
+
+    def _incomplete_until(self, exchange: str, symbol: str, start_ns: int) -> None:
+        key = (exchange, symbol)
+        self.complete_from[key] = max(self.complete_from.get(key, UNSEEN), start_ns)
 
     def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
         LOG.info("stop requested (signal %s): draining the bus, then closing every open slice", signum)
@@ -88,12 +151,13 @@ class Featurizer:
         for ex, fx in self.exchanges.items():
             self.emit(ex, fx.flush())
         deadline = time.monotonic() + self.cfg.spawner.stop_timeout_seconds / 2
-        while self.pending and time.monotonic() < deadline:
-            self._write_pending()
-            if self.pending:
+        while self.sink.pending and time.monotonic() < deadline:
+            self.sink.write()
+            if self.sink.pending:
                 time.sleep(REDIS_RETRY_SECONDS)
-        if self.pending:
-            LOG.error("%d feature batches could not be written to Redis at stop", len(self.pending))
+        if self.sink.pending:
+            LOG.error("%d feature batches could not be written to Redis at stop; they stay in the spill %s for the "
+                      "next start", self.sink.pending, self.sink.spill.root)
         self.publisher.close()
         self.subscriber.close()
 
@@ -101,6 +165,9 @@ class Featurizer:
 
     def step(self, timeout_ms: int) -> int:
         """Read up to MAX_BATCHES_PER_STEP batches (waiting up to timeout_ms for the first), emit what closed."""
+        if not self.prepare():
+            time.sleep(timeout_ms / 1000)
+            return 0
         n = 0
         msg = self.subscriber.recv(timeout_ms)
         while msg is not None:
@@ -111,9 +178,12 @@ class Featurizer:
             msg = self.subscriber.recv(0)
         for ex, fx in self.exchanges.items():
             self.emit(ex, fx.closed())
-        if self.pending:
-            self._write_pending()
+        self.sink.write()
         return n
+
+    @property
+    def pending(self) -> int:
+        return self.sink.pending
 
     def ingest(self, topic: bytes, payload: bytes) -> None:
         try:
@@ -137,11 +207,35 @@ class Featurizer:
         except (ValueError, TypeError, IndexError, msgpack.UnpackException) as err:
             self._bad(topic.decode(), err)
             return
+        if channel == "l2_book" and (exchange, symbol) in self.awaiting_book:
+            self._book_seeded(exchange, symbol, data)
+        if (exchange, symbol) in self.tainted:
+            self.tainted.discard((exchange, symbol))
+            self._incomplete_until(exchange, symbol, fx.open_until_ns())
         if late:
             metrics.FEATURE_LATE_RECORDS.labels(exchange, channel).inc(late)
             LOG.warning("exchange=%s channel=%s symbol=%s: %d records arrived after their slice closed (watermark "
                         "passed by more than featurizer.allowed_lateness_seconds); counted, not in any slice",
                         exchange, channel, symbol, late)
+
+    def _book_seeded(self, exchange: str, symbol: str, data: list[list[object]]) -> None:
+        snapshots = [row for row in data if row[BOOK_SNAPSHOT_COLUMN]]
+        if not snapshots:
+            return
+        self.awaiting_book.discard((exchange, symbol))
+        seen = round(float(snapshots[-1][1]) * NS_PER_SECOND)  # type: ignore[arg-type]
+        base = self.exchanges[exchange].base_ns
+        self._incomplete_until(exchange, symbol, seen - seen % base + base)
+        LOG.info("exchange=%s channel=l2_book symbol=%s: book rebuilt from a snapshot", exchange, symbol)
+
+    def _bus_loss(self, topic: bytes, lost: int) -> None:
+        """Lost batches of a symbol, seen as the batch after them arrives: once that batch is in, every slice
+        of the symbol up to the newest one open may miss records."""
+        try:
+            _, exchange, symbol = parse_market_topic(topic)
+        except ValueError:
+            return
+        self.tainted.add((exchange, symbol))
 
     def _bad(self, topic: str, err: Exception) -> None:
         self.bad_batches += 1
@@ -153,36 +247,32 @@ class Featurizer:
     def emit(self, exchange: str, closed: list[Closed]) -> None:
         now = time.time()
         for batch in closed:
-            out = rows(batch.symbol, batch.interval, batch.slices, now)
+            slices = self._not_yet_emitted(exchange, batch)
+            if len(slices) == 0:
+                continue
+            complete = self._complete(exchange, batch, slices)
+            out = rows(batch.symbol, batch.interval, slices, now, complete)
             self.publisher.publish(features_topic(batch.interval, exchange, batch.symbol), encode_rows(out))
-            self._keep_for_redis(exchange, out)
+            self.sink.add(exchange, out)
             metrics.FEATURE_SLICES.labels(exchange, batch.interval).inc(len(out))
-            end_ns = int(batch.slices["start"][-1]) + interval_ns(batch.interval)
+            end_ns = int(slices["start"][-1]) + interval_ns(batch.interval)
             metrics.FEATURE_LATENCY.labels(exchange).set(now - end_ns / NS_PER_SECOND)
 
-    def _keep_for_redis(self, exchange: str, out: list[tuple[object, ...]]) -> None:
-        self.pending.append((exchange, out))
-        if len(self.pending) > MAX_PENDING_BATCHES:  # Redis has been down for long: bound the memory, say so
-            lost_exchange, lost = self.pending.pop(0)
-            LOG.error("exchange=%s: Redis unreachable for %d feature batches; dropped the oldest (%d slices) from "
-                      "the lake path (they were published on the bus; featurizer backfill recomputes them)",
-                      lost_exchange, MAX_PENDING_BATCHES, len(lost))
+    def _not_yet_emitted(self, exchange: str, batch: Closed) -> Slices:
+        keep = np.array([not self.sink.already_emitted(exchange, batch.symbol, batch.interval, int(start))
+                         for start in batch.slices["start"]], dtype=bool)
+        if not keep.all():
+            self.suppressed += int((~keep).sum())
+            LOG.warning("exchange=%s symbol=%s interval=%s: %d slices already in the cache from an earlier run (it "
+                        "stopped inside them, so they are marked incomplete); not emitted again", exchange,
+                        batch.symbol, batch.interval, int((~keep).sum()))
+        kept: Slices = batch.slices[keep]
+        return kept
 
-    def _write_pending(self) -> None:
-        if time.monotonic() - self._last_redis_error < REDIS_RETRY_SECONDS:
-            return  # Redis failed just now: do not stall the bus on every step
-        pipe = self.client.pipeline(transaction=False)
-        for exchange, out in self.pending:
-            pipe.xadd(stream_key(exchange, FEATURES_CHANNEL), encode_batch(FEATURES_CHANNEL, out),  # type: ignore[arg-type]
-                      maxlen=self.cfg.redis.stream_maxlen, approximate=True)
-        try:
-            pipe.execute()
-        except (redis.RedisError, OSError) as err:
-            LOG.error("Redis write of %d feature batches failed (%s); keeping them, retrying in %.0fs",
-                      len(self.pending), err, REDIS_RETRY_SECONDS)
-            self._last_redis_error = time.monotonic()
-            return
-        self.pending.clear()
+    def _complete(self, exchange: str, batch: Closed, slices: Slices) -> npt.NDArray[np.bool_]:
+        if not batch.complete or (exchange, batch.symbol) in self.awaiting_book:
+            return np.zeros(len(slices), dtype=bool)
+        return np.asarray(slices["start"] >= self.complete_from.get((exchange, batch.symbol), UNSEEN))
 
 
 def run(cfg: Config, redis_url: str) -> None:

@@ -25,7 +25,7 @@ from data_feed.schemas import GapReason
 
 TRADES = "trades"
 TRADE_ID_INDEX = 3  # of a cached trades row: (symbol, ts_event, ts_recv, id, id_text, side, price, amount)
-RECV_INDEX = 2
+EVENT_INDEX, RECV_INDEX = 1, 2
 GapRow = tuple[str, float, float, str, str, int | None, int | None, str]
 Key = tuple[str, str]  # (channel, symbol)
 
@@ -34,18 +34,19 @@ Key = tuple[str, str]  # (channel, symbol)
 class Mark:
     ts_recv: float
     last_id: int | None = None
+    ts_event: float = 0.0  # the newest exchange time (the featurizer's restart reads it)
 
     def pack(self) -> str:
-        return f"{self.ts_recv!r} {'' if self.last_id is None else self.last_id}"
+        return f"{self.ts_recv!r} {'' if self.last_id is None else self.last_id} {self.ts_event!r}"
 
     @classmethod
     def unpack(cls, text: str) -> Mark:
-        recv, _, last = text.partition(" ")
-        return cls(float(recv), int(last) if last else None)
+        recv, last, event = [*text.split(" "), "", ""][:3]
+        return cls(float(recv), int(last) if last else None, float(event) if event else 0.0)
 
     def merged(self, other: Mark) -> Mark:
         ids = [i for i in (self.last_id, other.last_id) if i is not None]
-        return Mark(max(self.ts_recv, other.ts_recv), max(ids) if ids else None)
+        return Mark(max(self.ts_recv, other.ts_recv), max(ids) if ids else None, max(self.ts_event, other.ts_event))
 
 
 @dataclass
@@ -66,6 +67,7 @@ class Summary:
     last_recv: float
     min_id: int | None
     max_id: int | None
+    max_event: float = 0.0
 
 
 def summarize(channel: str, rows: Sequence[Sequence[Any]]) -> dict[str, Summary]:
@@ -81,7 +83,8 @@ def summarize(channel: str, rows: Sequence[Sequence[Any]]) -> dict[str, Summary]
     for symbol, group in groups.items():
         recvs = list(map(itemgetter(RECV_INDEX), group))
         ids = [i for i in map(itemgetter(TRADE_ID_INDEX), group) if i is not None] if channel == TRADES else []
-        out[symbol] = Summary(min(recvs), max(recvs), min(ids) if ids else None, max(ids) if ids else None)
+        out[symbol] = Summary(min(recvs), max(recvs), min(ids) if ids else None, max(ids) if ids else None,
+                              max(map(itemgetter(EVENT_INDEX), group)))
     return out
 
 
@@ -127,7 +130,7 @@ class GapTracker:
         return [self._row(channel, symbol, gap, first.first_recv, first.min_id) for gap in gaps]
 
     def _advance(self, channel: str, symbol: str, summary: Summary) -> None:
-        new = Mark(summary.last_recv, summary.max_id)
+        new = Mark(summary.last_recv, summary.max_id, summary.max_event)
         old = self.marks.get((channel, symbol))
         self.marks[(channel, symbol)] = new if old is None else old.merged(new)
 

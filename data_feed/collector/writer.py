@@ -49,6 +49,7 @@ from cryptofeed.types import Candle, Funding, Liquidation, OpenInterest, OrderBo
 from data_feed import metrics
 from data_feed.bus import Publisher
 from data_feed.cache import (
+    BOOK_SNAPSHOT_REQUEST_KEY,
     ENTRY_PAYLOAD_FIELD,
     STATE_FRAMES_FIELD,
     STATE_FRAMES_OPEN_FIELD,
@@ -88,6 +89,7 @@ MS_EPOCH_THRESHOLD = 1e11
 RECV_STEP_SECONDS = 1e-6  # book messages of one symbol get distinct receive times at least this far apart
 STOP_FLUSH_SECONDS = 30.0  # how long stop() keeps retrying Redis for what it still holds
 SPILL_FILES_PER_FLUSH = 50  # spilled files written back per stream and flush, at most
+SNAPSHOT_REQUEST_CHECK_SECONDS = 1.0  # how often the flusher looks for a featurizer's book snapshot request
 
 
 def _chunks(rows: list[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
@@ -145,6 +147,8 @@ class StreamWriter:
         self._prepared = False
         self._bounded: set[str] = set()  # streams at their bound (logged once per episode)
         self._retry_delay = 0.0
+        self._snapshot_answered = 0.0  # the newest book snapshot request answered
+        self._snapshot_checked = 0.0
         self.batch_max_records = cfg.batch_max_records
         self.bus: Publisher | None = None  # set when the bus runs: each accepted batch is also published
         self.trade = TradeCallback(self)
@@ -254,6 +258,7 @@ class StreamWriter:
                 self._kick.clear()
                 if self._stopping.is_set():
                     break
+                await self._answer_snapshot_request()
                 await self.flush()
                 if self._retry_delay:
                     with contextlib.suppress(TimeoutError):
@@ -263,6 +268,26 @@ class StreamWriter:
             LOG.exception("exchange=%s: the flusher failed (%s: %s); stopping the collector so it is restarted",
                           self.exchange, type(err).__name__, err)
             os.kill(os.getpid(), signal.SIGTERM)  # cryptofeed's handler stops the feed; run() exits non-zero
+
+    async def _answer_snapshot_request(self) -> None:
+        """A restarted featurizer asks for every book once (it has none to apply deltas to): send each book
+        the feed keeps as one snapshot message, like any book message (cache, lake and bus alike)."""
+        now = time.monotonic()
+        if not self._prepared or now - self._snapshot_checked < SNAPSHOT_REQUEST_CHECK_SECONDS:
+            return
+        self._snapshot_checked = now
+        try:
+            raw = await self.client.get(BOOK_SNAPSHOT_REQUEST_KEY)
+        except (aioredis.RedisError, OSError):
+            return  # the flush reports Redis trouble
+        asked = float(raw) if raw else 0.0
+        if asked <= self._snapshot_answered:
+            return
+        self._snapshot_answered = asked
+        books = dict(getattr(self.feed, "_l2_book", None) or {})  # cryptofeed's Feed keeps one per symbol
+        for book in books.values():
+            await self.book(_FullBook(book), time.time())
+        LOG.info("exchange=%s: sent a full snapshot of %d books on request", self.exchange, len(books))
 
     # -- start-up ----------------------------------------------------------------------------
 
@@ -286,6 +311,8 @@ class StreamWriter:
         for key, info in zip(keys, infos, strict=True):
             self.ids[key] = EntryIds.after(self._last_id(key, last_generated_id(info)), int(now * MS_PER_SECOND))
         self._restore_marks({k.decode(): v.decode() for k, v in state.items()}, now)
+        asked = await self.client.get(BOOK_SNAPSHOT_REQUEST_KEY)
+        self._snapshot_answered = float(asked) if asked else 0.0  # requests before this start: our books are new
         await self.client.hset(collector_state_key(self.exchange), mapping={  # type: ignore[misc]
             STATE_STARTED_FIELD: repr(now), STATE_FRAMES_FIELD: 0, STATE_FRAMES_OPEN_FIELD: 0})
         self._prepared = True
@@ -544,6 +571,31 @@ class StreamWriter:
         if gaps:
             by_channel[GAPS_CHANNEL] = list(gaps)
         self.bus.publish_batches(self.exchange, by_channel)
+
+
+@dataclass(frozen=True)
+class _FullBook:
+    """A cryptofeed book presented as a snapshot message (no delta): the BookCallback writes every level."""
+
+    source: Any
+
+    @property
+    def symbol(self) -> str:
+        return str(self.source.symbol)
+
+    @property
+    def book(self) -> Any:
+        return self.source.book
+
+    @property
+    def timestamp(self) -> Any:
+        return self.source.timestamp
+
+    @property
+    def sequence_number(self) -> Any:
+        return self.source.sequence_number
+
+    delta = None
 
 
 class _Callback:

@@ -123,12 +123,13 @@ def test_features_are_kept_while_redis_is_unreachable_and_written_once_it_answer
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         dead_port = s.getsockname()[1]
-    fz.client = redis.Redis(port=dead_port, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    fz.prepare()
+    fz.sink.client = redis.Redis(port=dead_port, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
     pub.publish(b"trades.BINANCE.BTC-USDT", encode_rows([trade("BTC-USDT", T0 + 0.1, 100.0, 1.0),
                                                          trade("BTC-USDT", T0 + 5.0, 100.0, 1.0)]))
     pump(fz)
     assert fz.pending and b"features.1s.BINANCE.BTC-USDT" in received(rig["consumer"])  # the bus did not wait
-    fz.client = rig["client"]
+    fz.sink.client = rig["client"]
     time.sleep(REDIS_RETRY_SECONDS)
     pump(fz, 1)
     assert not fz.pending and rig["client"].xlen(stream_key("BINANCE", "features")) > 0
