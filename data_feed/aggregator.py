@@ -241,7 +241,8 @@ class Aggregator:
                   len(record.entries), path, key)
         now = time.time()
         detail = f"{len(gone)} stream entries of {path} gone before they landed: {', '.join(gone[:10])}"
-        row = (sk.symbol, now, now, sk.channel, GapReason.LOST_ENTRIES.value, None, None, detail[:500])
+        row = (sk.symbol, now, now, sk.channel, GapReason.LOST_ENTRIES.value, None, None, detail[:500],
+               sk.start_ns, sk.start_ns + self.width_ns)
         self.client.xadd(stream_key(sk.exchange, GAPS_CHANNEL), encode_batch(GAPS_CHANNEL, [row]))  # type: ignore[arg-type]
         metrics.GAPS.labels(sk.exchange, sk.channel, GapReason.LOST_ENTRIES.value).inc()
 

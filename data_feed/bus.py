@@ -19,6 +19,7 @@ import logging
 import os
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from operator import itemgetter
 from pathlib import Path
@@ -36,7 +37,7 @@ SUBSCRIBE_SOCKET_NAME = "bus-subscribe.sock"
 TOPIC_SEPARATOR = "."
 PROXY_STOP_TIMEOUT_SECONDS = 5.0
 PUBLISHER_LINGER_MS = 1000  # at close, how long queued batches may still go out
-SEQUENCE = struct.Struct(">QQ")  # (publisher id, sequence number of this topic from that publisher)
+SEQUENCE = struct.Struct(">QQQ")  # (publisher id, its start in ns, sequence number of this topic from it)
 
 
 def endpoints(cfg: Config) -> tuple[str, str]:
@@ -109,12 +110,13 @@ class Publisher:
         self.sock.setsockopt(zmq.LINGER, PUBLISHER_LINGER_MS)
         self.sock.connect(endpoint)
         self.publisher_id = (os.getpid() << 20) ^ (id(self) & 0xFFFFF)
+        self.started_ns = time.time_ns()
         self.sequence: dict[bytes, int] = {}
 
     def publish(self, topic: bytes, payload: bytes) -> None:
         seq = self.sequence.get(topic, 0) + 1
         self.sequence[topic] = seq
-        self.sock.send_multipart([topic, payload, SEQUENCE.pack(self.publisher_id, seq)])
+        self.sock.send_multipart([topic, payload, SEQUENCE.pack(self.publisher_id, self.started_ns, seq)])
 
     def publish_batches(self, exchange: str, batches: dict[str, list[tuple[Any, ...]]]) -> None:
         """Publish each channel's rows as one batch per symbol (the collector's flush)."""
@@ -139,6 +141,7 @@ class Subscriber:
             self.sock.setsockopt(zmq.SUBSCRIBE, prefix)
         self.last: dict[tuple[bytes, int], int] = {}
         self.missing = 0
+        self.started_ns = time.time_ns()  # a publisher started after this whose first batch is not 1 lost some
         self.on_loss: Callable[[bytes, int], None] | None = None  # (topic, batches lost): e.g. mark slices
 
     def recv(self, timeout_ms: int) -> tuple[bytes, bytes] | None:
@@ -152,13 +155,17 @@ class Subscriber:
         self._check_sequence(topic, *SEQUENCE.unpack(seq_frame))
         return topic, payload
 
-    def _check_sequence(self, topic: bytes, publisher: int, seq: int) -> None:
+    def _check_sequence(self, topic: bytes, publisher: int, publisher_started_ns: int, seq: int) -> None:
+        """Batches missing from a publisher's sequence are lost; so are the first ones of a publisher that
+        started after this subscriber (sent before its connection to the proxy had the subscriptions)."""
         from data_feed import metrics
 
         key = (topic, publisher)
         last = self.last.get(key)
         self.last[key] = seq
-        if last is None or seq == last + 1:
+        if last is None:
+            last = 0 if publisher_started_ns > self.started_ns else seq - 1
+        if seq == last + 1:
             return
         lost = seq - last - 1
         self.missing += lost

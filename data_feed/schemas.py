@@ -127,6 +127,10 @@ GAPS = pa.schema(
         pa.field("first_missing", pa.int64()),  # first missing sequence number or trade id, when known
         pa.field("last_missing", pa.int64()),  # last missing sequence number or trade id, when known
         pa.field("detail", pa.string()),
+        # exchange time without data, when known: from the last record before the outage to the first after it
+        # (null: unknown or, for missing_to_ts, not over yet); slices overlapping it are marked incomplete
+        pa.field("missing_from_ts", TS),
+        pa.field("missing_to_ts", TS),
     ]
 )
 

@@ -26,9 +26,9 @@ import pyarrow.parquet as pq
 
 from data_feed.catalog import CatalogFile, LocalCatalog
 from data_feed.config import FEATURES_CHANNEL, FeaturizerConfig
-from data_feed.schemas import schema_for
+from data_feed.schemas import GapReason, schema_for
 from featurizer.engine import Closed, ExchangeFeaturizer
-from featurizer.features import COMPLETE_COLUMN, VALUE_COLUMNS, values
+from featurizer.features import COMPLETE_COLUMN, VALUE_COLUMNS, interval_ns, overlaps, values
 
 LOG = logging.getLogger("featurizer.backfill")
 
@@ -36,6 +36,7 @@ NS_PER_MICROSECOND = 1000  # collector times are whole microseconds; the lake's 
 TRADE_COLUMNS = ["ts_event", "ts_recv", "side", "price", "amount"]
 BOOK_COLUMNS = ["ts_event", "ts_recv", "side", "price", "size", "snapshot"]
 CHANNELS = ("trades", "l2_book")
+GAP_COLUMNS = ["ts_event", "channel", "reason", "missing_from_ts", "missing_to_ts"]
 
 Progress = Callable[[int], None]  # called with how many records were just processed
 
@@ -98,6 +99,28 @@ def _runs(keys: np.ndarray[tuple[int], np.dtype[np.int64]]) -> Iterator[tuple[in
     yield from zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)
 
 
+def gap_windows(root: Path, exchange: str) -> dict[str, list[tuple[int, int]]]:
+    """Per symbol, the exchange time (ns) the lake's gaps rows say trades or book rows are missing, as the
+    live featurizer reads them from the bus (a clean stop is not a gap: the end of the data is flushed)."""
+    catalog = LocalCatalog(root)
+    snap = catalog.snapshot()
+    try:
+        files = [f for f in snap.files.get("gaps", []) if f.exchange == exchange]
+        tables = [pq.read_table(root / f.path, columns=GAP_COLUMNS).append_column(
+            "symbol", pa.array([f.symbol] * pq.read_metadata(root / f.path).num_rows, pa.string())) for f in files]
+    finally:
+        catalog.release(snap.lease)
+    out: dict[str, list[tuple[int, int]]] = {}
+    for table in tables:
+        for row in table.to_pylist():
+            if row["channel"] not in CHANNELS or row["reason"] == GapReason.STOPPED:
+                continue
+            lo = row["missing_from_ts"] if row["missing_from_ts"] is not None else row["ts_event"]
+            hi = row["missing_to_ts"] if row["missing_to_ts"] is not None else row["ts_event"]
+            out.setdefault(row["symbol"], []).append((int(lo), int(hi)))
+    return out
+
+
 def featurize_exchange(fx: ExchangeFeaturizer, trades: pa.Table, book: pa.Table,
                        progress: Progress | None = None) -> list[Closed]:
     """Feed both channels to ``fx`` in arrival (ts_recv) order, as the bus would have; return every slice."""
@@ -144,8 +167,10 @@ def _columns(table: pa.Table, names: list[str]) -> dict[str, np.ndarray[Any, Any
     return out
 
 
-def features_table(exchange: str, closed: list[Closed], ts_recv_ns: int) -> pa.Table:
-    """Closed slices as a ``features`` table with ``exchange`` and ``symbol`` columns (the lake's view)."""
+def features_table(exchange: str, closed: list[Closed], ts_recv_ns: int,
+                   windows: dict[str, list[tuple[int, int]]] | None = None) -> pa.Table:
+    """Closed slices as a ``features`` table with ``exchange`` and ``symbol`` columns (the lake's view); a
+    slice closed by the final flush, or touching a gap window, is incomplete."""
     schema = schema_for(FEATURES_CHANNEL)
     parts = []
     for batch in closed:
@@ -160,7 +185,9 @@ def features_table(exchange: str, closed: list[Closed], ts_recv_ns: int) -> pa.T
             col = vals[name]
             mask = col == -1 if name in ("first_trade_ts", "last_trade_ts") else None
             cols[name] = pa.array(col, schema.field(name).type, mask=mask)
-        cols[COMPLETE_COLUMN] = pa.array([batch.complete] * n, pa.bool_())
+        touched = overlaps(batch.slices["start"].astype(np.int64), interval_ns(batch.interval),
+                           (windows or {}).get(batch.symbol, []))
+        cols[COMPLETE_COLUMN] = pa.array(batch.complete & ~touched, pa.bool_())
         parts.append(pa.table(cols))
     if not parts:
         return pa.table({"exchange": pa.array([], pa.string()), "symbol": pa.array([], pa.string()),
@@ -187,5 +214,5 @@ def backfill(root: Path, exchanges: list[str], cfg: FeaturizerConfig, slice_seco
         if fx.late_trades or fx.late_book_rows:
             LOG.warning("exchange=%s: %d trades and %d book rows were late (after their slice closed)", exchange,
                         fx.late_trades, fx.late_book_rows)
-        tables.append(features_table(exchange, closed, ts_recv_ns))
+        tables.append(features_table(exchange, closed, ts_recv_ns, gap_windows(root, exchange)))
     return pa.concat_tables(tables)

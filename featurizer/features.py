@@ -94,3 +94,12 @@ def rows(symbol: str, interval: str, slices: Slices, ts_recv_s: float,
     flags = [bool(c) for c in complete]
     return [(symbol, start, ts_recv_s, interval, *vs, flag)
             for start, flag, *vs in zip(starts, flags, *columns, strict=True)]
+
+
+def overlaps(starts: npt.NDArray[np.int64], width_ns: int, windows: list[tuple[int, int]]) -> npt.NDArray[np.bool_]:
+    """Which slices [start, start + width) share time with any window [lo, hi] (exchange time, ns): a gap in
+    the data makes the slices it touches incomplete."""
+    hit = np.zeros(len(starts), dtype=bool)
+    for lo, hi in windows:
+        hit |= (starts <= hi) & (starts + width_ns > lo)
+    return hit

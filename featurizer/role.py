@@ -10,7 +10,8 @@ A slice is never presented as whole when it is not: its ``complete`` column is F
   exchange time already cached (the collectors' marks); slices up to that one may miss records;
 - it had no book to apply deltas to: after a restart it asks the collectors for a full snapshot
   of every book (``cache.BOOK_SNAPSHOT_REQUEST_KEY``) and slices up to the snapshot's are incomplete;
-- bus batches of its symbol were lost while it was open;
+- bus batches of its symbol were lost while it was open, or a collector's gaps row (on the bus
+  before the data that ends it) says records of its time are missing;
 - a stop closed it before the watermark passed it.
 A feature key already in the cache (an earlier run closed it at its stop) is not emitted again.
 
@@ -24,8 +25,10 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -45,10 +48,11 @@ from data_feed.bus import (
 )
 from data_feed.cache import BOOK_SNAPSHOT_REQUEST_KEY, collector_state_key, parse_mark_field
 from data_feed.collector.gaps import Mark
-from data_feed.config import Config
+from data_feed.config import GAPS_CHANNEL, Config
+from data_feed.schemas import GapReason, batch_columns
 from data_feed.spill import Spill
 from featurizer.engine import Closed, ExchangeFeaturizer
-from featurizer.features import Slices, interval_ns, rows
+from featurizer.features import Slices, interval_ns, overlaps, rows
 from featurizer.sink import FeatureSink
 
 LOG = logging.getLogger("featurizer")
@@ -64,6 +68,10 @@ SUBSCRIBE_SETTLE_SECONDS = 0.3  # a subscription takes a moment to reach the pro
 NS_PER_SECOND = 1_000_000_000
 BYTES_PER_MB = 1024 * 1024
 UNSEEN = -1  # complete_from of a symbol the featurizer saw from its first record
+GAP_COLUMNS = batch_columns(GAPS_CHANNEL)
+GAP_FROM_COLUMN, GAP_TO_COLUMN = GAP_COLUMNS.index("missing_from_ts"), GAP_COLUMNS.index("missing_to_ts")
+GAP_REASON_COLUMN = GAP_COLUMNS.index("reason")
+MAX_WINDOWS_PER_SYMBOL = 1000  # the newest kept: older ones lie before every slice still open
 
 
 class Featurizer:
@@ -71,7 +79,7 @@ class Featurizer:
         self.cfg = cfg
         self.client = client
         publish, subscribe = endpoints(cfg)
-        self.subscriber = Subscriber(subscribe, [channel_prefix(ch) for ch in INPUT_CHANNELS],
+        self.subscriber = Subscriber(subscribe, [channel_prefix(ch) for ch in (*INPUT_CHANNELS, GAPS_CHANNEL)],
                                      cfg.bus.high_water_mark)
         self.subscriber.on_loss = self._bus_loss
         self.publisher = Publisher(publish, cfg.bus.high_water_mark)
@@ -81,6 +89,7 @@ class Featurizer:
         self.complete_from: dict[tuple[str, str], int] = {}  # slices starting before this are incomplete (ns)
         self.awaiting_book: set[tuple[str, str]] = set()  # symbols whose book needs a snapshot first
         self.tainted: set[tuple[str, str]] = set()  # symbols whose bus batches were lost just now
+        self.windows: dict[tuple[str, str], list[tuple[int, int]]] = {}  # exchange time with data missing (ns)
         self.stopping = False
         self.prepared = False
         self.bad_batches = 0
@@ -192,6 +201,9 @@ class Featurizer:
             self._bad(topic.decode(errors="replace"), err)
             return
         fx = self.exchanges.get(exchange)
+        if channel == GAPS_CHANNEL and fx is not None:
+            self._gaps(exchange, payload)
+            return
         if channel not in INPUT_CHANNELS:
             LOG.error("exchange=%s channel=%s symbol=%s: not a featurizer input channel; ignored", exchange, channel,
                       symbol)
@@ -228,14 +240,35 @@ class Featurizer:
         self._incomplete_until(exchange, symbol, seen - seen % base + base)
         LOG.info("exchange=%s channel=l2_book symbol=%s: book rebuilt from a snapshot", exchange, symbol)
 
+    def _gaps(self, exchange: str, payload: bytes) -> None:
+        """A collector's gaps rows: slices overlapping the time without data are not whole; a book that lost
+        updates is wrong until its next snapshot."""
+        try:
+            gap_rows = decode_rows(payload)
+        except (ValueError, msgpack.UnpackException) as err:
+            self._bad(f"gaps.{exchange}", err)
+            return
+        for row in gap_rows:
+            symbol, channel, reason = row[0], row[3], row[GAP_REASON_COLUMN]
+            if channel not in INPUT_CHANNELS or reason == GapReason.STOPPED:  # a stop: the flush marks the rest
+                continue
+            windows = self.windows.setdefault((exchange, symbol), [])
+            windows.append(gap_window(row))
+            del windows[:-MAX_WINDOWS_PER_SYMBOL]
+            if channel == "l2_book" and row[GAP_FROM_COLUMN] is None:  # lost updates: wrong until a resync
+                self.awaiting_book.add((exchange, symbol))
+
     def _bus_loss(self, topic: bytes, lost: int) -> None:
         """Lost batches of a symbol, seen as the batch after them arrives: once that batch is in, every slice
         of the symbol up to the newest one open may miss records."""
         try:
-            _, exchange, symbol = parse_market_topic(topic)
+            channel, exchange, symbol = parse_market_topic(topic)
         except ValueError:
             return
         self.tainted.add((exchange, symbol))
+        if channel == "l2_book":  # the book missed updates: wrong until a full snapshot
+            self.awaiting_book.add((exchange, symbol))
+            self.client.set(BOOK_SNAPSHOT_REQUEST_KEY, repr(time.time()))
 
     def _bad(self, topic: str, err: Exception) -> None:
         self.bad_batches += 1
@@ -272,7 +305,16 @@ class Featurizer:
     def _complete(self, exchange: str, batch: Closed, slices: Slices) -> npt.NDArray[np.bool_]:
         if not batch.complete or (exchange, batch.symbol) in self.awaiting_book:
             return np.zeros(len(slices), dtype=bool)
-        return np.asarray(slices["start"] >= self.complete_from.get((exchange, batch.symbol), UNSEEN))
+        starts = slices["start"].astype(np.int64)
+        complete = starts >= self.complete_from.get((exchange, batch.symbol), UNSEEN)
+        return complete & ~overlaps(starts, interval_ns(batch.interval), self.windows.get((exchange, batch.symbol), []))
+
+
+def gap_window(row: Sequence[Any]) -> tuple[int, int]:
+    """[from, to] exchange time (ns) of a gaps row without data; its detection instant when unknown."""
+    detected_ns = round(float(row[1]) * NS_PER_SECOND)
+    start, end = row[GAP_FROM_COLUMN], row[GAP_TO_COLUMN]
+    return (detected_ns if start is None else int(start), detected_ns if end is None else int(end))
 
 
 def run(cfg: Config, redis_url: str) -> None:

@@ -241,7 +241,7 @@ class FeatureSink:
             metrics.DROPPED_RECORDS.labels(WRITER_LABEL, FEATURES_CHANNEL).inc(len(batch.rows))
             detail = (f"{len(batch.rows)} feature slices dropped ({', '.join(sorted({r[3] for r in batch.rows}))}): "
                       f"stream at its bound and the spill full; recompute with featurizer backfill")
-            rows = [(sym, now, now, FEATURES_CHANNEL, GapReason.OVERFLOW.value, None, None, detail)
+            rows = [(sym, now, now, FEATURES_CHANNEL, GapReason.OVERFLOW.value, None, None, detail, None, None)
                     for sym in sorted({r[0] for r in batch.rows})]
             LOG.error("exchange=%s: %s", batch.exchange, detail)
             try:

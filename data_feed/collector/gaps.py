@@ -26,7 +26,9 @@ from data_feed.schemas import GapReason
 TRADES = "trades"
 TRADE_ID_INDEX = 3  # of a cached trades row: (symbol, ts_event, ts_recv, id, id_text, side, price, amount)
 EVENT_INDEX, RECV_INDEX = 1, 2
-GapRow = tuple[str, float, float, str, str, int | None, int | None, str]
+# (symbol, ts_event, ts_recv, channel, reason, first_missing, last_missing, detail, missing_from_ts, missing_to_ts)
+GapRow = tuple[str, float, float, str, str, int | None, int | None, str, int | None, int | None]
+NS_PER_SECOND = 1_000_000_000
 Key = tuple[str, str]  # (channel, symbol)
 
 
@@ -57,6 +59,7 @@ class OpenGap:
     after_id: int | None  # highest trade id before the outage, when known
     detail: str
     boundary: int = 0  # rows of the current buffer before this position precede the outage
+    since_event: float | None = None  # exchange time of the newest record before the outage, when known
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class Summary:
     min_id: int | None
     max_id: int | None
     max_event: float = 0.0
+    min_event: float = 0.0
 
 
 def summarize(channel: str, rows: Sequence[Sequence[Any]]) -> dict[str, Summary]:
@@ -83,8 +87,9 @@ def summarize(channel: str, rows: Sequence[Sequence[Any]]) -> dict[str, Summary]
     for symbol, group in groups.items():
         recvs = list(map(itemgetter(RECV_INDEX), group))
         ids = [i for i in map(itemgetter(TRADE_ID_INDEX), group) if i is not None] if channel == TRADES else []
+        events = list(map(itemgetter(EVENT_INDEX), group))
         out[symbol] = Summary(min(recvs), max(recvs), min(ids) if ids else None, max(ids) if ids else None,
-                              max(map(itemgetter(EVENT_INDEX), group)))
+                              max(events), min(events))
     return out
 
 
@@ -99,7 +104,7 @@ class GapTracker:
         ``since``: when data may have stopped, for a (channel, symbol) without a mark."""
         mark = self.marks.get((channel, symbol))
         gap = OpenGap(reason, detected, mark.ts_recv if mark else since, mark.last_id if mark else None, detail,
-                      boundary)
+                      boundary, mark.ts_event if mark else None)
         self.open.setdefault((channel, symbol), []).append(gap)
 
     def observe(self, channel: str, rows: Sequence[Sequence[Any]]) -> list[GapRow]:
@@ -120,14 +125,14 @@ class GapTracker:
             self._advance(channel, symbol, summarize(channel, before)[symbol])
             mark = self.marks[(channel, symbol)]
             for gap in gaps:
-                gap.since, gap.after_id = mark.ts_recv, mark.last_id
+                gap.since, gap.after_id, gap.since_event = mark.ts_recv, mark.last_id, mark.ts_event
         if not after:
             for gap in gaps:
                 gap.boundary = 0  # the next buffer is wholly after the outage
             return []
         del self.open[(channel, symbol)]
         first = summarize(channel, after)[symbol]
-        return [self._row(channel, symbol, gap, first.first_recv, first.min_id) for gap in gaps]
+        return [self._row(channel, symbol, gap, first.first_recv, first.min_id, first.min_event) for gap in gaps]
 
     def _advance(self, channel: str, symbol: str, summary: Summary) -> None:
         new = Mark(summary.last_recv, summary.max_id, summary.max_event)
@@ -135,13 +140,15 @@ class GapTracker:
         self.marks[(channel, symbol)] = new if old is None else old.merged(new)
 
     @staticmethod
-    def _row(channel: str, symbol: str, gap: OpenGap, resumed: float | None, first_id: int | None) -> GapRow:
+    def _row(channel: str, symbol: str, gap: OpenGap, resumed: float | None, first_id: int | None,
+             resumed_event: float | None = None) -> GapRow:
         first_missing = None if gap.after_id is None else gap.after_id + 1
         last_missing = None if first_id is None else first_id - 1
         since = "?" if gap.since is None else f"{gap.since:.6f}"
         until = "?" if resumed is None else f"{resumed:.6f}"
         detail = f"{gap.detail}; no data from {since} to {until}" if gap.detail else f"no data from {since} to {until}"
-        return (symbol, gap.detected, gap.detected, channel, gap.reason.value, first_missing, last_missing, detail)
+        return (symbol, gap.detected, gap.detected, channel, gap.reason.value, first_missing, last_missing, detail,
+                _ns(gap.since_event), _ns(resumed_event))
 
     def close_all(self, now: float, stopping: Sequence[Key]) -> list[GapRow]:
         """At a clean stop: every open gap (with no end) and a ``stopped`` row for each of ``stopping``."""
@@ -151,3 +158,8 @@ class GapTracker:
             self.open_gap(key[0], key[1], GapReason.STOPPED, now, "collector stopped")
             out += [self._row(key[0], key[1], gap, None, None) for gap in self.open.pop(key)]
         return out
+
+
+def _ns(seconds: float | None) -> int | None:
+    """Float epoch seconds (as cached) to int64 ns at the microsecond they hold; None stays None."""
+    return None if not seconds else round(seconds * 1_000_000) * 1000

@@ -191,7 +191,8 @@ class StreamWriter:
             last_missing: int | None = None, detail: str = "", when: float | None = None) -> None:
         """A row for the ``gaps`` table: data of (channel, symbol) may be missing from here on."""
         ts = time.time() if when is None else when
-        self._add_gap_rows([(symbol, ts, ts, channel, GapReason(reason).value, first_missing, last_missing, detail)])
+        self._add_gap_rows([(symbol, ts, ts, channel, GapReason(reason).value, first_missing, last_missing, detail,
+                             None, None)])
 
     def open_gap(self, symbol: str, channel: str, reason: str, detail: str = "", when: float | None = None) -> None:
         """An outage whose end is the next record of (channel, symbol): its row then bounds the missing ids."""
@@ -540,14 +541,15 @@ class StreamWriter:
     def _overflow(self, batches: list[Batch]) -> None:
         """The spill is full: these records are lost; each (channel, symbol) gets an ``overflow`` row."""
         now = time.time()
-        rows = []
+        rows: list[GapRow] = []
         for batch in batches:
             metrics.DROPPED_RECORDS.labels(self.exchange, batch.channel).inc(len(batch.rows))
             for symbol, s in summarize(batch.channel, batch.rows).items():
                 n = sum(1 for r in batch.rows if r[0] == symbol)
                 detail = (f"{n} records dropped: stream at its bound and the spill full ({self.cfg.spill_max_mb} MB);"
                           f" received {s.first_recv:.6f} to {s.last_recv:.6f}")
-                rows.append((symbol, now, now, batch.channel, GapReason.OVERFLOW.value, s.min_id, s.max_id, detail))
+                rows.append((symbol, now, now, batch.channel, GapReason.OVERFLOW.value, s.min_id, s.max_id, detail,
+                             round(s.min_event * 1e6) * 1000, round(s.max_event * 1e6) * 1000))
         LOG.error("exchange=%s: spill %s full; dropped %d records (written as overflow gaps)", self.exchange,
                   self.spill.root, sum(len(b.rows) for b in batches))
         self._add_gap_rows(rows)
@@ -565,11 +567,9 @@ class StreamWriter:
         """Accepted batches (in Redis or the spill) go on the bus too; dropped ones are gaps rows instead."""
         if self.bus is None or not (batches or gaps):
             return
-        by_channel: dict[str, list[tuple[Any, ...]]] = {}
-        for batch in batches:
+        by_channel: dict[str, list[tuple[Any, ...]]] = {GAPS_CHANNEL: list(gaps)} if gaps else {}
+        for batch in batches:  # after the gaps: a subscriber learns of an outage before the data that ends it
             by_channel.setdefault(batch.channel, []).extend(batch.rows)
-        if gaps:
-            by_channel[GAPS_CHANNEL] = list(gaps)
         self.bus.publish_batches(self.exchange, by_channel)
 
 

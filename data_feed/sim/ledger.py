@@ -59,7 +59,11 @@ class IdLedger:
         self.reserved.setdefault(exchange, {})[symbol] = {"trade": trade_id, "update": update_id}
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.reserved, sort_keys=True))
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(self.reserved, sort_keys=True))
+            os.replace(tmp, self.path)
+        except OSError as err:  # a full lake disk must not stop the market; the next reservation retries
+            LOG.error("simulator id ledger %s not written (%s); ids stay unique while this simulator runs",
+                      self.path, err)

@@ -46,7 +46,8 @@ PROTOCOLS: Final[dict[str, type[ExchangeProtocol]]] = {
 class Simulator:
     """Serves every exchange of `config.simulated()` over TLS on config.simulator.host/port."""
 
-    def __init__(self, config: Config, cert_dir: Path, port: int | None = None) -> None:
+    def __init__(self, config: Config, cert_dir: Path, port: int | None = None, ledger: Path | None = None) -> None:
+        """``ledger``: the id ledger file (``sim.ledger``); None numbers every market from 1 (tests)."""
         self.config = config
         self.listen_port = config.simulator.port if port is None else port  # a restart keeps its port
         self.cert_dir = Path(cert_dir)
@@ -54,7 +55,7 @@ class Simulator:
         self.protocols: dict[str, ExchangeProtocol] = {
             name: PROTOCOLS[name](ex, seed) for name, ex in config.simulated().items()
         }
-        self.ledger = IdLedger(ledger_path(config))
+        self.ledger = IdLedger(ledger)
         for name, proto in self.protocols.items():
             for state in proto.symbols.values():
                 self._continue_ids(name, state)
@@ -244,7 +245,7 @@ def replay_sessions(config: Config) -> dict[str, Session]:
 async def serve_forever(config: Config, cert_dir: Path, ready_file: Path | None = None,
                         port: int | None = None) -> None:
     """Run a Simulator until SIGINT/SIGTERM; once listening write {"port", "cert"} JSON to ready_file."""
-    sim = Simulator(config, cert_dir, port)
+    sim = Simulator(config, cert_dir, port, ledger_path(config))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

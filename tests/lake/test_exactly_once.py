@@ -73,11 +73,11 @@ def test_entry_spanning_two_slices_is_not_duplicated_when_killed_between_them(
     writes: list[Any] = []
     real_write = crashed.write
 
-    def write_once_then_die(sk: Any) -> None:
+    def write_once_then_die(sk: Any) -> bool:
         if writes:
             raise Crash("killed before the second slice")
         writes.append(sk)
-        real_write(sk)
+        return real_write(sk)
 
     monkeypatch.setattr(crashed, "write", write_once_then_die)
     with pytest.raises(Crash):

@@ -22,12 +22,15 @@ from data_feed.cache import collector_state_key
 from data_feed.query import run_query
 from data_feed.spawner import SIM_ACCOUNT_FILE
 from tests.conftest import ROOT, default_config_dict
+from tests.harness import wait_for
 
 CLI = str(ROOT / ".venv" / "bin" / "data-feed")
-RUN_SECONDS = 55
 KILLS_WANTED = 22
-KILL_AFTER_SECONDS = (0.1, 1.6)  # uniform: from mid-import to mid-write of a slice
+KILL_AFTER_SECONDS = (0.05, 1.5)  # uniform, after the aggregator started working: recovery to mid-write of a slice
 SEED = 20240611
+WORKING_LINE = "aggregating "  # logged once the aggregator has its lake and streams, before it recovers
+START_TIMEOUT_SECONDS = 90
+RESTART_TIMEOUT_SECONDS = 60
 
 
 def _config(tmp_path: Path, redis_url: str) -> Path:
@@ -55,34 +58,42 @@ def _aggregator_pid(port: int) -> int | None:
     return None
 
 
-def _kill_repeatedly(run_dir: Path, deadline: float) -> int:
+def _kill_repeatedly(run_dir: Path, proc: subprocess.Popen[str]) -> int:
+    """Kill each new aggregator once it is at work (its start-up logged), at a random instant after that."""
     rng = random.Random(SEED)
-    state = run_dir / "spawner.json"
-    while not state.exists():
-        time.sleep(0.1)
-    port = json.loads(state.read_text())["http_port"]
+    port = wait_for(lambda: _port(run_dir), START_TIMEOUT_SECONDS, "the spawner's status port")
+    log = run_dir / "logs" / "aggregator.log"
     kills, last_pid = 0, None
-    while kills < KILLS_WANTED and time.monotonic() < deadline:
-        pid = _aggregator_pid(port)
-        if pid is None or pid == last_pid:
-            time.sleep(0.05)
-            continue
+    while kills < KILLS_WANTED:
+        assert proc.poll() is None, "the pipeline exited during the kills"
+        pid = wait_for(lambda last=last_pid: (p := _aggregator_pid(port)) != last and p,  # type: ignore[misc]
+                       RESTART_TIMEOUT_SECONDS, "a restarted aggregator")
+        wait_for(lambda done=kills: log.read_text().count(WORKING_LINE) > done,  # type: ignore[misc]
+                 RESTART_TIMEOUT_SECONDS, "the aggregator to start working")
         time.sleep(rng.uniform(*KILL_AFTER_SECONDS))
         os.kill(pid, signal.SIGKILL)
         kills, last_pid = kills + 1, pid
     return kills
 
 
+def _port(run_dir: Path) -> int | None:
+    try:
+        return int(json.loads((run_dir / "spawner.json").read_text())["http_port"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 @pytest.mark.slow
 def test_aggregator_sigkilled_20_times_lands_every_trade_and_book_row_exactly_once(
         tmp_path: Path, redis_url: str) -> None:
     config = _config(tmp_path, redis_url)
-    started = time.monotonic()
-    proc = subprocess.Popen([CLI, "run", "--config", str(config), "--duration", str(RUN_SECONDS)],
+    proc = subprocess.Popen([CLI, "run", "--config", str(config), "--no-status"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        kills = _kill_repeatedly(tmp_path / "run", started + RUN_SECONDS - 8)
-        _, err = proc.communicate(timeout=RUN_SECONDS + 90)
+        kills = _kill_repeatedly(tmp_path / "run", proc)
+        time.sleep(3)  # the last aggregator lands what is due before the stop drains the rest
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
             proc.kill()
