@@ -4,11 +4,13 @@ overflow as gaps, outage gaps bounded by trade ids, and a stop that never cuts a
 from __future__ import annotations
 
 import asyncio
+import signal
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import msgpack
+import pytest
 import redis
 import redis.asyncio as aioredis
 from cryptofeed.types import Trade
@@ -194,3 +196,26 @@ def test_a_second_writer_for_one_stream_stops_the_first(tmp_path: Path, redis_ur
 
     err = asyncio.run(scenario())
     assert err is not None and "another writer" in str(err)
+
+
+def test_an_unexpected_flusher_error_is_logged_and_stops_the_collector_non_zero(
+        tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    signals: list[int] = []
+    monkeypatch.setattr("data_feed.collector.writer.os.kill", lambda pid, sig: signals.append(sig))
+
+    async def scenario() -> StreamWriter:
+        writer = _writer(redis_url, tmp_path)
+
+        def broken(taken: Any) -> Any:
+            raise RuntimeError("a bug in the flusher")
+
+        monkeypatch.setattr(writer, "_encode", broken)
+        writer.start(asyncio.get_running_loop())
+        await _trades(writer, 1, 5)
+        while not signals:
+            await asyncio.sleep(0.01)
+        return writer
+
+    writer = asyncio.run(scenario())
+    assert signals == [signal.SIGTERM]  # cryptofeed's handler stops the feed; the collector then exits 1
+    assert isinstance(writer.failed, RuntimeError)

