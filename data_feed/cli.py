@@ -329,7 +329,8 @@ def book(
         fail(str(err), EXIT_USAGE)
     except LookupError as err:
         fail(str(err))
-    table = Table(title=f"{exchange} {symbol} at {format_instant(at_ns)}")
+    typer.echo(f"{exchange} {symbol} at {format_instant(at_ns)}")
+    table = Table()
     for col in ("bid size", "bid", "ask", "ask size"):
         table.add_column(col, justify="right")
     bids, asks = view.levels["bid"], view.levels["ask"]

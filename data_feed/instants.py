@@ -13,6 +13,7 @@ INT64_MAX = 2**63 - 1
 SECONDS_PER_MINUTE = 60
 SECONDS_PER_HOUR = 3600
 SECONDS_PER_DAY = 86_400
+SHORT_AGE_SECONDS = 10  # below this, ages are shown to the millisecond
 _FRACTION_DIGITS = (  # (unit in ns, digits shown): the coarsest unit that holds every value exactly
     (NS_PER_SECOND, 0), (1_000_000, 3), (1000, 6), (1, 9))
 
@@ -58,8 +59,10 @@ def format_instant(ns: int, digits: int | None = None) -> str:
 
 
 def format_age(ns: int) -> str:
-    """A duration for people: ``37.2 s``, ``12.5 min``, ``3.0 h``, ``4.2 days``."""
+    """A duration for people: ``0.008 s``, ``37.2 s``, ``12.5 min``, ``3.0 h``, ``4.2 days``."""
     seconds = ns / NS_PER_SECOND
+    if abs(seconds) < SHORT_AGE_SECONDS:
+        return f"{seconds:.3f} s"
     if abs(seconds) < 2 * SECONDS_PER_MINUTE:
         return f"{seconds:.1f} s"
     if abs(seconds) < 2 * SECONDS_PER_HOUR:
