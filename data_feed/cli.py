@@ -441,8 +441,8 @@ def status(config: ConfigOpt = None) -> None:
     """List the running roles with PID, uptime, restarts, and the aggregator's lag; exit 1, saying why, unless
     every role is up."""
     cfg = load_config_or_exit(config)
-    state_file = RunDir(Path(cfg.spawner.run_dir)).spawner_file
-    health = _fetch_health(state_file)
+    run_dir = RunDir(Path(cfg.spawner.run_dir))
+    health = _fetch_health(run_dir.spawner_file)
     table = Table(title=f"data-feed: {health['status']} (spawner pid {health['pid']}, up {health['uptime_s']}s)")
     for col in ("role", "pid", "alive", "uptime (s)", "restarts"):
         table.add_column(col)
@@ -456,14 +456,14 @@ def status(config: ConfigOpt = None) -> None:
         lag.add_row(key, str(value))
     console.print(lag)
     if health["status"] != "ok":
-        fail(f"data-feed is {health['status']}: {'; '.join(unhealthy_reasons(health))}")
+        fail(f"data-feed is {health['status']}: {'; '.join(unhealthy_reasons(health, run_dir.logs_dir))}")
 
 
-def unhealthy_reasons(health: dict[str, Any]) -> list[str]:
+def unhealthy_reasons(health: dict[str, Any], logs_dir: Path) -> list[str]:
     """Why a /health body is not ok, one phrase per cause."""
     reasons = ["the spawner is stopping every role"] if health["status"] == "stopping" else []
-    reasons += [f"{r['role']} is not running (restarted {r['restarts']} times; see its log in "
-                f"<run_dir>/logs)" for r in health["roles"] if not r["alive"]]
+    reasons += [f"{r['role']} is not running (restarted {r['restarts']} times; see "
+                f"{logs_dir / (r['role'].replace(' ', '-') + '.log')})" for r in health["roles"] if not r["alive"]]
     return reasons or [f"/health says {health['status']}"]
 
 

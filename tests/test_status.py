@@ -56,6 +56,7 @@ def test_status_exits_nonzero_and_names_the_role_that_is_down(tmp_path: Path) ->
     assert degraded.returncode == 1
     assert degraded.stderr.startswith("error: data-feed is degraded: collector BINANCE is not running (restarted "), \
         degraded.stderr
+    assert degraded.stderr.endswith(f" times; see {run_dir / 'logs' / 'collector-BINANCE.log'})\n")
     assert "data-feed: degraded" in degraded.stdout and degraded.stderr.count("\n") == 1
 
 
