@@ -77,19 +77,17 @@ class OutputFormat(StrEnum):
     json = "json"
 
 
-def load_config_or_exit(config: Path | None, to_run: bool = False) -> Config:
-    """The config, or exit code 2 with every bad key's path on stderr (before anything starts). ``to_run``:
-    also every channel and simulated symbol must be one the exchange offers (``data_feed.preflight``)."""
+def load_config_or_exit(config: Path | None) -> Config:
+    """The config, or exit code 2 with every bad key's path on stderr (before anything starts)."""
     try:
-        cfg = load_config(config)
+        return load_config(config)
     except ConfigError as err:
         fail(str(err), EXIT_USAGE)
-    if to_run:
-        _exit_on_unoffered(cfg, str(config or DEFAULT_CONFIG_PATH))
-    return cfg
 
 
 def _exit_on_unoffered(cfg: Config, source: str) -> None:
+    """Exit 2 with the keys of every channel or simulated symbol an exchange does not offer. Imports the
+    collector modules (and so prometheus-client): in a pipeline run, only after ``prepare_environment``."""
     from data_feed.preflight import offered_problems
 
     problems = offered_problems(cfg)
@@ -113,7 +111,7 @@ def run(
     status: Annotated[bool, typer.Option(help="live status table (when stdout is a terminal)")] = True,
 ) -> None:
     """Run the whole pipeline (simulator, collectors, aggregator, featurizer) until Ctrl-C or --duration."""
-    _run_pipeline(load_config_or_exit(config, to_run=True), duration, status)
+    _run_pipeline(load_config_or_exit(config), duration, status, _source(config))
 
 
 @app.command()
@@ -126,13 +124,18 @@ def record(
     """Run the pipeline and also record every exchange's raw session (REST, websocket frames) for replay."""
     from data_feed.recorder import recording_config
 
-    _run_pipeline(recording_config(load_config_or_exit(config, to_run=True), out), duration, status)
+    _run_pipeline(recording_config(load_config_or_exit(config), out), duration, status, _source(config))
 
 
-def _run_pipeline(cfg: Config, duration: float | None, status: bool) -> None:
+def _source(config: Path | None) -> str:
+    return str(config or DEFAULT_CONFIG_PATH)
+
+
+def _run_pipeline(cfg: Config, duration: float | None, status: bool, source: str) -> None:
     _check_environment_or_exit(cfg)
     run_dir = RunDir(Path(cfg.spawner.run_dir))
     run_dir.prepare_environment()  # before prometheus_client is imported
+    _exit_on_unoffered(cfg, source)  # still before any role starts
     setup_logging("spawner")
     from data_feed.spawner import Spawner
 
@@ -213,7 +216,8 @@ def _print_summary(summary: dict[str, dict[str, int]]) -> None:
 @app.command()
 def sim(config: ConfigOpt = None) -> None:
     """Run the exchange simulator alone (every exchange whose source is 'simulator')."""
-    cfg = load_config_or_exit(config, to_run=True)
+    cfg = load_config_or_exit(config)
+    _exit_on_unoffered(cfg, _source(config))  # this process serves the simulator: no multiprocess metrics
     if not cfg.simulated():
         fail("no exchange in the config has source: simulator", EXIT_USAGE)
     setup_logging("simulator")
@@ -240,10 +244,10 @@ def replay(
         cfg = replay_config(load_config_or_exit(config), files, pace, lake)
     except (ValueError, OSError, ConfigError, SessionError) as err:
         fail(str(err), EXIT_USAGE)
-    _exit_on_unoffered(cfg, "replay")
     _check_environment_or_exit(cfg)
     run_dir = RunDir(Path(cfg.spawner.run_dir))
-    run_dir.prepare_environment()
+    run_dir.prepare_environment()  # before prometheus_client is imported
+    _exit_on_unoffered(cfg, "replay")
     setup_logging("spawner")
     try:
         served, summary = run_replay(cfg, run_dir)

@@ -8,8 +8,8 @@ restart-loops. Symbols of live and replayed exchanges are not checked: cryptofee
 the exchange's REST API, which is not offline. The checks import cryptofeed (and so aiohttp), which is why
 they run in the CLI and not in ``data_feed.config``, which every role imports before its TLS setup.
 
-``check_environment`` runs right before the spawner: ``lake.root`` must be a directory this process can
-write (unless the lake is on S3) and ``spawner.http_port`` must be free.
+``check_environment`` runs before the run directory is prepared: ``lake.root`` must be a directory this
+process can write, or creatable in one (unless the lake is on S3), and ``spawner.http_port`` must be free.
 """
 
 from __future__ import annotations
@@ -81,10 +81,15 @@ def check_environment(cfg: Config) -> None:
 
 
 def check_lake_writable(root: Path) -> None:
-    """The lake root exists (created if missing) and a file can be created in it and in its catalog."""
+    """The lake root (or, while it does not exist, the directory it will be created in) takes new files, and
+    its catalog, when there is one, can be written. Creates nothing that outlives the check."""
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=root, prefix=".preflight-"):
+        if not probe.is_dir():
+            raise NotADirectoryError(f"{probe} is not a directory")
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".preflight-"):
             pass
     except OSError as err:
         raise PreflightError(f"lake.root {root} is not a writable directory: {err.strerror or err}") from None

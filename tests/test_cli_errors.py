@@ -186,7 +186,8 @@ def test_channels_and_symbols_an_exchange_does_not_offer_are_config_errors_namin
         "  exchanges.BYBIT.funding.symbols: BTC-USDT is not listed by the simulated BYBIT for funding (it lists "
         "BTC-USDT-PERP, ETH-USDT-PERP, SOL-USDT-PERP)",
     ]
-    assert not (tmp_path / "run").exists() and not (tmp_path / "lake").exists()  # nothing started
+    assert not list((tmp_path / "run").rglob("*.log")) and not (tmp_path / "run" / "spawner.json").exists()
+    assert not (tmp_path / "lake").exists()  # no role started, no lake made
 
 
 def test_an_unwritable_lake_root_fails_before_any_role_starts(tmp_path: Path) -> None:
@@ -209,7 +210,8 @@ def test_a_lake_root_under_a_file_fails_before_any_role_starts(tmp_path: Path) -
     out = cli("run", "--config", str(path), "--duration", "5", "--no-status", timeout=60)
     assert out.returncode == 2
     assert out.stderr == f"error: lake.root {tmp_path / 'a-file' / 'lake'} is not a writable directory: " \
-                         "Not a directory\n"
+                         f"{tmp_path / 'a-file'} is not a directory\n"
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_http_port_in_use_fails_before_any_role_starts_naming_port_and_key(tmp_path: Path) -> None:

@@ -50,6 +50,7 @@ def test_status_exits_nonzero_and_names_the_role_that_is_down(tmp_path: Path) ->
         assert healthy.returncode == 0, (healthy.stderr, (tmp_path / "run.log").read_text()[-3000:])
         assert "data-feed: ok" in healthy.stdout and healthy.stderr == ""
         degraded = _kill_until_status_fails(run_dir, path)
+        restarts = _restarts_counted(run_dir)
     finally:
         run.send_signal(signal.SIGINT)
         run.wait(timeout=120)
@@ -58,6 +59,20 @@ def test_status_exits_nonzero_and_names_the_role_that_is_down(tmp_path: Path) ->
         degraded.stderr
     assert degraded.stderr.endswith(f" times; see {run_dir / 'logs' / 'collector-BINANCE.log'})\n")
     assert "data-feed: degraded" in degraded.stdout and degraded.stderr.count("\n") == 1
+    assert restarts >= 1  # the spawner's own metrics are still multiprocess ones, served at /metrics
+
+
+def _restarts_counted(run_dir: Path) -> float:
+    """data_feed_role_restarts_total of the collector at /metrics, once the spawner has restarted it."""
+    port = json.loads((run_dir / "spawner.json").read_text())["http_port"]
+    deadline = time.monotonic() + KILL_DEADLINE_SECONDS
+    prefix = 'data_feed_role_restarts_total{role="collector BINANCE"}'
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            lines = [line for line in resp.read().decode().splitlines() if line.startswith(prefix)]
+        if (lines and float(lines[0].split()[-1]) >= 1) or time.monotonic() > deadline:
+            return float(lines[0].split()[-1]) if lines else 0.0
+        time.sleep(0.5)
 
 
 def _kill_until_status_fails(run_dir: Path, config: Path) -> subprocess.CompletedProcess[str]:
