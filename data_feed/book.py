@@ -10,6 +10,7 @@ collector times are), so any single file decodes alone.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_feed.catalog import LocalCatalog
+from data_feed.instants import INT64_MAX, format_instant
 from data_feed.schemas import L2_BOOK
 
 SIDES = ("bid", "ask")
@@ -66,39 +68,40 @@ def read_files(root: Path, paths: list[str]) -> pd.DataFrame:
     return pa.concat_tables(tables).to_pandas() if tables else L2_BOOK.empty_table().to_pandas()
 
 
-def previous_slice_files(catalog: LocalCatalog, exchange: str, symbol: str, before_ns: int) -> list[str]:
-    """Every part of the symbol's latest l2_book slice that starts before ``before_ns``."""
-    files = [f for f in catalog.files("l2_book", exchange, symbol) if f.slice_start_ns < before_ns]
-    if not files:
-        return []
-    latest = max(f.slice_start_ns for f in files)
-    return [f.path for f in files if f.slice_start_ns == latest]
+@dataclass(frozen=True)
+class BookAt:
+    """The book at an instant, and the instant of its last change (``as_of_ns`` <= the requested time)."""
+
+    levels: Levels
+    as_of_ns: int
+    beyond_data: bool  # the requested time is after the symbol's last l2_book row in the lake
 
 
 def book_at(root: str | Path, exchange: str, symbol: str, at_ns: int, depth: int) -> Levels:
     """The top ``depth`` levels per side at exchange time ``at_ns``, from the one slice that holds it."""
+    return book_view(root, exchange, symbol, at_ns, depth).levels
+
+
+def book_view(root: str | Path, exchange: str, symbol: str, at_ns: int, depth: int) -> BookAt:
+    """The book at exchange time ``at_ns`` with the time of its last change; ``LookupError`` (saying where the
+    data starts) when the lake holds no l2_book row of the symbol at or before ``at_ns``."""
     root = Path(root)
-    catalog = LocalCatalog(root)
+    catalog = LocalCatalog.existing(root)
     try:
-        paths = previous_slice_files(catalog, exchange, symbol, at_ns + 1)
+        files = catalog.files("l2_book", exchange, symbol)
     finally:
         catalog.close()
-    if not paths:
-        raise LookupError(f"exchange={exchange} symbol={symbol}: no l2_book slice in the lake at or before {at_ns}")
-    rows = read_files(root, paths)
-    return top(book_state(rows[rows["ts_event"] <= at_ns]), depth)
-
-
-def parse_instant(text: str) -> int:
-    """Epoch nanoseconds of ISO-8601 (UTC unless it names a zone) or of epoch seconds."""
-    try:
-        return round(float(text) * 1e6) * 1000
-    except ValueError:
-        pass
-    try:
-        stamp = pd.Timestamp(text)
-    except ValueError:
-        raise ValueError(f"{text!r}: expected ISO-8601 (2024-05-01T12:00:00) or epoch seconds") from None
-    if stamp.tzinfo is None:
-        stamp = stamp.tz_localize("UTC")
-    return int(stamp.value)
+    if not files:
+        raise LookupError(f"exchange={exchange} symbol={symbol}: no l2_book data in the lake at {root}")
+    at = min(at_ns, INT64_MAX)
+    last_start = max(f.slice_start_ns for f in files)
+    for start in sorted({f.slice_start_ns for f in files if f.slice_start_ns <= at}, reverse=True)[:2]:
+        rows = read_files(root, [f.path for f in files if f.slice_start_ns == start])
+        before = rows[rows["ts_event"] <= at]
+        if not before.empty:
+            as_of = int(before["ts_event"].max())
+            beyond = start == last_start and len(before) == len(rows)
+            return BookAt(top(book_state(before), depth), as_of, beyond)
+    first = read_files(root, [f.path for f in files if f.slice_start_ns == min(f.slice_start_ns for f in files)])
+    raise LookupError(f"exchange={exchange} symbol={symbol}: {format_instant(at_ns)} is before the first l2_book "
+                      f"row in the lake, at {format_instant(int(first['ts_event'].min()))}")

@@ -13,10 +13,17 @@ file may be deleted (``purgeable``) once its grace period has passed and no live
 lease predates its retirement. A path once retired is never registered again,
 so an aggregator redoing an interrupted write of a file that compaction already
 merged cannot land its rows twice.
+
+Readers open an existing catalog (``LocalCatalog.existing``): a path without one is not a lake
+(``NoLake``), and is never created. A lake the reader cannot write (an analyst's read-only mount) is
+opened read-only, its snapshots then hold no lease: nothing can be written there, and a compaction
+running elsewhere deletes retired files only after ``lake.compaction_grace_seconds``.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -26,7 +33,10 @@ from typing import Protocol
 
 from data_feed.lake import SliceKey
 
+LOG = logging.getLogger("data_feed.catalog")
+
 CATALOG_FILE = "_catalog.sqlite"
+NO_LEASE = 0  # the lease of a read-only catalog's snapshot: nothing was written
 BUSY_TIMEOUT_SECONDS = 30.0
 LEASE_MAX_SECONDS = 6 * 3600  # a reader's lease older than this is taken to be from a crashed process
 
@@ -79,6 +89,25 @@ class Snapshot:
     files: dict[str, list[CatalogFile]]
 
 
+class NoLake(LookupError):
+    """A path that holds no lake: missing, not a directory, or without a catalog. The message says which."""
+
+
+def require_lake(root: str | Path) -> Path:
+    """``root`` when it is a lake (a directory with a catalog); otherwise ``NoLake`` saying what is wrong."""
+    root = Path(root)
+    if not root.exists():
+        raise NoLake(f"no lake at {root}: no such directory")
+    if not root.is_dir():
+        raise NoLake(f"no lake at {root}: not a directory")
+    if not (root / CATALOG_FILE).is_file():
+        hint = ""
+        if any(root.glob("*/exchange=*/symbol=*/date=*/*.parquet")):
+            hint = f"; it holds lake files: `data-feed lake repair --lake {root}` rebuilds the catalog from them"
+        raise NoLake(f"no lake at {root}: no {CATALOG_FILE}{hint}")
+    return root
+
+
 class Catalog(Protocol):
     """What the aggregator needs of a catalog: the local one here, or Glue (``data_feed.s3.GlueCatalog``)."""
 
@@ -94,12 +123,25 @@ class Catalog(Protocol):
 class LocalCatalog:
     """Partitions and files of a local lake; every method is one SQLite transaction."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, read_only: bool = False) -> None:
+        """The catalog of the lake at ``root``; created (with the directory) unless ``read_only``."""
         self.root = Path(root)
+        self.read_only = read_only
+        if read_only:
+            self.db = _connect_read_only(self.root / CATALOG_FILE)
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.root / CATALOG_FILE, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(_SCHEMA)
+
+    @classmethod
+    def existing(cls, root: str | Path) -> LocalCatalog:
+        """The catalog of an existing lake, never created (``NoLake`` otherwise); read-only when the lake
+        cannot be written."""
+        root = require_lake(root)
+        writable = os.access(root, os.W_OK) and os.access(root / CATALOG_FILE, os.W_OK)
+        return cls(root, read_only=not writable)
 
     def close(self) -> None:
         self.db.close()
@@ -135,19 +177,30 @@ class LocalCatalog:
         return version
 
     def snapshot(self) -> Snapshot:
-        """One consistent read of every channel's files, with a lease that keeps them from being deleted."""
+        """One consistent read of every channel's files, with a lease that keeps them from being deleted
+        (none in a read-only catalog)."""
+        if self.read_only:
+            with self.db:
+                self.db.execute("BEGIN")
+                return Snapshot(NO_LEASE, self._version(), self._all_files())
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             version = self._version()
             cur = self.db.execute("INSERT INTO leases (version, taken_ns) VALUES (?, ?)", (version, time.time_ns()))
             lease = int(cur.lastrowid or 0)
-            files: dict[str, list[CatalogFile]] = {}
-            for row in self.db.execute("SELECT * FROM files ORDER BY channel, path"):
-                f = CatalogFile(*row)
-                files.setdefault(f.channel, []).append(f)
+            files = self._all_files()
         return Snapshot(lease, version, files)
 
+    def _all_files(self) -> dict[str, list[CatalogFile]]:
+        files: dict[str, list[CatalogFile]] = {}
+        for row in self.db.execute("SELECT * FROM files ORDER BY channel, path"):
+            f = CatalogFile(*row)
+            files.setdefault(f.channel, []).append(f)
+        return files
+
     def release(self, lease: int) -> None:
+        if lease == NO_LEASE:
+            return
         with self.db:
             self.db.execute("DELETE FROM leases WHERE id = ?", (lease,))
 
@@ -189,6 +242,20 @@ class LocalCatalog:
 
     def _version(self) -> int:
         return int(self.db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0])
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection: shared with live writers when the WAL files are there to read; otherwise (a
+    cleanly stopped lake on a read-only mount, where SQLite cannot create them) as an immutable file."""
+    uri = path.resolve().as_uri()
+    db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+    try:
+        db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
+        return db
+    except sqlite3.OperationalError as err:
+        db.close()
+        LOG.debug("catalog %s: read-only open failed (%s); opening it as immutable", path, err)
+    return sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
 
 
 def _row(f: CatalogFile) -> tuple[str, str, str, str, str, int, int, int]:

@@ -1,4 +1,9 @@
-"""The ``data-feed`` command line: run the pipeline, the simulator alone, SQL queries and status."""
+"""The ``data-feed`` command line: run the pipeline, the simulator alone, SQL queries, books, lake upkeep, status.
+
+Every mistake a user can make here ends in one ``error: ...`` line (or a config's list of bad keys) on
+stderr and a non-zero exit: 2 for a bad argument, config or environment (nothing was started), 1 for a
+failure while working. Nothing is created at a path given to read from.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +16,13 @@ import urllib.error
 import urllib.request
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from data_feed.config import Config, ConfigError, load_config
+from data_feed.config import DEFAULT_CONFIG_PATH, LAKE_CHANNELS, Config, ConfigError, load_config
 from data_feed.logs import setup_logging
 from data_feed.runtime import RunDir, RunDirBusy
 
@@ -29,6 +34,36 @@ console = Console()
 err_console = Console(stderr=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (default: the embedded one)")]
+TABLE_MAX_ROWS = 1000  # rows of table output shown by default
+EXIT_USAGE = 2  # a bad argument, config or environment: nothing was started
+EXIT_FAILED = 1
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    """``error: message`` on stderr, unwrapped (messages hold paths and keys), then exit ``code``."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _positive_seconds(value: float | None) -> float | None:
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"{value:g}: expected a number of seconds > 0")
+    return value
+
+
+def _speed(text: str) -> str:
+    if text != "max":
+        try:
+            ok = float(text) > 0 and float(text) != float("inf")
+        except ValueError:
+            ok = False
+        if not ok:
+            raise typer.BadParameter(f"{text!r}: expected a number > 0 (times the recorded pace) or 'max'")
+    return text
+
+
+DurationOpt = Annotated[float | None, typer.Option(help="stop cleanly after this many seconds (> 0)",
+                                                   callback=_positive_seconds)]
 
 
 class Engine(StrEnum):
@@ -47,8 +82,26 @@ def load_config_or_exit(config: Path | None) -> Config:
     try:
         return load_config(config)
     except ConfigError as err:
-        err_console.print(f"error: {err}", markup=False, highlight=False)  # messages may hold [brackets]
-        raise typer.Exit(2) from None
+        fail(str(err), EXIT_USAGE)
+
+
+def _exit_on_unoffered(cfg: Config, source: str) -> None:
+    """Exit 2 with the keys of every channel or simulated symbol an exchange does not offer. Imports the
+    collector modules (and so prometheus-client): in a pipeline run, only after ``prepare_environment``."""
+    from data_feed.preflight import offered_problems
+
+    problems = offered_problems(cfg)
+    if problems:
+        fail(f"invalid config {source}:\n  " + "\n  ".join(problems), EXIT_USAGE)
+
+
+def _check_environment_or_exit(cfg: Config) -> None:
+    from data_feed.preflight import PreflightError, check_environment
+
+    try:
+        check_environment(cfg)
+    except PreflightError as err:
+        fail(str(err), EXIT_USAGE)
 
 
 def claim_run_dir(cfg: Config) -> RunDir:
@@ -57,36 +110,41 @@ def claim_run_dir(cfg: Config) -> RunDir:
     try:
         run_dir.prepare_environment()  # before prometheus_client is imported
     except RunDirBusy as err:
-        err_console.print(f"error: {err}", markup=False, highlight=False)
-        raise typer.Exit(2) from None
+        fail(str(err), EXIT_USAGE)
     return run_dir
 
 
 @app.command()
 def run(
     config: ConfigOpt = None,
-    duration: Annotated[float | None, typer.Option(help="stop cleanly after this many seconds")] = None,
+    duration: DurationOpt = None,
     status: Annotated[bool, typer.Option(help="live status table (when stdout is a terminal)")] = True,
 ) -> None:
-    """Run the whole pipeline (simulator, collectors, aggregator) until Ctrl-C or --duration."""
-    _run_pipeline(load_config_or_exit(config), duration, status)
+    """Run the whole pipeline (simulator, collectors, aggregator, featurizer) until Ctrl-C or --duration."""
+    _run_pipeline(load_config_or_exit(config), duration, status, _source(config))
 
 
 @app.command()
 def record(
     out: Annotated[Path, typer.Option(help="directory for the session files, one per exchange")],
     config: ConfigOpt = None,
-    duration: Annotated[float | None, typer.Option(help="stop cleanly after this many seconds")] = None,
+    duration: DurationOpt = None,
     status: Annotated[bool, typer.Option(help="live status table (when stdout is a terminal)")] = True,
 ) -> None:
     """Run the pipeline and also record every exchange's raw session (REST, websocket frames) for replay."""
     from data_feed.recorder import recording_config
 
-    _run_pipeline(recording_config(load_config_or_exit(config), out), duration, status)
+    _run_pipeline(recording_config(load_config_or_exit(config), out), duration, status, _source(config))
 
 
-def _run_pipeline(cfg: Config, duration: float | None, status: bool) -> None:
-    run_dir = claim_run_dir(cfg)
+def _source(config: Path | None) -> str:
+    return str(config or DEFAULT_CONFIG_PATH)
+
+
+def _run_pipeline(cfg: Config, duration: float | None, status: bool, source: str) -> None:
+    run_dir = claim_run_dir(cfg)  # first: a second run in this directory is told which PID holds it
+    _check_environment_or_exit(cfg)
+    _exit_on_unoffered(cfg, source)  # still before any role starts
     setup_logging("spawner")
     from data_feed.spawner import Spawner
 
@@ -168,9 +226,9 @@ def _print_summary(summary: dict[str, dict[str, int]]) -> None:
 def sim(config: ConfigOpt = None) -> None:
     """Run the exchange simulator alone (every exchange whose source is 'simulator')."""
     cfg = load_config_or_exit(config)
+    _exit_on_unoffered(cfg, _source(config))  # this process serves the simulator: no multiprocess metrics
     if not cfg.simulated():
-        err_console.print("error: no exchange in the config has source: simulator")
-        raise typer.Exit(2)
+        fail("no exchange in the config has source: simulator", EXIT_USAGE)
     setup_logging("simulator")
     from data_feed.sim.server import serve_forever
 
@@ -182,7 +240,7 @@ def sim(config: ConfigOpt = None) -> None:
 @app.command()
 def replay(
     files: Annotated[list[Path], typer.Argument(help="recorded sessions (.jsonl or .jsonl.zst), one per exchange")],
-    speed: Annotated[str, typer.Option(help="X times the recorded pace, or 'max'")] = "max",
+    speed: Annotated[str, typer.Option(help="X times the recorded pace, or 'max'", callback=_speed)] = "max",
     lake: Annotated[Path | None, typer.Option(help="lake directory (default: lake.root of the config)")] = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -194,9 +252,10 @@ def replay(
         pace = None if speed == "max" else float(speed)
         cfg = replay_config(load_config_or_exit(config), files, pace, lake)
     except (ValueError, OSError, ConfigError, SessionError) as err:
-        err_console.print(f"error: {err}", markup=False, highlight=False)
-        raise typer.Exit(2) from None
+        fail(str(err), EXIT_USAGE)
     run_dir = claim_run_dir(cfg)
+    _check_environment_or_exit(cfg)
+    _exit_on_unoffered(cfg, "replay")
     setup_logging("spawner")
     try:
         served, summary = run_replay(cfg, run_dir)
@@ -210,10 +269,15 @@ def replay(
 
 @app.command()
 def query(
-    sql: Annotated[str, typer.Argument(help="SQL over the views trades, l2_book, ticker")],
+    sql: Annotated[str, typer.Argument(help=f"SQL over the views {', '.join(LAKE_CHANNELS)} (each with the "
+                                       "partition columns exchange, symbol, date)")],
     lake: Annotated[Path | None, typer.Option(help="lake directory (default: lake.root of the config, or the "
                                               "lake on S3 when lake.s3 is set)")] = None,
-    fmt: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
+    fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="table: for people (UTC times, at most "
+                                              "--max-rows rows); csv, json (lines): every value exact")]
+    = OutputFormat.table,
+    max_rows: Annotated[int, typer.Option(min=0, help="table output: rows shown at most (0: all)")]
+    = TABLE_MAX_ROWS,
     engine: Annotated[Engine, typer.Option(help="duckdb: the lake (local or lake.s3); athena: the configured Athena "
                                            "workgroup (SQL in Athena's dialect)")] = Engine.duckdb,
     dialect: Annotated[Engine | None, typer.Option(help="dialect of the SQL (default: the engine's); "
@@ -221,29 +285,35 @@ def query(
     config: ConfigOpt = None,
 ) -> None:
     """Run SQL over the lake with DuckDB, or on Athena."""
-    from data_feed.query import QueryError, run_athena, run_query
+    from data_feed.catalog import NoLake
+    from data_feed.output import write_csv, write_json, write_table
+    from data_feed.query import QueryError
 
     try:
-        if engine is Engine.athena:
-            df = run_athena(sql, load_config_or_exit(config).athena)
-        else:
-            s3 = None if lake else load_config_or_exit(config).lake.s3
-            root = lake or Path(load_config_or_exit(config).lake.root)
-            df = run_query(root, sql, "athena" if dialect is Engine.athena else "duckdb", s3=s3)
+        table = _query(sql, lake, engine, dialect, config)
+    except NoLake as err:
+        fail(str(err), EXIT_USAGE)
     except QueryError as err:
-        err_console.print(f"error: {err}", markup=False, highlight=False)
-        raise typer.Exit(1) from None
+        fail(str(err))
     if fmt is OutputFormat.csv:
-        sys.stdout.write(df.to_csv(index=False))
+        write_csv(table, sys.stdout)
     elif fmt is OutputFormat.json:
-        sys.stdout.write(df.to_json(orient="records", lines=True, date_format="iso") + "\n")
+        write_json(table, sys.stdout)
     else:
-        table = Table()
-        for col in df.columns:
-            table.add_column(str(col))
-        for row in df.itertuples(index=False):
-            table.add_row(*(str(v) for v in row))
-        console.print(table)
+        write_table(table, sys.stdout, max_rows or None)
+
+
+def _query(sql: str, lake: Path | None, engine: Engine, dialect: Engine | None, config: Path | None) -> Any:
+    """The result as an Arrow table."""
+    import pyarrow as pa
+
+    from data_feed.query import query_table, run_athena
+
+    if engine is Engine.athena:
+        return pa.Table.from_pandas(run_athena(sql, load_config_or_exit(config).athena), preserve_index=False)
+    cfg = None if lake else load_config_or_exit(config)
+    root = lake or Path(cfg.lake.root if cfg else ".")
+    return query_table(root, sql, "athena" if dialect is Engine.athena else "duckdb", s3=cfg.lake.s3 if cfg else None)
 
 
 @app.command()
@@ -255,27 +325,37 @@ def book(
     lake: Annotated[Path | None, typer.Option(help="lake directory (default: lake.root of the config)")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Print the order book at one instant, decoded from the single l2_book slice that holds it."""
-    from data_feed.book import book_at, parse_instant
+    """Print the order book at one instant, decoded from the single l2_book slice that holds it, and its age."""
+    from data_feed.book import book_view
+    from data_feed.catalog import NoLake
+    from data_feed.instants import format_age, format_instant, parse_instant
 
     root = lake or Path(load_config_or_exit(config).lake.root)
     try:
-        levels = book_at(root, exchange, symbol, parse_instant(at), depth)
-    except (LookupError, ValueError) as err:
-        err_console.print(f"error: {err}", markup=False, highlight=False)
-        raise typer.Exit(1) from None
-    table = Table(title=f"{exchange} {symbol} at {at}")
+        at_ns = parse_instant(at)
+    except ValueError as err:
+        fail(f"--at {err}", EXIT_USAGE)
+    try:
+        view = book_view(root, exchange, symbol, at_ns, depth)
+    except NoLake as err:
+        fail(str(err), EXIT_USAGE)
+    except LookupError as err:
+        fail(str(err))
+    typer.echo(f"{exchange} {symbol} at {format_instant(at_ns)}")
+    table = Table()
     for col in ("bid size", "bid", "ask", "ask size"):
         table.add_column(col, justify="right")
-    bids, asks = levels["bid"], levels["ask"]
+    bids, asks = view.levels["bid"], view.levels["ask"]
     for i in range(max(len(bids), len(asks))):
         b = bids[i] if i < len(bids) else ("", "")
         a = asks[i] if i < len(asks) else ("", "")
         table.add_row(str(b[1]), str(b[0]), str(a[0]), str(a[1]))
     console.print(table)
+    note = f"book as of {format_instant(view.as_of_ns)}, {format_age(at_ns - view.as_of_ns)} before the requested time"
+    typer.echo(note + (" (the lake's l2_book data for it ends there)" if view.beyond_data else ""))
 
 
-lake_app = typer.Typer(no_args_is_help=True, help="Lake maintenance: compaction and retention.")
+lake_app = typer.Typer(no_args_is_help=True, help="Lake maintenance: compaction, retention, catalog repair.")
 app.add_typer(lake_app, name="lake")
 
 
@@ -289,6 +369,7 @@ def lake_compact(
     config: ConfigOpt = None,
 ) -> None:
     """Merge the small slice files of closed periods into large files, atomically for running queries."""
+    from data_feed.catalog import NoLake
     from data_feed.compaction import BYTES_PER_MB, MaintenanceBusy, compact, compact_s3, parse_duration
 
     cfg = load_config_or_exit(config)
@@ -299,9 +380,10 @@ def lake_compact(
             report = compact_s3(cfg.lake, parse_duration(older_than), target)
         else:
             report = compact(lake or Path(cfg.lake.root), cfg.lake, parse_duration(older_than), target)
-    except (ValueError, MaintenanceBusy) as err:
-        err_console.print(f"error: {err}", markup=False, highlight=False)
-        raise typer.Exit(2 if isinstance(err, ValueError) else 1) from None
+    except (ValueError, NoLake) as err:
+        fail(str(err), EXIT_USAGE)
+    except MaintenanceBusy as err:
+        fail(str(err))
     table = Table(title=f"compacted: {report.merged} files merged into {report.written}")
     for col in ("channel", "files before", "files after"):
         table.add_column(col, justify="left" if col == "channel" else "right")
@@ -317,6 +399,7 @@ def lake_expire(
     config: ConfigOpt = None,
 ) -> None:
     """Delete whole partitions older than lake.retention_days of their channel, and their catalog entries."""
+    from data_feed.catalog import NoLake
     from data_feed.compaction import MaintenanceBusy
     from data_feed.retention import expire, expire_s3
 
@@ -324,20 +407,54 @@ def lake_expire(
     setup_logging("retention")
     try:
         report = expire_s3(cfg.lake) if cfg.lake.s3 and not lake else expire(lake or Path(cfg.lake.root), cfg.lake)
+    except NoLake as err:
+        fail(str(err), EXIT_USAGE)
     except MaintenanceBusy as err:
-        err_console.print(f"error: {err}", markup=False, highlight=False)
-        raise typer.Exit(1) from None
+        fail(str(err))
     for channel, parts in sorted(report.partitions.items()):
         console.print(f"{channel}: expired {len(parts)} partitions")
     console.print(f"files expired: {report.files}; deleted: {report.purged}; kept for readers: {report.held}")
 
 
+@lake_app.command("repair")
+def lake_repair(
+    lake: Annotated[Path | None, typer.Option(help="lake directory (default: lake.root of the config)")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Rebuild a lost or partial catalog: register every parquet file of the lake's layout it does not list."""
+    from data_feed.catalog import NoLake
+    from data_feed.compaction import MaintenanceBusy
+    from data_feed.repair import repair
+
+    cfg = None if lake else load_config_or_exit(config)
+    if cfg is not None and cfg.lake.s3:
+        fail("lake repair rebuilds a local catalog; a lake on S3 (lake.s3) is catalogued by Glue", EXIT_USAGE)
+    root = lake or Path(cfg.lake.root if cfg else ".")
+    setup_logging("repair")
+    try:
+        report = repair(root)
+    except NoLake as err:
+        fail(str(err), EXIT_USAGE)
+    except (MaintenanceBusy, OSError) as err:
+        fail(str(err))
+    for channel, (files, rows) in sorted(report.registered.items()):
+        typer.echo(f"{channel}: registered {files:,} files ({rows:,} rows)")
+    typer.echo(f"files registered: {sum(f for f, _ in report.registered.values()):,}; already listed: "
+               f"{report.known:,}; members of compacted files recorded as retired: {report.retired:,}")
+    for label, paths in (("skipped (not a readable lake file)", report.unreadable),
+                         ("left out (merged file of an interrupted compaction)", report.orphans),
+                         ("registered but possibly duplicated by a compacted file", report.ambiguous)):
+        for path in paths:
+            typer.echo(f"{label}: {path}", err=True)
+
+
 @app.command()
 def status(config: ConfigOpt = None) -> None:
-    """List the running roles with PID, uptime, restarts, and the aggregator's lag."""
+    """List the running roles with PID, uptime, restarts, and the aggregator's lag; exit 1, saying why, unless
+    every role is up."""
     cfg = load_config_or_exit(config)
-    state_file = RunDir(Path(cfg.spawner.run_dir)).spawner_file
-    health = _fetch_health(state_file)
+    run_dir = RunDir(Path(cfg.spawner.run_dir))
+    health = _fetch_health(run_dir.spawner_file)
     table = Table(title=f"data-feed: {health['status']} (spawner pid {health['pid']}, up {health['uptime_s']}s)")
     for col in ("role", "pid", "alive", "uptime (s)", "restarts"):
         table.add_column(col)
@@ -350,12 +467,21 @@ def status(config: ConfigOpt = None) -> None:
     for key, value in health["lag"].items():
         lag.add_row(key, str(value))
     console.print(lag)
+    if health["status"] != "ok":
+        fail(f"data-feed is {health['status']}: {'; '.join(unhealthy_reasons(health, run_dir.logs_dir))}")
+
+
+def unhealthy_reasons(health: dict[str, Any], logs_dir: Path) -> list[str]:
+    """Why a /health body is not ok, one phrase per cause."""
+    reasons = ["the spawner is stopping every role"] if health["status"] == "stopping" else []
+    reasons += [f"{r['role']} is not running (restarted {r['restarts']} times; see "
+                f"{logs_dir / (r['role'].replace(' ', '-') + '.log')})" for r in health["roles"] if not r["alive"]]
+    return reasons or [f"/health says {health['status']}"]
 
 
 def _fetch_health(state_file: Path) -> dict[str, Any]:
     if not state_file.exists():
-        err_console.print(f"data-feed is not running (no {state_file})")
-        raise typer.Exit(1)
+        fail(f"data-feed is not running (no {state_file})")
     port = json.loads(state_file.read_text())["http_port"]
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as resp:
@@ -363,8 +489,7 @@ def _fetch_health(state_file: Path) -> dict[str, Any]:
     except urllib.error.HTTPError as err:  # 503 still carries the health body
         body = json.loads(err.read())
     except OSError as err:
-        err_console.print(f"data-feed is not answering on port {port} ({err}); stale {state_file}?")
-        raise typer.Exit(1) from None
+        fail(f"data-feed is not answering on port {port} ({err}); stale {state_file}?")
     return body
 
 

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
 
-from data_feed.catalog import CatalogFile, LocalCatalog
+from data_feed.catalog import CatalogFile, LocalCatalog, require_lake
 from data_feed.config import LakeConfig
 from data_feed.lake import NS_PER_SECOND, SliceKey, compacted_file_name, partition_dir, write_merged
 from data_feed.schemas import CHANNEL_SCHEMAS
@@ -130,6 +130,7 @@ def compact(root: str | Path, lake: LakeConfig, older_than_seconds: float, targe
     target = target_bytes if target_bytes is not None else lake.compaction_target_mb * BYTES_PER_MB
     cutoff = closed_before_ns(lake, older_than_seconds, now_ns if now_ns is not None else time.time_ns())
     report = CompactionReport()
+    require_lake(root)  # a wrong --lake is an error, never a new empty lake
     with maintenance_lock(root):
         catalog = LocalCatalog(root)
         try:

@@ -24,6 +24,7 @@ MARKET_CHANNELS = ("trades", "l2_book", "ticker", "funding", "open_interest", "l
 SOURCES = ("simulator", "live", "replay")
 GAPS_CHANNEL = "gaps"  # disconnects, sequence gaps, resyncs, bad frames: written by collectors, landed like data
 FEATURES_CHANNEL = "features"  # per-slice statistics: written by the featurizer, landed like data
+LAKE_CHANNELS = (*MARKET_CHANNELS, GAPS_CHANNEL, FEATURES_CHANNEL)  # every lake table (data_feed.schemas)
 
 
 class ConfigError(ValueError):
@@ -164,8 +165,9 @@ class LakeConfig(_Frozen):
     @classmethod
     def _retention_per_known_channel(cls, value: dict[str, int]) -> dict[str, int]:
         for channel, days in value.items():
-            if not channel.isidentifier():
-                raise ValueError(f"retention_days: {channel!r} is not a channel name")
+            if channel not in LAKE_CHANNELS:
+                known = ", ".join(LAKE_CHANNELS)
+                raise ValueError(f"retention_days: {channel!r} is not a lake channel; known: {known}")
             if days <= 0:
                 raise ValueError(f"retention_days.{channel}: must be > 0 days, got {days}")
         return value
@@ -329,10 +331,19 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
         raise ConfigError(f"cannot read config {cfg_path}: {err.strerror}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"config {cfg_path} is not valid YAML: {err}") from None
-    data = dict(raw or {})
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"invalid config {cfg_path}: the file must be a mapping of sections (exchanges:, lake:, "
+                          f"...), not a YAML {_yaml_kind(raw)}")
+    data = dict(raw)
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
     return parse_config(data, str(cfg_path))
+
+
+def _yaml_kind(value: object) -> str:
+    return "list" if isinstance(value, list) else f"scalar ({type(value).__name__} {value!r:.40})"
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -31,6 +31,7 @@ NS_PER_SECOND = 1_000_000_000
 TMP_PREFIX = ".tmp-"
 COMPACT_TAG = "c"  # marks a compacted file's name: {first slice}-{last slice}-c{digest}.parquet
 COMPACT_DIGEST_CHARS = 16
+STAMP_FORMAT = "%Y%m%dT%H%M%SZ"  # a slice start in file names
 
 
 @dataclass(frozen=True, order=True)
@@ -44,7 +45,7 @@ class SliceKey:
         return datetime.fromtimestamp(self.start_ns / NS_PER_SECOND, tz=UTC).strftime("%Y-%m-%d")
 
     def stamp(self) -> str:
-        return datetime.fromtimestamp(self.start_ns / NS_PER_SECOND, tz=UTC).strftime("%Y%m%dT%H%M%SZ")
+        return datetime.fromtimestamp(self.start_ns / NS_PER_SECOND, tz=UTC).strftime(STAMP_FORMAT)
 
 
 def slice_start(ts_event_ns: int, slice_seconds: int) -> int:
@@ -93,13 +94,45 @@ def write_slice(root: Path, key: SliceKey, table: pa.Table, first_entry_id: str,
 def compacted_file_name(first: SliceKey, last: SliceKey, members: list[str]) -> str:
     """Deterministic from content: the slices it spans and a digest of the files merged into it, so a
     compaction redone after a crash rewrites the same file."""
-    digest = hashlib.sha256("\n".join(members).encode()).hexdigest()[:COMPACT_DIGEST_CHARS]
-    return f"{first.stamp()}-{last.stamp()}-{COMPACT_TAG}{digest}.parquet"
+    return f"{first.stamp()}-{last.stamp()}-{COMPACT_TAG}{members_digest(members)}.parquet"
 
 
 def is_compacted(name: str) -> bool:
     """Whether a lake file name is a compacted file's (``compacted_file_name``) rather than a slice's."""
     return name.removesuffix(".parquet").rsplit("-", 1)[-1].startswith(COMPACT_TAG)
+
+
+@dataclass(frozen=True)
+class FileName:
+    """What a lake file's name says: the slices it spans and, for a compacted file, its members' digest."""
+
+    first_start_ns: int
+    last_start_ns: int
+    digest: str | None  # compacted files only
+
+
+def parse_file_name(name: str) -> FileName:
+    """The inverse of ``slice_file_name`` and ``compacted_file_name``; ``ValueError`` for any other name."""
+    parts = name.removesuffix(".parquet").split("-")
+    try:
+        starts = [_stamp_ns(p) for p in parts[:-1]]
+    except ValueError:
+        raise ValueError(f"{name!r} is not a lake file name") from None
+    if len(parts) == 2 and name.endswith(".parquet"):
+        return FileName(starts[0], starts[0], None)
+    compacted = parts[-1].startswith(COMPACT_TAG) and len(parts[-1]) == 1 + COMPACT_DIGEST_CHARS
+    if len(parts) == 3 and compacted and name.endswith(".parquet"):
+        return FileName(starts[0], starts[1], parts[-1][1:])
+    raise ValueError(f"{name!r} is not a lake file name")
+
+
+def _stamp_ns(stamp: str) -> int:
+    return int(datetime.strptime(stamp, STAMP_FORMAT).replace(tzinfo=UTC).timestamp()) * NS_PER_SECOND
+
+
+def members_digest(members: list[str]) -> str:
+    """The digest a compacted file's name carries: of its members' paths, in merge order."""
+    return hashlib.sha256("\n".join(members).encode()).hexdigest()[:COMPACT_DIGEST_CHARS]
 
 
 def write_merged(root: Path, relpath: str, channel: str, sources: list[str], compression_level: int) -> int:

@@ -15,6 +15,11 @@ files are read through pyarrow's S3 filesystem as a dataset registered in DuckDB
 ``dialect="athena"`` takes SQL written for Athena (Trino) and translates it
 with sqlglot to DuckDB, with the channel schemas so that Trino's typed
 semantics (integer division of integers) carry over.
+
+A path that holds no lake is an error (``data_feed.catalog.NoLake``), never an
+empty answer; a lake the reader cannot write is read through a read-only catalog.
+Results come as Arrow tables (``query_table``) for the CLI's exact output, or as
+pandas frames (``run_query``).
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ from typing import Literal
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 import sqlglot
 import sqlglot.errors
+from sqlglot import exp
 from sqlglot.optimizer.annotate_types import annotate_types
 from sqlglot.optimizer.qualify import qualify
 
@@ -77,7 +84,7 @@ def session(lake_root: str | Path, s3: S3LakeConfig | None = None) -> Iterator[d
             yield con
         return
     root = Path(lake_root)
-    catalog = LocalCatalog(root)
+    catalog = LocalCatalog.existing(root)
     snap = catalog.snapshot()
     con = duckdb.connect()
     try:
@@ -123,12 +130,49 @@ def to_duckdb(sql: str) -> str:
             if tree is None:
                 continue
             tree = qualify(tree, schema=schema, dialect="athena", quote_identifiers=False)
-            out.append(annotate_types(tree, schema=schema, dialect="athena").sql("duckdb"))
+            tree = _arrays_of_quantiles(annotate_types(tree, schema=schema, dialect="athena"))
+            out.append(tree.sql("duckdb"))
     except sqlglot.errors.SqlglotError as err:
         raise QueryError(f"not valid Athena SQL over the lake's views: {err}") from None
+    if not out:
+        raise QueryError(NO_SQL)
     if len(out) != 1:
         raise QueryError(f"expected one SQL statement, got {len(out)}")
     return out[0]
+
+
+def _arrays_of_quantiles(tree: exp.Expr) -> exp.Expr:
+    """``approx_percentile(x, ARRAY[0.1, 0.9])`` returns an array (of x's type) in Trino and in DuckDB; sqlglot
+    types every approx_percentile as a double, which would cast the list to one."""
+    for node in tree.find_all(exp.ApproxQuantile):
+        if isinstance(node.args.get("quantile"), exp.Array):
+            element = node.this.type if node.this.type is not None else exp.DataType.build("DOUBLE")
+            node.type = exp.DataType(this=exp.DataType.Type.ARRAY, expressions=[element], nested=True)
+    return tree
+
+
+NO_SQL = "no SQL query given"
+
+
+def _relation(con: duckdb.DuckDBPyConnection, text: str) -> duckdb.DuckDBPyRelation:
+    rel = con.sql(text)
+    if rel is None:
+        raise QueryError(NO_SQL if not text.strip(" \t\r\n;") else
+                         "the SQL returns no result: give a query (SELECT ...) over the lake's views")
+    return rel
+
+
+def query_table(lake_root: str | Path, sql: str, dialect: Dialect = "duckdb",
+                s3: S3LakeConfig | None = None) -> pa.Table:
+    """Run one query over a snapshot of the lake (on S3 when ``s3`` is given) into an Arrow table, every value
+    exact (int64 stays int64, sums of integers stay integers)."""
+    text = to_duckdb(sql) if dialect == "athena" else sql
+    with session(lake_root, s3) as con:
+        try:
+            table: pa.Table = _relation(con, text).to_arrow_table()
+        except duckdb.Error as err:
+            raise _query_error(err, lake_root, s3) from None
+        return table
 
 
 def run_query(lake_root: str | Path, sql: str, dialect: Dialect = "duckdb",
@@ -137,11 +181,16 @@ def run_query(lake_root: str | Path, sql: str, dialect: Dialect = "duckdb",
     text = to_duckdb(sql) if dialect == "athena" else sql
     with session(lake_root, s3) as con:
         try:
-            return con.execute(text).df()
+            return _relation(con, text).df()
         except duckdb.Error as err:
-            where = f"s3://{s3.bucket}/{s3.prefix}" if s3 is not None else lake_root
-            LOG.error("query failed on the lake at %s: %s", where, str(err).strip())
-            raise QueryError(str(err).strip()) from None
+            raise _query_error(err, lake_root, s3) from None
+
+
+def _query_error(err: duckdb.Error, lake_root: str | Path, s3: S3LakeConfig | None) -> QueryError:
+    """The engine's message; logged at info only, since callers (the CLI) show it to the user once."""
+    where = f"s3://{s3.bucket}/{s3.prefix}" if s3 is not None else lake_root
+    LOG.info("query failed on the lake at %s: %s", where, str(err).strip())
+    return QueryError(str(err).strip())
 
 
 def run_athena(sql: str, athena: AthenaConfig) -> pd.DataFrame:
@@ -156,6 +205,6 @@ def run_athena(sql: str, athena: AthenaConfig) -> pd.DataFrame:
                                                     ctas_approach=False, boto3_session=session)
     except (wr.exceptions.QueryFailed, botocore.exceptions.ClientError,
             botocore.exceptions.BotoCoreError) as err:
-        LOG.error("athena query failed (workgroup=%s database=%s): %s", athena.workgroup, athena.database, err)
+        LOG.info("athena query failed (workgroup=%s database=%s): %s", athena.workgroup, athena.database, err)
         raise QueryError(f"athena: {err}") from None
     return df

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from data_feed.catalog import LocalCatalog
+from data_feed.catalog import LocalCatalog, require_lake
 from data_feed.compaction import maintenance_lock, purge_retired
 from data_feed.config import LakeConfig
 from data_feed.lake import NS_PER_SECOND
@@ -50,6 +50,7 @@ def expire(root: str | Path, lake: LakeConfig, now_ns: int | None = None) -> Ret
     root = Path(root)
     now = now_ns if now_ns is not None else time.time_ns()
     report = RetentionReport()
+    require_lake(root)  # a wrong --lake is an error, never a new empty lake
     with maintenance_lock(root):
         catalog = LocalCatalog(root)
         try:

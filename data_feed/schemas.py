@@ -181,6 +181,11 @@ CHANNEL_SCHEMAS: dict[str, pa.Schema] = {
     "features": FEATURES,
 }
 
+# int64 nanosecond UTC instants: shown as timestamps in table output (CSV and JSON keep the exact integers).
+# Durations such as features.book_time_ns are not instants.
+INSTANT_COLUMNS = frozenset({"ts_event", "ts_recv", "next_funding_time", "start", "stop", "first_trade_ts",
+                             "last_trade_ts", "missing_from_ts", "missing_to_ts"})
+
 # Columns every cached batch carries besides the schema's own: which symbol a row is for.
 SYMBOL_COLUMN = "symbol"
 

@@ -49,7 +49,7 @@ class Period:
 
 def lake_records(root: Path, channel: str, exchange: str, period: Period, slice_ns: int) -> pa.Table:
     """One channel's rows of one exchange in the period, with a symbol column, in lake order."""
-    catalog = LocalCatalog(root)
+    catalog = LocalCatalog.existing(root)
     snap = catalog.snapshot()
     try:
         files = [f for f in snap.files.get(channel, []) if f.exchange == exchange
@@ -58,6 +58,7 @@ def lake_records(root: Path, channel: str, exchange: str, period: Period, slice_
         parts = [_read(root, f, channel, period) for f in files]
     finally:
         catalog.release(snap.lease)
+        catalog.close()
     columns = TRADE_COLUMNS if channel == "trades" else BOOK_COLUMNS
     if not parts:
         schema = schema_for(channel)

@@ -11,8 +11,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from data_feed.book import parse_instant
-from data_feed.cli import load_config_or_exit
+from data_feed.catalog import NoLake, require_lake
+from data_feed.cli import EXIT_USAGE, fail, load_config_or_exit
+from data_feed.instants import format_instant, parse_instant
 from featurizer.backfill import Period, backfill
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -47,14 +48,29 @@ def backfill_cmd(
     period = Period(parse_time(start), parse_time(end))
     if period.end_ns <= period.start_ns:
         raise typer.BadParameter("--to must be after --from")
-    root = lake or Path(cfg.lake.root)
+    if not out.parent.is_dir():
+        fail(f"--out {out}: no directory {out.parent} to write it in", EXIT_USAGE)
+    try:
+        root = require_lake(lake or Path(cfg.lake.root))
+    except NoLake as err:
+        fail(str(err), EXIT_USAGE)
     columns = (TextColumn("backfill"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console) as bar:
         task = bar.add_task("records", total=None)
+        totals: list[int] = []
+
+        def on_total(n: int) -> None:
+            totals.append(n)
+            bar.update(task, total=n)
+
         table = backfill(root, list(cfg.exchanges), cfg.featurizer, cfg.lake.slice_seconds, period, time.time_ns(),
-                         progress=lambda n: bar.advance(task, n), on_total=lambda n: bar.update(task, total=n))
+                         progress=lambda n: bar.advance(task, n), on_total=on_total)
+    if not sum(totals):
+        fail(f"no trades or l2_book rows of {', '.join(cfg.exchanges)} in the lake at {root} from "
+             f"{format_instant(period.start_ns)} to {format_instant(period.end_ns)}; nothing written to {out}")
     pq.write_table(table, out, compression="zstd")
-    err_console.print(f"{table.num_rows:,} feature rows ({', '.join(cfg.featurizer.intervals)}) written to {out}")
+    err_console.print(f"{table.num_rows:,} feature rows ({', '.join(cfg.featurizer.intervals)}) written to {out}",
+                      markup=False, highlight=False)
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from data_feed.sim.hub import (
     Outbox,
     SymbolState,
     epoch_ms,
+    listing,
     now,
     serve_socket,
 )
@@ -102,6 +103,7 @@ class BinanceConnection:
 class BinanceProtocol(ExchangeProtocol):
     name = "BINANCE"
     prefix = "/binance"
+    listed = listing((("BTC-USDT", "ETH-USDT", "SOL-USDT"), ("trades", "l2_book", "ticker")))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

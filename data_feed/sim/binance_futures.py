@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from data_feed.config import MARKET_CHANNELS
 from data_feed.sim.binance import (
     BinanceConnection,
     BinanceProtocol,
@@ -22,7 +23,7 @@ from data_feed.sim.binance import (
     _error,
     price_str,
 )
-from data_feed.sim.hub import Outbox, SymbolState, epoch_ms, now
+from data_feed.sim.hub import Outbox, SymbolState, epoch_ms, listing, now
 from data_feed.sim.market import PRICE_SCALE, SIZE_SCALE, Candle, MarketEvent, Trade, size_str
 
 FUNDING_INTERVAL_SECONDS: Final = 8 * 3600
@@ -66,6 +67,7 @@ class FuturesConnection(BinanceConnection):
 class BinanceFuturesProtocol(BinanceProtocol):
     name = "BINANCE_FUTURES"
     prefix = "/binance_futures"
+    listed = listing((("BTC-USDT-PERP", "ETH-USDT-PERP", "SOL-USDT-PERP"), MARKET_CHANNELS))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

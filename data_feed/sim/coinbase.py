@@ -24,6 +24,7 @@ from data_feed.sim.hub import (
     ExchangeProtocol,
     Outbox,
     SymbolState,
+    listing,
     now,
     open_socket,
     rfc3339,
@@ -80,6 +81,7 @@ class CoinbaseConnection:
 class CoinbaseProtocol(ExchangeProtocol):
     name = "COINBASE"
     prefix = "/coinbase"
+    listed = listing((("BTC-USD", "ETH-USD", "SOL-USD"), ("trades", "l2_book", "ticker")))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

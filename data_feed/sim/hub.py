@@ -14,9 +14,9 @@ import contextlib
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from aiohttp import web
 
@@ -271,13 +271,33 @@ async def serve_socket(ws: web.WebSocketResponse, outbox: Outbox, on_text: Any =
             await writer
 
 
+Listing = Mapping[str, tuple[str, ...]]  # lake channel -> the symbols a simulated exchange serves it for
+
+
+def listing(*groups: tuple[tuple[str, ...], tuple[str, ...]]) -> Listing:
+    """A protocol's ``listed`` from (symbols, channels) groups, e.g. spot and perpetual markets."""
+    out: dict[str, tuple[str, ...]] = {}
+    for symbols, channels in groups:
+        for channel in channels:
+            out[channel] = (*out.get(channel, ()), *symbols)
+    return out
+
+
+class UnlistedSymbol(ValueError):
+    """A configured symbol the simulated exchange does not list (it would be an invented market)."""
+
+
 class ExchangeProtocol(ABC):
     """Base of a protocol module: symbols, connections and stats of one simulated exchange."""
 
     name: str  # config key, e.g. "BINANCE"
     prefix: str  # URL prefix, e.g. "/binance"
+    listed: ClassVar[Listing]  # what it serves: channel -> symbols (config validation checks against it)
 
     def __init__(self, cfg: ExchangeConfig, seed: int) -> None:
+        unlisted = [s for s in cfg.symbols() if not any(s in symbols for symbols in self.listed.values())]
+        if unlisted:
+            raise UnlistedSymbol(f"exchange={self.name}: the simulator lists no market {', '.join(unlisted)}")
         self.cfg = cfg
         self.frames_sent = 0
         self.faults = FaultInjector(self.name, cfg.faults)

@@ -27,6 +27,7 @@ from data_feed.sim.hub import (
     SymbolState,
     apply_change,
     copy_book,
+    listing,
     now,
     open_socket,
 )
@@ -83,6 +84,7 @@ class KrakenConnection:
 class KrakenProtocol(ExchangeProtocol):
     name = "KRAKEN"
     prefix = "/kraken"
+    listed = listing((("BTC-USD", "ETH-USD", "SOL-USD"), ("trades", "l2_book", "ticker", "candles")))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from data_feed.config import MARKET_CHANNELS
 from data_feed.sim.hub import (
     BookView,
     Delivery,
@@ -29,6 +30,7 @@ from data_feed.sim.hub import (
     apply_change,
     copy_book,
     epoch_ms,
+    listing,
     now,
     open_socket,
 )
@@ -91,6 +93,8 @@ class OkxConnection:
 class OkxProtocol(ExchangeProtocol):
     name = "OKX"
     prefix = "/okx"
+    listed = listing((("BTC-USDT-PERP", "ETH-USDT-PERP", "SOL-USDT-PERP"), MARKET_CHANNELS),
+                     (("BTC-USDT", "ETH-USDT", "SOL-USDT"), ("trades", "l2_book", "ticker", "candles")))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import redis
@@ -101,3 +102,50 @@ def test_book_at_any_instant_matches_the_replay_and_the_cli_prints_it(tmp_path: 
     assert out.returncode == 0, out.stderr
     best = top(_reference(messages, at + 1e-7), 3)
     assert all(str(p) in out.stdout for p, _ in best["bid"] + best["ask"]), out.stdout
+
+
+LAST_CHANGE = T0 + 0.01 * (SLICES * MESSAGES_PER_SECOND - 1) + 0.005  # the last message's time
+
+
+def _book_cli(lake: Path, at: str) -> Any:
+    from typer.testing import CliRunner
+
+    from data_feed.cli import app
+
+    return CliRunner().invoke(app, ["book", "BINANCE", "BTC-USDT", "--at", at, "--depth", "3", "--lake", str(lake)])
+
+
+def test_book_before_the_first_row_is_an_error_naming_the_first_available_time(tmp_path: Path,
+                                                                                 redis_url: str) -> None:
+    lake = _land(tmp_path, redis_url, _messages(), depth=1000)
+    for at, shown in ((str(T0 - 10), "2023-11-14T22:13:10Z"), ("2023-11-14T22:13:20Z", "2023-11-14T22:13:20Z"),
+                      (str(T0 + 0.004), "2023-11-14T22:13:20.004Z")):
+        out = _book_cli(lake, at)
+        assert out.exit_code == 1, out.stdout
+        assert out.stderr == (f"error: exchange=BINANCE symbol=BTC-USDT: {shown} is before the first l2_book row "
+                              "in the lake, at 2023-11-14T22:13:20.005Z\n")
+    unknown = _book_cli(lake, "2023-11-14T22:13:21Z").exit_code, _book_cli(lake, "yesterday").stderr
+    assert unknown[0] == 0 and unknown[1].startswith("error: --at 'yesterday': expected ISO-8601")
+
+
+def test_book_after_the_data_is_the_last_book_and_says_its_age(tmp_path: Path, redis_url: str) -> None:
+    messages = _messages()
+    lake = _land(tmp_path, redis_url, messages, depth=1000)
+    out = _book_cli(lake, str(LAST_CHANGE + 37.2))
+    assert out.exit_code == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == ("book as of 2023-11-14T22:13:24.995Z, 37.2 s before the requested time "
+                                           "(the lake's l2_book data for it ends there)")
+    best = top(_reference(messages, LAST_CHANGE + 1), 3)
+    assert all(str(p) in out.stdout for p, _ in best["bid"] + best["ask"]), out.stdout
+    far = _book_cli(lake, "1e30")
+    assert far.exit_code == 0 and "book as of 2023-11-14T22:13:24.995Z, " in far.stdout
+    assert far.stdout.rstrip().endswith("days before the requested time (the lake's l2_book data for it ends there)")
+
+
+def test_book_prints_utc_times_and_takes_iso_or_epoch_seconds(tmp_path: Path, redis_url: str) -> None:
+    lake = _land(tmp_path, redis_url, _messages(), depth=1000)
+    iso, epoch = _book_cli(lake, "2023-11-14T22:13:23.333Z"), _book_cli(lake, str(T0 + 3.333))
+    assert iso.exit_code == epoch.exit_code == 0
+    assert iso.stdout == epoch.stdout
+    assert iso.stdout.splitlines()[0] == "BINANCE BTC-USDT at 2023-11-14T22:13:23.333Z"
+    assert iso.stdout.splitlines()[-1] == "book as of 2023-11-14T22:13:23.325Z, 0.008 s before the requested time"

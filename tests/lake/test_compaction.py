@@ -198,6 +198,7 @@ def test_aggregator_redoing_a_write_already_compacted_does_not_land_it_twice(
 
 def test_only_one_maintenance_run_at_a_time(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
+    LocalCatalog(cfg.lake.root).close()  # an empty lake
     with maintenance_lock(Path(cfg.lake.root)), pytest.raises(MaintenanceBusy):
         compaction.compact(cfg.lake.root, cfg.lake, older_than_seconds=0)
 

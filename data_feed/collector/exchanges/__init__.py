@@ -44,4 +44,12 @@ def feed_config(exchange: str, sim: Endpoints | None) -> dict[str, Any]:
     return cfg
 
 
-__all__ = ["Endpoints", "feed_class", "feed_config"]
+def offered_channels(exchange: str, source: str) -> frozenset[str]:
+    """cryptofeed channel names (``trades``, ``funding``, ...) the exchange's collector class can subscribe to;
+    ``ValueError`` for an exchange cryptofeed does not have."""
+    if source == "replay":
+        return frozenset(replay.base_class(exchange, EXCHANGE_MODULES.get(exchange)).websocket_channels)
+    return frozenset(feed_class(exchange, None, source).websocket_channels)
+
+
+__all__ = ["Endpoints", "feed_class", "feed_config", "offered_channels"]
