@@ -24,7 +24,7 @@ from rich.table import Table
 
 from data_feed.config import DEFAULT_CONFIG_PATH, LAKE_CHANNELS, Config, ConfigError, load_config
 from data_feed.logs import setup_logging
-from data_feed.runtime import RunDir, RunDirBusy
+from data_feed.runtime import RunDir, RunDirBusy, RunDirLock
 
 if TYPE_CHECKING:
     from data_feed.spawner import Spawner
@@ -104,6 +104,13 @@ def _check_environment_or_exit(cfg: Config) -> None:
         fail(str(err), EXIT_USAGE)
 
 
+def _exit_if_busy(cfg: Config) -> None:
+    try:
+        RunDirLock(Path(cfg.spawner.run_dir)).probe()
+    except RunDirBusy as err:
+        fail(str(err), EXIT_USAGE)
+
+
 def claim_run_dir(cfg: Config) -> RunDir:
     """The run directory, locked for this pipeline; exit code 2 naming the holder when another run has it."""
     run_dir = RunDir(Path(cfg.spawner.run_dir))
@@ -142,8 +149,9 @@ def _source(config: Path | None) -> str:
 
 
 def _run_pipeline(cfg: Config, duration: float | None, status: bool, source: str) -> None:
-    run_dir = claim_run_dir(cfg)  # first: a second run in this directory is told which PID holds it
+    _exit_if_busy(cfg)  # first: a second run in this directory is told which PID holds it
     _check_environment_or_exit(cfg)
+    run_dir = claim_run_dir(cfg)
     _exit_on_unoffered(cfg, source)  # still before any role starts
     setup_logging("spawner")
     from data_feed.spawner import Spawner
@@ -253,8 +261,9 @@ def replay(
         cfg = replay_config(load_config_or_exit(config), files, pace, lake)
     except (ValueError, OSError, ConfigError, SessionError) as err:
         fail(str(err), EXIT_USAGE)
-    run_dir = claim_run_dir(cfg)
+    _exit_if_busy(cfg)
     _check_environment_or_exit(cfg)
+    run_dir = claim_run_dir(cfg)
     _exit_on_unoffered(cfg, "replay")
     setup_logging("spawner")
     try:

@@ -62,6 +62,20 @@ class RunDirLock:
         self._file = handle
         return self
 
+    def probe(self) -> None:
+        """``RunDirBusy`` if a running pipeline holds the lock; creates nothing (for checks before start)."""
+        try:
+            handle = open(self.path)  # noqa: SIM115 - closed below, its lock with it
+        except OSError:
+            return  # no lock file: nobody ever ran here
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                if err.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                raise RunDirBusy(self.path.parent, handle.read().strip()) from None
+
     def release(self) -> None:
         if self._file is not None:
             self._file.close()

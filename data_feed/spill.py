@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,19 @@ class SpilledEntry:
     key: str
     entry_id: str
     fields: dict[bytes, bytes]
+
+
+Entries = list[tuple[str, dict[bytes, bytes]]]  # (entry id, fields), in id order
+
+
+@dataclass
+class Drain:
+    """Spilled entries one write takes back, per stream, and the streams it leaves a backlog in (whose new
+    entries must follow into the spill to keep the stream's order)."""
+
+    spilled: list[tuple[str, Entries]]
+    used: dict[str, int]  # entries the write adds per stream
+    behind: set[str]
 
 
 def _file_name(entry_id: str) -> str:
@@ -115,6 +129,25 @@ class Spill:
         """The entries of the oldest ``max_files`` files of ``key``, file by file."""
         files = list(self._files.get(key, ()))[:max_files]
         return [read_spill_file(key, path) for path, _ in files]
+
+    def fitting(self, room: Callable[[str], int], max_files: int) -> Drain:
+        """What one write can take back: per stream with a backlog, the entries of its oldest files while
+        ``room(key)`` (entries the stream may still take) lasts, whole files only, at most ``max_files``."""
+        drain = Drain([], {}, set())
+        for key in self.backlogged():
+            left, entries, taken = room(key), [], 0
+            for file_entries in self.peek(key, max_files):
+                if left <= 0:
+                    break
+                entries += [(e.entry_id, e.fields) for e in file_entries]
+                left -= len(file_entries)
+                taken += 1
+            if entries:
+                drain.spilled.append((key, entries))
+                drain.used[key] = len(entries)
+            if taken < self.files(key):
+                drain.behind.add(key)
+        return drain
 
     def pop(self, key: str) -> None:
         """Forget the oldest file of ``key``: its entries are in Redis now."""

@@ -217,3 +217,18 @@ def backfill(root: Path, exchanges: list[str], cfg: FeaturizerConfig, slice_seco
                         fx.late_trades, fx.late_book_rows)
         tables.append(features_table(exchange, closed, ts_recv_ns, gap_windows(root, exchange)))
     return pa.concat_tables(tables)
+
+
+FEATURE_KEY = ["exchange", "symbol", "interval", "ts_event"]
+
+
+def not_whole_in_lake(root: Path, table: pa.Table) -> pa.Table:
+    """The rows of a backfill whose key the lake's ``features`` table marks incomplete or does not have:
+    what to put in place of what the live featurizer could not see whole."""
+    from data_feed.query import run_query
+
+    landed = run_query(root, "select exchange, symbol, interval, ts_event, complete from features")
+    whole = landed[landed["complete"].astype(bool)][FEATURE_KEY]
+    computed = table.select(FEATURE_KEY).to_pandas()
+    keep = computed.merge(whole.assign(_whole=True), on=FEATURE_KEY, how="left")["_whole"].isna().to_numpy()
+    return table.filter(pa.array(keep))

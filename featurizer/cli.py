@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from data_feed.catalog import NoLake, require_lake
 from data_feed.cli import EXIT_USAGE, fail, load_config_or_exit
 from data_feed.instants import format_instant, parse_instant
-from featurizer.backfill import Period, backfill
+from featurizer.backfill import Period, backfill, not_whole_in_lake
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 err_console = Console(stderr=True)
@@ -42,6 +42,8 @@ def backfill_cmd(
     out: Annotated[Path, typer.Option(help="parquet file to write the features to")] = Path("features.parquet"),
     lake: Annotated[Path | None, typer.Option(help="lake directory (default: lake.root of the config)")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config")] = None,
+    incomplete: Annotated[bool, typer.Option("--incomplete", help="write only the slices the lake's features "
+                                             "table has marked incomplete or lacks")] = False,
 ) -> None:
     """Compute the features of [--from, --to) from the lake, exactly as the live featurizer does."""
     cfg = load_config_or_exit(config)
@@ -68,8 +70,11 @@ def backfill_cmd(
     if not sum(totals):
         fail(f"no trades or l2_book rows of {', '.join(cfg.exchanges)} in the lake at {root} from "
              f"{format_instant(period.start_ns)} to {format_instant(period.end_ns)}; nothing written to {out}")
+    what = "feature rows"
+    if incomplete:
+        table, what = not_whole_in_lake(root, table), "feature rows the lake has incomplete or lacks"
     pq.write_table(table, out, compression="zstd")
-    err_console.print(f"{table.num_rows:,} feature rows ({', '.join(cfg.featurizer.intervals)}) written to {out}",
+    err_console.print(f"{table.num_rows:,} {what} ({', '.join(cfg.featurizer.intervals)}) written to {out}",
                       markup=False, highlight=False)
 
 

@@ -158,22 +158,9 @@ class FeatureSink:
                 self.memory = []
 
     def _plan(self) -> tuple[list[tuple[str, list[tuple[str, dict[bytes, bytes]]]]], list[FeatureBatch], list[str]]:
-        spilled = []
-        behind: set[str] = set()
-        used: dict[str, int] = {}
-        for key in self.spill.backlogged():
-            room, files, taken = self.cfg.stream_maxlen - self.lengths.get(key, 0), [], 0
-            for entries in self.spill.peek(key, SPILL_FILES_PER_WRITE):
-                if room <= 0:
-                    break
-                files += [(e.entry_id, e.fields) for e in entries]
-                room -= len(entries)
-                taken += 1
-            if files:
-                spilled.append((key, files))
-                used[key] = len(files)
-            if taken < self.spill.files(key):
-                behind.add(key)
+        drain = self.spill.fitting(lambda key: self.cfg.stream_maxlen - self.lengths.get(key, 0),
+                                   SPILL_FILES_PER_WRITE)
+        spilled, used, behind = drain.spilled, drain.used, drain.behind
         direct = []
         for batch in self.memory:
             if batch.key in behind or self.cfg.stream_maxlen - self.lengths.get(batch.key, 0) - used.get(

@@ -195,3 +195,16 @@ def duplicated_feature_keys(lake: Path) -> int:
     df = run_query(lake, "select exchange, symbol, interval, ts_event, count(*) n from features group by all "
                          "having count(*) > 1")
     return len(df)
+
+
+def assert_every_sent_trade_landed_once(run: Run) -> None:
+    """Per simulated symbol: the lake's trade ids are exactly what the simulator sent (its account at stop):
+    none twice, none missing but the ones it generated and never wrote to a socket."""
+    account = run.account()["stats"]
+    for exchange in ("BINANCE", "COINBASE"):
+        for symbol, sent in account[exchange]["symbols"].items():
+            ids = run_query(run.lake, f"select id from trades where exchange = '{exchange}' and symbol = "
+                                      f"'{symbol}'")["id"].tolist()
+            assert len(ids) == len(set(ids)) == sent["trades_sent"] > 0, (exchange, symbol)
+            assert max(ids) == sent["last_trade_id"], (exchange, symbol)
+            assert set(range(1, max(ids) + 1)) - set(ids) == set(sent["dropped_trade_ids"]), (exchange, symbol)

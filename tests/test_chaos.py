@@ -79,7 +79,23 @@ def unmarked_partial_slices(run: Run) -> pd.DataFrame:
     return both.loc[bad, FEATURE_KEY]
 
 
+def assert_backfill_fills_exactly_the_incomplete_slices(run: Run) -> None:
+    out = run.tmp / "filled.parquet"
+    bf = subprocess.run([str(ROOT / ".venv" / "bin" / "featurizer"), "backfill", "--config", str(run.config_path),
+                         "--from", "0", "--to", "4102444800", "--incomplete", "--out", str(out)],
+                        capture_output=True, text=True, timeout=300)
+    assert bf.returncode == 0, bf.stderr[-3000:]
+    filled = pq.read_table(out).to_pandas()[FEATURE_KEY]
+    landed = run_query(run.lake, "select exchange, symbol, interval, ts_event, complete from features")
+    whole = landed[landed["complete"]][FEATURE_KEY]
+    assert filled.merge(whole, on=FEATURE_KEY).empty  # nothing the lake already has whole
+    partial = landed[~landed["complete"]][FEATURE_KEY]
+    missed = partial.merge(filled, on=FEATURE_KEY, how="left", indicator=True)
+    assert (missed["_merge"] == "both").all(), missed[missed["_merge"] != "both"].head()
+
+
 @pytest.mark.slow
+@pytest.mark.chaos
 @pytest.mark.timeout(900)
 def test_every_role_killed_again_and_again_leaves_a_lake_that_tells_the_truth(tmp_path: Path) -> None:
     run = Run(tmp_path, pipeline_config(tmp_path)).start()
@@ -109,5 +125,6 @@ def test_every_role_killed_again_and_again_leaves_a_lake_that_tells_the_truth(tm
     assert run_query(run.lake, "select count(*) from features where not complete").iloc[0, 0] > 0
     partial = unmarked_partial_slices(run)
     assert partial.empty, partial.head(20)
+    assert_backfill_fills_exactly_the_incomplete_slices(run)
     reasons = set(run_query(run.lake, "select distinct reason from gaps")["reason"])
     assert {"restart", "disconnect"} <= reasons, reasons
