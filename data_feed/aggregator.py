@@ -87,6 +87,9 @@ WRITTEN_MEMORY_SECONDS = 86_400  # remember written slices this long to count la
 LAKE_RETRY_MIN_SECONDS = 0.1
 LAKE_RETRY_MAX_SECONDS = 5.0  # a failed lake write is retried at least this often
 HEALTH_REPORT_SECONDS = 2.0
+HISTORY_MIN_SLICES = 3  # an entry whose rows of one symbol span this many slices carries history
+LIVE_ONLY_CHANNELS = (BOOK_CHANNEL, "trades")  # kept in their own slices (book snapshots, backfill's file ranges)
+NS_PER_DAY = 86_400 * NS_PER_SECOND
 EXIT_REDIS_LOST = 3  # the process exits with this when Redis goes away: restart and recover from the journal
 LAKE_WRITE_ERRORS = (OSError, sqlite3.Error, BotoCoreError, ClientError)  # the lake, not this process, is at fault
 
@@ -325,6 +328,8 @@ class Aggregator:
         rows = table.drop_columns(SYMBOL_COLUMN)
         if len(names) == 1 and starts[0] == starts[-1] and (starts == starts[0]).all():
             return [(SliceKey(channel, exchange, names[0], int(starts[0])), rows)]
+        if channel not in LIVE_ONLY_CHANNELS:
+            starts = self._group_history(starts, symbols.indices.to_numpy())
         start_codes, start_index = np.unique(starts, return_inverse=True)
         combined = symbols.indices.to_numpy().astype(np.int64) * len(start_codes) + start_index
         order = np.argsort(combined, kind="stable")
@@ -336,6 +341,19 @@ class Aggregator:
             code = int(ordered[lo])
             sk = SliceKey(channel, exchange, names[code // len(start_codes)], int(start_codes[code % len(start_codes)]))
             out.append((sk, taken.slice(lo, hi - lo)))
+        return out
+
+    def _group_history(self, starts: np.ndarray[Any, Any], codes: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """A symbol's rows of one entry spanning many slices are history (a subscription's snapshot of past
+        candles, funding, open interest): they go to the slice opening their day, one file per day and entry
+        instead of one per row. Decided from the entry alone, so a redo after a crash cuts it the same way."""
+        out = starts
+        for code in np.unique(codes):
+            mine = codes == code
+            if len(np.unique(starts[mine])) >= HISTORY_MIN_SLICES:
+                if out is starts:
+                    out = starts.copy()
+                out[mine] = starts[mine] - starts[mine] % NS_PER_DAY
         return out
 
     def _add_part(self, sk: SliceKey, part: pa.Table, eid: str) -> None:

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from cryptofeed.types import OrderBook, Ticker, Trade
 
 from data_feed.aggregator import Aggregator
-from data_feed.cache import CONSUMER_GROUP, dead_letter_key, stream_key
+from data_feed.cache import CONSUMER_GROUP, dead_letter_key, encode_batch, stream_key
 from data_feed.collector.writer import StreamWriter
 from data_feed.config import Config
 from data_feed.lake import channel_files
@@ -149,3 +149,24 @@ def test_book_snapshot_and_deltas_are_rows_per_level_change(tmp_path: Path, redi
     assert rows[3]["ts_recv"] == rows[0]["ts_recv"] + 1000  # bumped by one microsecond
     ticker = run_query(cfg.lake.root, "select bid, ask, ts_event = ts_recv as recv_time from ticker")
     assert ticker.to_dict("records") == [{"bid": 98.0, "ask": 101.0, "recv_time": True}]
+
+
+def test_a_snapshot_of_history_lands_in_a_file_per_day_not_one_per_row(tmp_path: Path, redis_url: str) -> None:
+    """9,400 one-minute candles in one subscription snapshot (two entries) span 6.5 days of 60 s slices: one file
+    per (day, entry), every row once."""
+    cfg = make_config(tmp_path, exchanges={"BINANCE": {"candles": {"symbols": ["BTC-USDT"]}}})  # 60 s slices
+    client = redis.Redis.from_url(redis_url)
+    key = stream_key("BINANCE", "candles")
+    start = 1_699_920_000.0  # a UTC midnight
+    rows = [("BTC-USDT", start + 60 * i, start + 60 * 9400, int((start + 60 * i) * 1e9),
+             int((start + 60 * i + 59.999) * 1e9), "1m", 10, 1.0, 2.0, 0.5, 1.5, 3.0, True) for i in range(9400)]
+    for chunk in (rows[:5000], rows[5000:]):
+        client.xadd(key, encode_batch("candles", chunk))  # type: ignore[arg-type]
+    agg = Aggregator(cfg, client)
+    agg.ensure_groups()
+    agg.drain()
+    files = channel_files(Path(cfg.lake.root), "candles")
+    days = run_query(cfg.lake.root, "select count(distinct date) from candles").iloc[0, 0]
+    assert days == 7 and len(files) <= days + 1  # the day the two entries share has a part from each
+    got = run_query(cfg.lake.root, "select count(*) n, count(distinct start) d from candles").iloc[0].tolist()
+    assert got == [9400, 9400]
