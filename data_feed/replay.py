@@ -4,6 +4,14 @@ Each session file names its exchange and what its recording client subscribed to
 subscribes to the same channels and symbols (those the exchange's cryptofeed class and the lake both
 know), serves the recorded frames through the simulator, and stops once every recording has been
 served and everything it produced has landed.
+
+Features do not depend on the replay's speed: at ``--speed max`` the recorded connections race each
+other and the collector's batches, so an event-time watermark would close slices before records of a
+slower connection arrive. A replay's featurizer therefore closes no slice until the session has been
+served (its stop, after the collectors', closes them all), computing every slice from all its records.
+
+A replay fails fast (`ReplayError`, exit non-zero) instead of waiting forever when the recording cannot
+answer a REST request the collector makes, or when a collector keeps exiting.
 """
 
 from __future__ import annotations
@@ -23,6 +31,13 @@ LOG = logging.getLogger("data_feed.replay")
 DONE_POLL_SECONDS: Final = 0.5
 DONE_TIMEOUT_SECONDS: Final = 3600.0
 REPLAY_RUN_SUBDIR: Final = "replay"
+# Slices close at the end of the session, not by the watermark: a lateness no recording's event times span.
+REPLAY_FEATURE_LATENESS_SECONDS: Final = 10 * 365 * 86_400.0
+MAX_COLLECTOR_EXITS: Final = 3  # a collector exiting this often during a replay will not get further
+
+
+class ReplayError(RuntimeError):
+    """A replay that cannot complete: names the exchange and what is missing."""
 
 
 def supported_channels(exchange: str) -> set[str]:
@@ -55,6 +70,7 @@ def replay_config(base: Config, files: Sequence[Path], speed: float | None, lake
         exchanges[session.exchange] = exchange_section(session.config, supported_channels(session.exchange))
     data["exchanges"] = exchanges
     data["replay"] = {"files": [str(Path(f).resolve()) for f in files], "speed": speed}
+    data["featurizer"]["allowed_lateness_seconds"] = REPLAY_FEATURE_LATENESS_SECONDS
     if lake is not None:
         data["lake"]["root"] = str(lake)
     data["spawner"]["run_dir"] = str(Path(data["spawner"]["run_dir"]) / REPLAY_RUN_SUBDIR)
@@ -63,11 +79,15 @@ def replay_config(base: Config, files: Sequence[Path], speed: float | None, lake
 
 
 def wait_until_served(spawner: Any, timeout: float = DONE_TIMEOUT_SECONDS) -> dict[str, Any]:
-    """Poll the simulator until every replayed exchange reports its recording served; returns its stats."""
+    """Poll the simulator until every replayed exchange reports its recording served; returns its stats.
+
+    Raises ReplayError as soon as a recording cannot answer a request or a collector keeps exiting.
+    """
     deadline = time.monotonic() + timeout
     replayed = [name for name, ex in spawner.cfg.exchanges.items() if ex.source == "replay"]
     while True:
         stats: dict[str, Any] = spawner.sim_request("GET", "/_sim/stats")
+        check_progress(spawner, replayed, stats)
         if all(stats.get(name, {}).get("done") for name in replayed):
             return stats
         if time.monotonic() > deadline or spawner.stop_requested.is_set():
@@ -75,6 +95,22 @@ def wait_until_served(spawner: Any, timeout: float = DONE_TIMEOUT_SECONDS) -> di
             return stats
         spawner.supervise_once()
         time.sleep(DONE_POLL_SECONDS)
+
+
+def check_progress(spawner: Any, replayed: list[str], stats: dict[str, Any]) -> None:
+    """ReplayError for a request the recording has no answer to, or a collector that keeps exiting."""
+    for name in replayed:
+        served = stats.get(name, {})
+        unanswered = served.get("unanswered") or []
+        if unanswered:
+            more = f" (and {len(unanswered) - 1} more)" if len(unanswered) > 1 else ""
+            raise ReplayError(f"exchange={name}: the recording {served.get('file')} has no answer for the request "
+                              f"GET {unanswered[0]} that cryptofeed's collector made{more}; what it recorded: "
+                              f"{', '.join(served.get('recorded_requests', [])) or 'no REST request'}")
+        role = spawner.roles.get(f"collector {name}")
+        if role is not None and role.restarts >= MAX_COLLECTOR_EXITS:
+            raise ReplayError(f"exchange={name}: the collector exited {role.restarts + 1} times during the replay; "
+                              f"see {role.log_path}")
 
 
 def run_replay(cfg: Config, run_dir: Any) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
