@@ -16,7 +16,6 @@ from cryptofeed.defines import CANDLES, FUNDING, L2_BOOK, LIQUIDATIONS, OPEN_INT
 
 from data_feed.bus import Publisher, endpoints
 from data_feed.collector.exchanges import Endpoints, feed_class, feed_config
-from data_feed.collector.exchanges.replay import RecordedClock
 from data_feed.collector.writer import StreamWriter
 from data_feed.config import Config, ExchangeConfig
 from data_feed.recorder import SessionRecorder
@@ -68,10 +67,7 @@ def run(exchange: str, cfg: Config, runtime: Runtime) -> None:
     writer.bus = Publisher(endpoints(cfg)[0], cfg.bus.high_water_mark) if cfg.bus.enabled else None
     fh = FeedHandler(config={"log": {"disabled": True}, "uvloop": False})
     recorder = start_recording(exchange, ex)  # before the feed exists: it fetches symbols when built
-    feed = build_feed(exchange, ex, runtime, writer)
-    if ex.source == "replay":  # receive times are the recording's (data_feed.collector.exchanges.replay)
-        feed.replay_clock = RecordedClock.for_exchange(cfg.replay.files, exchange)  # type: ignore[attr-defined]
-    fh.add_feed(feed)
+    fh.add_feed(build_feed(exchange, ex, runtime, writer))
     LOG.info("exchange=%s: collecting %s", exchange, subscription(ex))
     try:
         fh.run(start_loop=True, install_signal_handlers=True)

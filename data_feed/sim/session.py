@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import heapq
 import io
 import json
 import logging
@@ -93,31 +94,38 @@ class Session:
     def frames_total(self) -> int:
         return sum(len(c.frames) for c in self.connections)
 
+    def frame_order(self) -> list[tuple[float, int, int]]:
+        """(recorded ts, connection index, frame index) of every frame, in the order they were recorded in:
+        connections merged by receive time (ties: place in the connection, then its name), each in its order."""
+        per_connection = [[(ts, j, c.conn, ci) for j, (ts, _) in enumerate(c.frames)]
+                          for ci, c in enumerate(self.connections)]
+        return [(ts, ci, j) for ts, j, _, ci in heapq.merge(*per_connection)]
+
     @property
     def first_ts(self) -> float:
         times = [c.frames[0][0] for c in self.connections if c.frames]
         return min(times) if times else 0.0
 
 
-def _lines(path: Path) -> Iterator[str]:
+def _raw_lines(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as raw:
         if path.suffix == ".zst":
-            reader = zstandard.ZstdDecompressor().stream_reader(raw)
-            yield from io.TextIOWrapper(reader, encoding="utf-8")
+            yield from io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))  # type: ignore[arg-type]
         else:
-            yield from io.TextIOWrapper(raw, encoding="utf-8")
+            yield from raw
 
 
 def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, line); a file that cannot be decompressed or decoded is a SessionError at its line."""
     number = 0
     try:
-        for number, line in enumerate(_lines(path), 1):
-            yield number, line
-    except (zstandard.ZstdError, UnicodeDecodeError) as err:
-        kind = "zstd" if isinstance(err, zstandard.ZstdError) else "UTF-8"
-        raise SessionError(f"{path}:{number + 1}: not a session file: cannot read it as {kind} "
+        for number, raw in enumerate(_raw_lines(path), 1):
+            yield number, raw.decode("utf-8")
+    except zstandard.ZstdError as err:
+        raise SessionError(f"{path}:{number + 1}: not a session file: cannot read it as zstd-compressed "
                            f"JSON Lines ({err})") from None
+    except UnicodeDecodeError as err:
+        raise SessionError(f"{path}:{number}: not a session file: the line is not UTF-8 text ({err})") from None
 
 
 def load_session(path: str | Path) -> Session:
@@ -168,7 +176,7 @@ def _add_record(path: Path, number: int, line: str, header: dict[str, Any] | Non
             http.append(HttpRecord(float(rec["ts"]), str(rec["url"]), str(rec["data"])))
         elif kind in ("connect", "send", "recv"):
             _add_ws(conns.setdefault(str(rec["conn"]), WsRecord(str(rec["conn"]))), kind, rec)
-    except (ValueError, KeyError, TypeError, binascii.Error) as err:
+    except (ValueError, KeyError, TypeError) as err:
         excerpt = line.strip()[:RECORD_EXCERPT_CHARS]
         raise SessionError(f"{path}:{number}: bad record ({type(err).__name__}: {err}): {excerpt!r}") from None
     return header
@@ -195,8 +203,11 @@ def _add_ws(ws: WsRecord, kind: str, rec: dict[str, Any]) -> None:
 
 def _binary(rec: dict[str, Any]) -> bytes:
     """A binary frame's exact bytes, from ``b64`` (``data_b64`` in earlier recordings)."""
-    encoded = rec["b64"] if "b64" in rec else rec["data_b64"]
-    return base64.b64decode(encoded, validate=True)
+    key = "b64" if "b64" in rec else "data_b64"
+    try:
+        return base64.b64decode(rec[key], validate=True)
+    except binascii.Error as err:
+        raise ValueError(f"{key} is not base64 ({err})") from None
 
 
 # -- matching ------------------------------------------------------------------------------------

@@ -5,19 +5,17 @@ it to the recording: ``wss://stream.binance.com:9443`` becomes ``wss://localhost
 ``https://api.coinbase.com/api/v3/brokerage`` becomes ``https://localhost:PORT/replay/COINBASE/api/v3/brokerage``.
 Exchange quirks still come from that exchange's own module (its ``QUIRKS`` class) when there is one.
 
-Receive times are the recording's (`RecordedClock`): each frame is stamped with the time it was
-recorded at, found by its content, and every record cryptofeed makes while handling it (REST book
-snapshots included) gets that time as ``ts_recv``. So a replay lands the receive times the recording
-run landed, whatever the replay's speed, and records without an exchange time stay on the recording's
-timeline instead of today's.
+Frames are handled in the order they were recorded in and carry the recording's receive times: the
+replay server wraps each frame in an envelope (`data_feed.sim.replay.wrap_frame`) with its recorded
+time, and asks for an acknowledgement once it is handled where the next frame is for another
+connection (`RecordedTimeMixin`). Every record cryptofeed makes while handling a frame (REST book
+snapshots included) gets the frame's recorded time as ``ts_recv``. So a replay's receive times are the
+recording's whatever its speed, and records without an exchange time stay on the recording's timeline.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections import defaultdict
-from collections.abc import Sequence
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,53 +25,31 @@ from cryptofeed.exchanges import EXCHANGE_MAP
 from cryptofeed.feed import Feed
 
 from data_feed.collector.exchanges.base import CollectorFeedMixin, Endpoints
-from data_feed.sim.replay import replay_prefix
-from data_feed.sim.session import Session, load_session, read_exchange
-
-
-class RecordedClock:
-    """The recording's receive time of what a replayed collector gets: websocket frames and REST responses,
-    found by content (identical frames, such as heartbeats, take their times in recorded order)."""
-
-    def __init__(self, session: Session) -> None:
-        times: dict[int, list[float]] = defaultdict(list)
-        for conn in session.connections:
-            for ts, data in conn.frames:
-                times[hash(data)].append(ts)
-        for rec in session.http:
-            times[hash(rec.data)].append(rec.ts)
-        self._times = {key: sorted(found, reverse=True) for key, found in times.items()}  # pop() takes the oldest
-        self.now: float | None = None  # the recorded time of the frame being handled (or the last one)
-
-    @classmethod
-    def for_exchange(cls, files: Sequence[str], exchange: str) -> RecordedClock | None:
-        for path in files:
-            if read_exchange(path) == exchange:
-                return cls(load_session(Path(path)))
-        return None
-
-    def frame(self, data: Any, received: float) -> float:
-        """The recorded time of ``data``; ``received`` (the local time) for anything not recorded."""
-        found = self._times.get(hash(data)) if isinstance(data, str | bytes) else None
-        if found:
-            self.now = found[-1] if len(found) == 1 else found.pop()
-        return received if self.now is None else self.now
+from data_feed.sim.replay import ENVELOPE_HEADER, ack_frame, replay_prefix, unwrap_frame
 
 
 class RecordedTimeMixin:
-    """First in a replay feed's bases: frames and callbacks carry the recording's time (`RecordedClock`)."""
+    """First in a replay feed's bases: frames arrive in envelopes (`data_feed.sim.replay`); cryptofeed gets
+    the frame itself with its recorded receive time, callbacks get that time, and the frame is acknowledged
+    once handled when the server asks (the next frame in recorded order is for another connection)."""
 
-    replay_clock: RecordedClock | None = None
+    replay_now: float | None = None  # the recorded time of the frame being handled (or the last one)
 
     async def message_handler(self, msg: Any, conn: Any, timestamp: float) -> None:
-        if self.replay_clock is not None:
-            timestamp = self.replay_clock.frame(msg, timestamp)
-        await super().message_handler(msg, conn, timestamp)  # type: ignore[misc]
+        enveloped = unwrap_frame(msg) if isinstance(msg, str | bytes) else None
+        if enveloped is None:
+            await super().message_handler(msg, conn, timestamp)  # type: ignore[misc]
+            return
+        frame, self.replay_now, index, ack = enveloped
+        try:
+            await super().message_handler(frame, conn, self.replay_now)  # type: ignore[misc]
+        finally:
+            if ack:
+                await conn.write(ack_frame(index))
 
     async def callback(self, data_type: str, obj: Any, receipt_timestamp: float) -> None:
-        clock = self.replay_clock
-        if clock is not None and clock.now is not None:  # also REST snapshots stamped with time.time()
-            receipt_timestamp = clock.now
+        if self.replay_now is not None:  # also records cryptofeed stamps with time.time() (REST book snapshots)
+            receipt_timestamp = self.replay_now
         await super().callback(data_type, obj, receipt_timestamp)  # type: ignore[misc]
 
 
@@ -107,8 +83,11 @@ def feed_class(exchange: str, module: ModuleType | None, sim: Endpoints) -> type
 
 
 def _swap_ws(ep: WebsocketEndpoint, ws_base: str) -> WebsocketEndpoint:
-    swapped: WebsocketEndpoint = dataclasses.replace(ep, address=rehost(ep.address, ws_base), sandbox=None)
+    headers = {**(ep.options or {}).get("additional_headers", {}), ENVELOPE_HEADER: "1"}
+    options = {**(ep.options or {}), "additional_headers": headers}
+    swapped: WebsocketEndpoint = dataclasses.replace(ep, address=rehost(ep.address, ws_base), sandbox=None,
+                                                     options=options)
     return swapped
 
 
-__all__ = ["RecordedClock", "RecordedTimeMixin", "RestEndpoint", "feed_class", "rehost"]
+__all__ = ["RecordedTimeMixin", "RestEndpoint", "feed_class", "rehost"]
