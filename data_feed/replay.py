@@ -5,10 +5,11 @@ subscribes to the same channels and symbols (those the exchange's cryptofeed cla
 know), serves the recorded frames through the simulator, and stops once every recording has been
 served and everything it produced has landed.
 
-Features do not depend on the replay's speed: at ``--speed max`` the recorded connections race each
-other and the collector's batches, so an event-time watermark would close slices before records of a
-slower connection arrive. A replay's featurizer therefore closes no slice until the session has been
-served (its stop, after the collectors', closes them all), computing every slice from all its records.
+Features do not depend on the replay's speed: at ``--speed max`` one collector batch spans seconds of
+the session and its channels reach the featurizer one after another, so an event-time watermark raised
+by one channel's records would close slices before another channel's records for them arrive. A
+replay's featurizer therefore closes no slice until the session has been served (its stop, after the
+collectors', closes them all), computing every slice from all its records.
 
 A replay fails fast (`ReplayError`, exit non-zero) instead of waiting forever when the recording cannot
 answer a REST request the collector makes, or when a collector keeps exiting.
@@ -34,6 +35,7 @@ REPLAY_RUN_SUBDIR: Final = "replay"
 # Slices close at the end of the session, not by the watermark: a lateness no recording's event times span.
 REPLAY_FEATURE_LATENESS_SECONDS: Final = 10 * 365 * 86_400.0
 MAX_COLLECTOR_EXITS: Final = 3  # a collector exiting this often during a replay will not get further
+NO_CLIENT_SECONDS: Final = 120.0  # a collector that opened no websocket connection by then never will
 
 
 class ReplayError(RuntimeError):
@@ -81,14 +83,16 @@ def replay_config(base: Config, files: Sequence[Path], speed: float | None, lake
 def wait_until_served(spawner: Any, timeout: float = DONE_TIMEOUT_SECONDS) -> dict[str, Any]:
     """Poll the simulator until every replayed exchange reports its recording served; returns its stats.
 
-    Raises ReplayError as soon as a recording cannot answer a request or a collector keeps exiting.
+    Raises ReplayError as soon as a recording cannot answer a request or a collector cannot get going.
     """
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     replayed = [name for name, ex in spawner.cfg.exchanges.items() if ex.source == "replay"]
     while True:
         stats: dict[str, Any] = spawner.sim_request("GET", "/_sim/stats")
-        check_progress(spawner, replayed, stats)
+        check_progress(spawner, replayed, stats, time.monotonic() - started)
         if all(stats.get(name, {}).get("done") for name in replayed):
+            report_unserved(replayed, stats)
             return stats
         if time.monotonic() > deadline or spawner.stop_requested.is_set():
             LOG.error("replay stopped before every recording was served: %s", json.dumps(stats)[:2000])
@@ -97,8 +101,9 @@ def wait_until_served(spawner: Any, timeout: float = DONE_TIMEOUT_SECONDS) -> di
         time.sleep(DONE_POLL_SECONDS)
 
 
-def check_progress(spawner: Any, replayed: list[str], stats: dict[str, Any]) -> None:
-    """ReplayError for a request the recording has no answer to, or a collector that keeps exiting."""
+def check_progress(spawner: Any, replayed: list[str], stats: dict[str, Any], elapsed: float) -> None:
+    """ReplayError for a request the recording has no answer to, or a collector that keeps exiting or that
+    opens no connection."""
     for name in replayed:
         served = stats.get(name, {})
         unanswered = served.get("unanswered") or []
@@ -108,9 +113,23 @@ def check_progress(spawner: Any, replayed: list[str], stats: dict[str, Any]) -> 
                               f"GET {unanswered[0]} that cryptofeed's collector made{more}; what it recorded: "
                               f"{', '.join(served.get('recorded_requests', [])) or 'no REST request'}")
         role = spawner.roles.get(f"collector {name}")
+        log = role.log_path if role is not None else "its log"
         if role is not None and role.restarts >= MAX_COLLECTOR_EXITS:
             raise ReplayError(f"exchange={name}: the collector exited {role.restarts + 1} times during the replay; "
-                              f"see {role.log_path}")
+                              f"see {log}")
+        opened = any(c.get("clients") for c in served.get("connections", {}).values())
+        if served.get("connections") and not opened and elapsed > NO_CLIENT_SECONDS:
+            raise ReplayError(f"exchange={name}: the collector opened none of the recording's websocket "
+                              f"connections in {NO_CLIENT_SECONDS:.0f}s; see {log}")
+
+
+def report_unserved(replayed: list[str], stats: dict[str, Any]) -> None:
+    for name in replayed:
+        never = stats.get(name, {}).get("never_opened") or []
+        if never:
+            LOG.warning("exchange=%s: the collector never opened the recorded connections %s; their frames were "
+                        "not served (cryptofeed 2.4.1 subscribes differently from the recording client)", name,
+                        ", ".join(never))
 
 
 def run_replay(cfg: Config, run_dir: Any) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:

@@ -205,6 +205,7 @@ cdef int64_t trade_run(Slice* s, const int64_t* ts, const double* price, const d
 # -- the trades of one open slice, kept until it closes ------------------------------------------
 
 NO_TRADE_ID = -(1 << 63)  # a trade without an integer id: ordered by event time, then arrival
+cdef int64_t NO_TRADE_ID_C = NO_TRADE_ID
 
 cdef struct TradeRec:
     int64_t ts
@@ -222,11 +223,14 @@ cdef struct TradeBuf:
     bint ordered  # every record so far came after the one before in (ts, id) order: no sort needed
 
 
-cdef int64_t trade_id(object tid):
+cdef int64_t trade_id(object tid) except? -1:
     """A collector row's integer trade id, or NO_TRADE_ID (none, text, or beyond int64)."""
-    if type(tid) is int and NO_TRADE_ID < tid <= INT64_MAX:
+    if type(tid) is not int:
+        return NO_TRADE_ID_C
+    try:
         return <int64_t>tid
-    return NO_TRADE_ID
+    except OverflowError:
+        return NO_TRADE_ID_C
 
 
 cdef int trade_rec_cmp(const void* a, const void* b) noexcept nogil:
@@ -258,6 +262,25 @@ cdef int buf_append(TradeBuf* b, int64_t ts, int64_t tid, int64_t seq, double p,
             b.ordered = False
     b.recs[b.n] = TradeRec(ts, tid, seq, p, q, buy)
     b.n += 1
+    return 0
+
+
+cdef int buf_extend(TradeBuf* b, const int64_t* ts, const int64_t* ids, const double* price,
+                    const double* amount, const uint8_t* is_buy, Py_ssize_t n, int64_t seq) except -1 nogil:
+    """``buf_append`` of n trades at once (ids NULL: none has an id)."""
+    cdef Py_ssize_t i
+    cdef Py_ssize_t cap = b.cap if b.cap else 16
+    cdef TradeRec* grown
+    while cap < b.n + n:
+        cap *= 2
+    if cap != b.cap:
+        grown = <TradeRec*>realloc(b.recs, cap * sizeof(TradeRec))
+        if grown == NULL:
+            with gil:
+                raise MemoryError()
+        b.recs, b.cap = grown, cap
+    for i in range(n):
+        buf_append(b, ts[i], NO_TRADE_ID_C if ids == NULL else ids[i], seq + i, price[i], amount[i], is_buy[i])
     return 0
 
 
@@ -577,6 +600,14 @@ cdef class _Symbol:
         self.seq += 1
         return 0
 
+    cdef int add_run(self, int64_t k, int64_t width, const int64_t* ts, const int64_t* ids, const double* price,
+                     const double* amount, const uint8_t* is_buy, Py_ssize_t n) except -1:
+        """n trades of slice k at once."""
+        self.slot(k, width)
+        buf_extend(&self.bufs[k % self.cap], ts, ids, price, amount, is_buy, n, self.seq)
+        self.seq += n
+        return 0
+
     cdef int integrate(self, int64_t until, int64_t width) except -1 nogil:
         """Add the current mid over [integ_t, until) to the slices it spans."""
         cdef int64_t t = self.integ_t, k, end, dt
@@ -784,17 +815,33 @@ cdef class Engine:
                      const uint8_t[::1] is_buy, const int64_t[::1] ids=None):
         """Lake trade columns of one symbol, in arrival order (``ids``: NO_TRADE_ID where none); returns
         how many were late."""
-        cdef Py_ssize_t i, n = ts.shape[0]
+        cdef Py_ssize_t i = 0, j, n = ts.shape[0]
         if price.shape[0] != n or amount.shape[0] != n or is_buy.shape[0] != n or (ids is not None
                                                                                  and ids.shape[0] != n):
             raise ValueError("trade_arrays: columns differ in length")
         if n == 0:
             return 0
         cdef _Symbol sym = self.symbol(name, ts[0])
-        cdef int64_t late0 = self.late_trades
-        for i in range(n):
+        cdef int64_t late0 = self.late_trades, k, start, newest
+        cdef const int64_t* id_ptr = NULL
+        while i < n:
+            # a run of trades in one slice: as one by one (the watermark they raise closes only older slices)
+            k = ts[i] // self.width_ns
+            start = k * self.width_ns
+            newest = ts[i]
+            j = i + 1
+            while j < n and start <= ts[j] < start + self.width_ns:
+                if ts[j] > newest:
+                    newest = ts[j]
+                j += 1
             self.advance(ts[i])
-            self.add_trade(sym, ts[i], NO_TRADE_ID if ids is None else ids[i], price[i], amount[i], is_buy[i])
+            if k < self.floor_k:
+                self.late_trades += j - i
+            else:
+                id_ptr = NULL if ids is None else &ids[i]
+                sym.add_run(k, self.width_ns, &ts[i], id_ptr, &price[i], &amount[i], &is_buy[i], j - i)
+            self.advance(newest)
+            i = j
         return self.late_trades - late0
 
     # -- book ------------------------------------------------------------------------------

@@ -181,6 +181,7 @@ class ExchangeReplay:
     def __post_init__(self) -> None:
         self.connections = [ServedConnection(c) for c in self.session.connections]
         self.order = self.session.frame_order()
+        self.finished = not self.order  # a session of REST answers only is served once it exists
 
     # -- clients -----------------------------------------------------------------------------
 
