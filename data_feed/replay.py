@@ -30,7 +30,10 @@ from data_feed.sim.session import load_session
 LOG = logging.getLogger("data_feed.replay")
 
 DONE_POLL_SECONDS: Final = 0.5
-DONE_TIMEOUT_SECONDS: Final = 3600.0
+DONE_TIMEOUT_SECONDS: Final = 3600.0  # without a frame served for this long, the replay stops
+# The recording says when the exchange went quiet or dropped a connection: a replay's collector never
+# reconnects on silence (at --speed max one connection waits while another's frames go first).
+REPLAY_WATCHDOG_SECONDS: Final = 365 * 86_400.0
 REPLAY_RUN_SUBDIR: Final = "replay"
 # Slices close at the end of the session, not by the watermark: a lateness no recording's event times span.
 REPLAY_FEATURE_LATENESS_SECONDS: Final = 10 * 365 * 86_400.0
@@ -53,7 +56,7 @@ def supported_channels(exchange: str) -> set[str]:
 
 
 def exchange_section(recorded: dict[str, list[str]], supported: set[str]) -> dict[str, Any]:
-    section: dict[str, Any] = {"source": "replay"}
+    section: dict[str, Any] = {"source": "replay", "watchdog_seconds": REPLAY_WATCHDOG_SECONDS}
     for channel in MARKET_CHANNELS:
         symbols = recorded.get(channel)
         if symbols and channel in supported:
@@ -81,12 +84,13 @@ def replay_config(base: Config, files: Sequence[Path], speed: float | None, lake
 
 
 def wait_until_served(spawner: Any, timeout: float = DONE_TIMEOUT_SECONDS) -> dict[str, Any]:
-    """Poll the simulator until every replayed exchange reports its recording served; returns its stats.
+    """Poll the simulator until every replayed exchange reports its recording served (or none served a frame
+    for ``timeout`` seconds); returns its stats.
 
     Raises ReplayError as soon as a recording cannot answer a request or a collector cannot get going.
     """
     started = time.monotonic()
-    deadline = started + timeout
+    deadline, sent = started + timeout, -1
     replayed = [name for name, ex in spawner.cfg.exchanges.items() if ex.source == "replay"]
     while True:
         stats: dict[str, Any] = spawner.sim_request("GET", "/_sim/stats")
@@ -94,6 +98,9 @@ def wait_until_served(spawner: Any, timeout: float = DONE_TIMEOUT_SECONDS) -> di
         if all(stats.get(name, {}).get("done") for name in replayed):
             report_unserved(replayed, stats)
             return stats
+        now_sent = sum(int(stats.get(name, {}).get("frames_sent", 0)) for name in replayed)
+        if now_sent != sent:  # a long session at its recorded pace takes as long as it lasts
+            deadline, sent = time.monotonic() + timeout, now_sent
         if time.monotonic() > deadline or spawner.stop_requested.is_set():
             LOG.error("replay stopped before every recording was served: %s", json.dumps(stats)[:2000])
             return stats
