@@ -371,10 +371,14 @@ class ReplayServer:
         replay.sockets.add(ws)
         reader = asyncio.get_running_loop().create_task(self._read_client(client))
         served = await replay.claim(client, tail, request.query_string)
-        if served is None:
-            LOG.error("exchange=%s: no free recorded connection for %s?%s (the recording has %d); closing", name,
-                      tail, request.query_string, len(replay.connections))
+        if served is None and not best_by_address([c.record for c in replay.connections], tail, request.query_string):
+            LOG.error("exchange=%s: the recording has no connection to %s?%s; closing", name, tail,
+                      request.query_string)
             await ws.close(message=b"not recorded")
+        elif served is None:  # kept open and idle: closing it would only make the client reconnect, again and again
+            LOG.warning("exchange=%s: a client connection to %s?%s is served nothing: each of the recording's "
+                        "connections there has a client (cryptofeed opens more than the recording client did)",
+                        name, tail, request.query_string)
         else:
             LOG.info("exchange=%s: serving recorded connection %s (%d frames, from %d)", name, served.record.conn,
                      len(served.record.frames), served.cursor)

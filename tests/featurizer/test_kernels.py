@@ -353,7 +353,7 @@ def test_a_symbols_first_trade_need_not_be_its_oldest() -> None:
 
 
 def test_a_lateness_longer_than_the_ring_grows_it_and_closes_nothing_before_the_flush() -> None:
-    df = synthetic_trades(50_000, seed=13, span_s=600)  # 600 slices open at once: the ring grows past its start
+    df = synthetic_trades(20_000, seed=13, span_s=300)  # 300 slices open at once: the ring grows past its start
     df["id"] = np.arange(len(df))
     order = np.random.default_rng(14).permutation(len(df))
     engine = Engine(SECOND, 10 * 365 * 86_400 * SECOND)
