@@ -452,7 +452,7 @@ class Aggregator:
                         "not writing it again", sk.exchange, sk.channel, sk.symbol, sk.stamp())
             return 0
         if sk.channel == BOOK_CHANNEL:
-            table = self._with_opening_snapshot(sk, table)
+            table = self._with_opening_snapshot(sk, table, slice_relpath(sk, first_entry_id))
         elif sk.channel == GAPS_CHANNEL:
             table = _distinct_rows(table)
         path, size = self.store.write_slice(sk, table, first_entry_id, self.cfg.lake.compression_level)
@@ -467,10 +467,13 @@ class Aggregator:
         metrics.BYTES_WRITTEN.labels(sk.channel, sk.exchange).inc(size)
         return size
 
-    def _with_opening_snapshot(self, sk: SliceKey, table: pa.Table) -> pa.Table:
-        """Prefix an l2_book slice with the book at the end of the symbol's previous slice (data_feed.book)."""
-        files = self.catalog.files(BOOK_CHANNEL, sk.exchange, sk.symbol)
-        earlier = [f for f in files if f.slice_start_ns < sk.start_ns]
+    def _with_opening_snapshot(self, sk: SliceKey, table: pa.Table, path: str) -> pa.Table:
+        """Prefix an l2_book slice with the book at the end of the symbol's previous slice (data_feed.book).
+
+        An additional part (late rows of a slice already landed) continues that slice's parts: its prefix is
+        the book at their end, not the previous slice's (which, sorted by ts_recv, reset the book mid-slice)."""
+        files = [f for f in self.catalog.files(BOOK_CHANNEL, sk.exchange, sk.symbol) if f.path != path]
+        earlier = [f for f in files if f.slice_start_ns <= sk.start_ns]
         if not earlier or table.num_rows == 0:
             return table
         latest = max(f.slice_start_ns for f in earlier)

@@ -97,7 +97,7 @@ class SessionRecorder:
 
 
 def _payload(data: Any) -> dict[str, Any]:
-    """Text frames as text; binary frames (compressed exchanges) base64 under ``data_b64``."""
+    """Text frames as text; binary frames (compressed exchanges) as base64 of their exact bytes under ``b64``."""
     if isinstance(data, bytes | bytearray):
-        return {"data_b64": base64.b64encode(bytes(data)).decode()}
+        return {"b64": base64.b64encode(bytes(data)).decode()}
     return {"data": data}

@@ -4,6 +4,15 @@ Each session file names its exchange and what its recording client subscribed to
 subscribes to the same channels and symbols (those the exchange's cryptofeed class and the lake both
 know), serves the recorded frames through the simulator, and stops once every recording has been
 served and everything it produced has landed.
+
+Features do not depend on the replay's speed: at ``--speed max`` one collector batch spans seconds of
+the session and its channels reach the featurizer one after another, so an event-time watermark raised
+by one channel's records would close slices before another channel's records for them arrive. A
+replay's featurizer therefore closes no slice until the session has been served (its stop, after the
+collectors', closes them all), computing every slice from all its records.
+
+A replay fails fast (`ReplayError`, exit non-zero) instead of waiting forever when the recording cannot
+answer a REST request the collector makes, or when a collector keeps exiting.
 """
 
 from __future__ import annotations
@@ -21,8 +30,19 @@ from data_feed.sim.session import load_session
 LOG = logging.getLogger("data_feed.replay")
 
 DONE_POLL_SECONDS: Final = 0.5
-DONE_TIMEOUT_SECONDS: Final = 3600.0
+DONE_TIMEOUT_SECONDS: Final = 3600.0  # without a frame served for this long, the replay stops
+# The recording says when the exchange went quiet or dropped a connection: a replay's collector never
+# reconnects on silence (at --speed max one connection waits while another's frames go first).
+REPLAY_WATCHDOG_SECONDS: Final = 365 * 86_400.0
 REPLAY_RUN_SUBDIR: Final = "replay"
+# Slices close at the end of the session, not by the watermark: a lateness no recording's event times span.
+REPLAY_FEATURE_LATENESS_SECONDS: Final = 10 * 365 * 86_400.0
+MAX_COLLECTOR_EXITS: Final = 3  # a collector exiting this often during a replay will not get further
+NO_CLIENT_SECONDS: Final = 120.0  # a collector that opened no websocket connection by then never will
+
+
+class ReplayError(RuntimeError):
+    """A replay that cannot complete: names the exchange and what is missing."""
 
 
 def supported_channels(exchange: str) -> set[str]:
@@ -36,7 +56,7 @@ def supported_channels(exchange: str) -> set[str]:
 
 
 def exchange_section(recorded: dict[str, list[str]], supported: set[str]) -> dict[str, Any]:
-    section: dict[str, Any] = {"source": "replay"}
+    section: dict[str, Any] = {"source": "replay", "watchdog_seconds": REPLAY_WATCHDOG_SECONDS}
     for channel in MARKET_CHANNELS:
         symbols = recorded.get(channel)
         if symbols and channel in supported:
@@ -55,6 +75,7 @@ def replay_config(base: Config, files: Sequence[Path], speed: float | None, lake
         exchanges[session.exchange] = exchange_section(session.config, supported_channels(session.exchange))
     data["exchanges"] = exchanges
     data["replay"] = {"files": [str(Path(f).resolve()) for f in files], "speed": speed}
+    data["featurizer"]["allowed_lateness_seconds"] = REPLAY_FEATURE_LATENESS_SECONDS
     if lake is not None:
         data["lake"]["root"] = str(lake)
     data["spawner"]["run_dir"] = str(Path(data["spawner"]["run_dir"]) / REPLAY_RUN_SUBDIR)
@@ -63,18 +84,59 @@ def replay_config(base: Config, files: Sequence[Path], speed: float | None, lake
 
 
 def wait_until_served(spawner: Any, timeout: float = DONE_TIMEOUT_SECONDS) -> dict[str, Any]:
-    """Poll the simulator until every replayed exchange reports its recording served; returns its stats."""
-    deadline = time.monotonic() + timeout
+    """Poll the simulator until every replayed exchange reports its recording served (or none served a frame
+    for ``timeout`` seconds); returns its stats.
+
+    Raises ReplayError as soon as a recording cannot answer a request or a collector cannot get going.
+    """
+    started = time.monotonic()
+    deadline, sent = started + timeout, -1
     replayed = [name for name, ex in spawner.cfg.exchanges.items() if ex.source == "replay"]
     while True:
         stats: dict[str, Any] = spawner.sim_request("GET", "/_sim/stats")
+        check_progress(spawner, replayed, stats, time.monotonic() - started)
         if all(stats.get(name, {}).get("done") for name in replayed):
+            report_unserved(replayed, stats)
             return stats
+        now_sent = sum(int(stats.get(name, {}).get("frames_sent", 0)) for name in replayed)
+        if now_sent != sent:  # a long session at its recorded pace takes as long as it lasts
+            deadline, sent = time.monotonic() + timeout, now_sent
         if time.monotonic() > deadline or spawner.stop_requested.is_set():
             LOG.error("replay stopped before every recording was served: %s", json.dumps(stats)[:2000])
             return stats
         spawner.supervise_once()
         time.sleep(DONE_POLL_SECONDS)
+
+
+def check_progress(spawner: Any, replayed: list[str], stats: dict[str, Any], elapsed: float) -> None:
+    """ReplayError for a request the recording has no answer to, or a collector that keeps exiting or that
+    opens no connection."""
+    for name in replayed:
+        served = stats.get(name, {})
+        unanswered = served.get("unanswered") or []
+        if unanswered:
+            more = f" (and {len(unanswered) - 1} more)" if len(unanswered) > 1 else ""
+            raise ReplayError(f"exchange={name}: the recording {served.get('file')} has no answer for the request "
+                              f"GET {unanswered[0]} that cryptofeed's collector made{more}; what it recorded: "
+                              f"{', '.join(served.get('recorded_requests', [])) or 'no REST request'}")
+        role = spawner.roles.get(f"collector {name}")
+        log = role.log_path if role is not None else "its log"
+        if role is not None and role.restarts >= MAX_COLLECTOR_EXITS:
+            raise ReplayError(f"exchange={name}: the collector exited {role.restarts + 1} times during the replay; "
+                              f"see {log}")
+        opened = any(c.get("clients") for c in served.get("connections", {}).values())
+        if served.get("connections") and not opened and elapsed > NO_CLIENT_SECONDS:
+            raise ReplayError(f"exchange={name}: the collector opened none of the recording's websocket "
+                              f"connections in {NO_CLIENT_SECONDS:.0f}s; see {log}")
+
+
+def report_unserved(replayed: list[str], stats: dict[str, Any]) -> None:
+    for name in replayed:
+        never = stats.get(name, {}).get("never_opened") or []
+        if never:
+            LOG.warning("exchange=%s: the collector never opened the recorded connections %s; their frames were "
+                        "not served (cryptofeed 2.4.1 subscribes differently from the recording client)", name,
+                        ", ".join(never))
 
 
 def run_replay(cfg: Config, run_dir: Any) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:

@@ -6,6 +6,8 @@ import numpy as np
 import numpy.typing as npt
 
 NS_PER_SECOND: int
+NO_TRADE_ID: int
+MAX_INITIAL_RING_SLOTS: int
 SLICE_FIELDS: tuple[str, ...]
 SLICE_DTYPE: np.dtype[np.void]
 
@@ -40,6 +42,7 @@ class Engine:
         price: npt.NDArray[np.float64],
         amount: npt.NDArray[np.float64],
         is_buy: npt.NDArray[np.uint8],
+        ids: npt.NDArray[np.int64] | None = None,
     ) -> int: ...
     def book_rows(self, rows: list[list[Any]]) -> int: ...
     def book_arrays(

@@ -8,6 +8,12 @@ rolls them up into longer intervals. Everything here is event-time: a slice
 time seen) reaches ``start + width + lateness``; a record that arrives for a
 closed slice is late and counted, never silently dropped.
 
+Trades are computed in exchange order, not arrival order: an open slice keeps
+its trades and, when it closes, runs them sorted by (event time, trade id,
+arrival). Open, close and realized variance are then the same whatever order
+the trades came in (Coinbase lists a message's trades newest first; two
+connections interleave), and live equals backfill bit for bit.
+
 State is mergeable: counts, min/max, first/last, and sums kept as double-double
 pairs (``x`` + ``x_c``), with products of the time-weighted integrals split
 exactly (fma), so merging consecutive slices gives the slice computed directly
@@ -19,7 +25,7 @@ import numpy as np
 cimport numpy as cnp
 from libc.math cimport NAN, fma, isnan, llrint, log
 from libc.stdint cimport INT64_MAX, int64_t, uint8_t
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdlib cimport calloc, free, malloc, qsort, realloc
 from libc.string cimport memcpy, memmove, memset
 
 cimport openmp
@@ -196,6 +202,129 @@ cdef int64_t trade_run(Slice* s, const int64_t* ts, const double* price, const d
     return newest
 
 
+# -- the trades of one open slice, kept until it closes ------------------------------------------
+
+NO_TRADE_ID = -(1 << 63)  # a trade without an integer id: ordered by event time, then arrival
+cdef int64_t NO_TRADE_ID_C = NO_TRADE_ID
+
+cdef struct TradeRec:
+    int64_t ts
+    int64_t id
+    int64_t seq  # arrival order within the symbol: the last tie-break, so the sort key is unique
+    double price
+    double amount
+    uint8_t buy
+
+
+cdef struct TradeBuf:
+    TradeRec* recs
+    Py_ssize_t n
+    Py_ssize_t cap
+    bint ordered  # every record so far came after the one before in (ts, id) order: no sort needed
+
+
+cdef int64_t trade_id(object tid) except? -1:
+    """A collector row's integer trade id, or NO_TRADE_ID (none, text, or beyond int64)."""
+    if type(tid) is not int:
+        return NO_TRADE_ID_C
+    try:
+        return <int64_t>tid
+    except OverflowError:
+        return NO_TRADE_ID_C
+
+
+cdef int trade_rec_cmp(const void* a, const void* b) noexcept nogil:
+    cdef const TradeRec* x = <const TradeRec*>a
+    cdef const TradeRec* y = <const TradeRec*>b
+    if x.ts != y.ts:
+        return -1 if x.ts < y.ts else 1
+    if x.id != y.id:
+        return -1 if x.id < y.id else 1
+    if x.seq != y.seq:
+        return -1 if x.seq < y.seq else 1
+    return 0
+
+
+cdef int buf_append(TradeBuf* b, int64_t ts, int64_t tid, int64_t seq, double p, double q,
+                    uint8_t buy) except -1 nogil:
+    cdef TradeRec* grown
+    cdef TradeRec* last
+    if b.n == b.cap:
+        b.cap = b.cap * 2 if b.cap else 16
+        grown = <TradeRec*>realloc(b.recs, b.cap * sizeof(TradeRec))
+        if grown == NULL:
+            with gil:
+                raise MemoryError()
+        b.recs = grown
+    if b.n:
+        last = &b.recs[b.n - 1]
+        if ts < last.ts or (ts == last.ts and tid < last.id):
+            b.ordered = False
+    b.recs[b.n] = TradeRec(ts, tid, seq, p, q, buy)
+    b.n += 1
+    return 0
+
+
+cdef int buf_extend(TradeBuf* b, const int64_t* ts, const int64_t* ids, const double* price,
+                    const double* amount, const uint8_t* is_buy, Py_ssize_t n, int64_t seq) except -1 nogil:
+    """``buf_append`` of n trades at once (ids NULL: none has an id)."""
+    cdef Py_ssize_t i
+    cdef Py_ssize_t cap = b.cap if b.cap else 16
+    cdef TradeRec* grown
+    while cap < b.n + n:
+        cap *= 2
+    if cap != b.cap:
+        grown = <TradeRec*>realloc(b.recs, cap * sizeof(TradeRec))
+        if grown == NULL:
+            with gil:
+                raise MemoryError()
+        b.recs, b.cap = grown, cap
+    for i in range(n):
+        buf_append(b, ts[i], NO_TRADE_ID_C if ids == NULL else ids[i], seq + i, price[i], amount[i], is_buy[i])
+    return 0
+
+
+cdef void buf_run(Slice* s, TradeBuf* b) noexcept nogil:
+    """The buffered trades into ``s`` in exchange order, then the buffer emptied (its memory kept)."""
+    cdef Py_ssize_t i
+    cdef TradeRec* r = b.recs
+    cdef double p, q, rv_term, high, low, close, vol, vol_c, notional, notional_c, buy, buy_c, rv, rv_c
+    cdef int64_t newest
+    if b.n == 0:
+        return
+    if not b.ordered:
+        qsort(r, b.n, sizeof(TradeRec), trade_rec_cmp)
+    # trade_run's operations in trade_run's order, over records: bit-identical to the batch kernel
+    trade_add(s, r[0].ts, r[0].price, r[0].amount, r[0].buy)
+    high, low, close = s.high, s.low, s.close
+    vol, vol_c, notional, notional_c = s.volume, s.volume_c, s.notional, s.notional_c
+    buy, buy_c, rv, rv_c = s.buy_volume, s.buy_volume_c, s.rv, s.rv_c
+    newest = s.last_ts
+    for i in range(1, b.n):
+        p = r[i].price
+        q = r[i].amount
+        if p > high:
+            high = p
+        if p < low:
+            low = p
+        if p != close:
+            rv_term = log_ratio(p, close)
+            dd_add(&rv, &rv_c, rv_term * rv_term)
+        if r[i].ts > newest:
+            newest = r[i].ts
+        close = p
+        dd_add(&vol, &vol_c, q)
+        dd_add(&notional, &notional_c, p * q)
+        dd_add(&buy, &buy_c, q * <double>r[i].buy)
+    s.last_ts = newest
+    s.n_trades = b.n
+    s.high, s.low, s.close, s.rv, s.rv_c = high, low, close, rv, rv_c
+    s.volume, s.volume_c, s.notional, s.notional_c = vol, vol_c, notional, notional_c
+    s.buy_volume, s.buy_volume_c = buy, buy_c
+    b.n = 0
+    b.ordered = True
+
+
 cdef inline void merge_trades(Slice* a, const Slice* b) noexcept nogil:
     cdef double r
     if b.n_trades == 0:
@@ -288,6 +417,9 @@ def empty_slice(int64_t start):
 
 # -- the order book of one symbol -------------------------------------------------------------
 
+MAX_INITIAL_RING_SLOTS = 64  # open slices a symbol's ring starts with; it grows past this when needed
+
+
 cdef struct Side:
     double* keys  # ascending: price for asks, -price for bids, so index 0 is the best level
     double* sizes
@@ -360,31 +492,37 @@ cdef inline double side_sum_within(const Side* side, double key_limit) noexcept 
 # -- per-symbol streaming state ---------------------------------------------------------------
 
 cdef class _Symbol:
-    """Open slices (a ring), the book and the current book sample of one symbol."""
+    """Open slices (a ring, with each slice's trades), the book and the current book sample of one symbol.
+
+    The ring holds slices lo_k..hi_k; it grows when more are open at once (a long lateness, or a
+    replay that closes nothing until its end), and reaches back to an earlier slice that was never
+    emitted (a symbol's first record need not be its oldest).
+    """
 
     cdef Slice* ring
+    cdef TradeBuf* bufs  # bufs[k % cap]: the trades of slice k, run into it when it closes
     cdef Py_ssize_t cap
     cdef int64_t lo_k  # oldest open slice index
     cdef int64_t hi_k  # newest initialised slice index (lo_k - 1 when none)
+    cdef bint fresh  # no slice initialised yet: the first record decides where the ring starts
+    cdef int64_t seq  # trades taken so far (arrival order)
     cdef Side bids
     cdef Side asks
     cdef bint valid  # both sides non-empty: the sample below is defined
     cdef double mid, spread_bps, micro, imbalance, depth_bid, depth_ask
     cdef int64_t integ_t  # the mid is integrated up to here
-    cdef Slice* cur  # the slice the last trade went to (valid while cur_k >= lo_k)
-    cdef int64_t cur_k, cur_start
     cdef double carry_micro, carry_depth_bid, carry_depth_ask
 
     def __cinit__(self, Py_ssize_t cap, int64_t first_k):
         self.ring = <Slice*>malloc(cap * sizeof(Slice))
-        if self.ring == NULL:
+        self.bufs = <TradeBuf*>calloc(cap, sizeof(TradeBuf))
+        if self.ring == NULL or self.bufs == NULL:
             raise MemoryError()
         self.cap = cap
         self.lo_k = first_k
         self.hi_k = first_k - 1
-        self.cur = NULL
-        self.cur_k = first_k - 1
-        self.cur_start = 0
+        self.fresh = True
+        self.seq = 0
         memset(&self.bids, 0, sizeof(Side))
         memset(&self.asks, 0, sizeof(Side))
         self.valid = False
@@ -393,19 +531,84 @@ cdef class _Symbol:
         self.carry_depth_ask = NAN
 
     def __dealloc__(self):
+        cdef Py_ssize_t i
+        if self.bufs != NULL:
+            for i in range(self.cap):
+                free(self.bufs[i].recs)
+        free(self.bufs)
         free(self.ring)
         free(self.bids.keys)
         free(self.bids.sizes)
         free(self.asks.keys)
         free(self.asks.sizes)
 
-    cdef inline Slice* slot(self, int64_t k, int64_t width) noexcept nogil:
-        while self.hi_k < k:
-            self.hi_k += 1
-            slice_init(&self.ring[self.hi_k % self.cap], self.hi_k * width)
+    cdef int reserve(self, int64_t span) except -1 nogil:
+        """Room for ``span`` open slices: a bigger ring, open slices moved to their new places."""
+        cdef Py_ssize_t newcap = self.cap * 2, i
+        cdef int64_t j
+        cdef Slice* ring
+        cdef TradeBuf* bufs
+        if span <= self.cap:
+            return 0
+        if newcap < span:
+            newcap = span
+        ring = <Slice*>malloc(newcap * sizeof(Slice))
+        bufs = <TradeBuf*>calloc(newcap, sizeof(TradeBuf))
+        if ring == NULL or bufs == NULL:
+            free(ring)
+            free(bufs)
+            with gil:
+                raise MemoryError()
+        for j in range(self.lo_k, self.hi_k + 1):
+            ring[j % newcap] = self.ring[j % self.cap]
+            bufs[j % newcap] = self.bufs[j % self.cap]
+            self.bufs[j % self.cap].recs = NULL
+        for i in range(self.cap):
+            free(self.bufs[i].recs)  # buffers of closed slots (their memory was kept for reuse)
+        free(self.ring)
+        free(self.bufs)
+        self.ring, self.bufs, self.cap = ring, bufs, newcap
+        return 0
+
+    cdef inline void init_slot(self, int64_t k, int64_t width) noexcept nogil:
+        slice_init(&self.ring[k % self.cap], k * width)
+        self.bufs[k % self.cap].n = 0
+        self.bufs[k % self.cap].ordered = True
+
+    cdef Slice* slot(self, int64_t k, int64_t width) except NULL nogil:
+        """Slice k, initialising every slice between it and the open ones (callers pass k >= the floor)."""
+        if self.fresh:
+            self.fresh = False
+            self.lo_k = k
+            self.hi_k = k - 1
+        if k < self.lo_k:  # never emitted: reach back
+            self.reserve(self.hi_k - k + 1)
+            while self.lo_k > k:
+                self.lo_k -= 1
+                self.init_slot(self.lo_k, width)
+        elif k > self.hi_k:
+            self.reserve(k - self.lo_k + 1)
+            while self.hi_k < k:
+                self.hi_k += 1
+                self.init_slot(self.hi_k, width)
         return &self.ring[k % self.cap]
 
-    cdef void integrate(self, int64_t until, int64_t width) noexcept nogil:
+    cdef int add_trade(self, int64_t k, int64_t width, int64_t ts, int64_t tid, double p, double q,
+                       uint8_t buy) except -1:
+        self.slot(k, width)
+        buf_append(&self.bufs[k % self.cap], ts, tid, self.seq, p, q, buy)
+        self.seq += 1
+        return 0
+
+    cdef int add_run(self, int64_t k, int64_t width, const int64_t* ts, const int64_t* ids, const double* price,
+                     const double* amount, const uint8_t* is_buy, Py_ssize_t n) except -1:
+        """n trades of slice k at once."""
+        self.slot(k, width)
+        buf_extend(&self.bufs[k % self.cap], ts, ids, price, amount, is_buy, n, self.seq)
+        self.seq += n
+        return 0
+
+    cdef int integrate(self, int64_t until, int64_t width) except -1 nogil:
         """Add the current mid over [integ_t, until) to the slices it spans."""
         cdef int64_t t = self.integ_t, k, end, dt
         cdef Slice* s
@@ -420,6 +623,7 @@ cdef class _Symbol:
             dd_add_product(&s.mid_int, &s.mid_int_c, self.mid, <double>dt)
             t = end
         self.integ_t = until
+        return 0
 
     cdef void sample(self, Py_ssize_t top_levels, double depth_bps) noexcept nogil:
         cdef double bb, ba, bq, aq, top_b, top_a
@@ -452,11 +656,13 @@ cdef class _Symbol:
         s.depth_bid = self.depth_bid
         s.depth_ask = self.depth_ask
 
-    cdef void close_one(self, int64_t width, int64_t limit, Slice* out) noexcept nogil:
-        """Close the oldest open slice into ``out``: integrate the mid to its end (never past ``limit``,
-        the watermark at a flush: time not yet seen is not extrapolated), carry last values."""
+    cdef int close_one(self, int64_t width, int64_t limit, Slice* out) except -1 nogil:
+        """Close the oldest open slice into ``out``: its trades in exchange order, the mid integrated to
+        its end (never past ``limit``, the watermark at a flush: time not yet seen is not extrapolated),
+        last values carried."""
         cdef Slice* s = self.slot(self.lo_k, width)
         cdef int64_t end = min(s.start + width, limit)
+        buf_run(s, &self.bufs[self.lo_k % self.cap])
         if self.valid and self.integ_t < end:
             if self.integ_t < s.start:
                 self.integ_t = s.start
@@ -471,6 +677,7 @@ cdef class _Symbol:
             self.carry_depth_ask = s.depth_ask
         memcpy(out, s, sizeof(Slice))
         self.lo_k += 1
+        return 0
 
 
 # -- the engine of one exchange ---------------------------------------------------------------
@@ -509,7 +716,7 @@ cdef class Engine:
         self.watermark = -(1 << 62)
         self.floor_k = -(1 << 62)
         self.next_close_ts = -(1 << 62)
-        self.cap = lateness_ns // width_ns + 3
+        self.cap = min(lateness_ns // width_ns + 3, MAX_INITIAL_RING_SLOTS)  # grows when more are open
         self._index = {}
         self._symbols = []
         self.symbols = []
@@ -575,19 +782,14 @@ cdef class Engine:
 
     # -- trades ----------------------------------------------------------------------------
 
-    cdef inline bint add_trade(self, _Symbol sym, int64_t ts, double p, double q, bint buy) except -1:
-        cdef int64_t k
-        if sym.cur_k >= sym.lo_k and sym.cur_start <= ts < sym.cur_start + self.width_ns:  # same slice as before
-            trade_add(sym.cur, ts, p, q, buy)
-            return True
-        k = ts // self.width_ns
-        if k < sym.lo_k:
+    cdef inline bint add_trade(self, _Symbol sym, int64_t ts, int64_t tid, double p, double q,
+                               bint buy) except -1:
+        """Keep the trade with its slice (run in exchange order when the slice closes); False when late."""
+        cdef int64_t k = ts // self.width_ns
+        if k < self.floor_k:
             self.late_trades += 1
             return False
-        sym.cur = sym.slot(k, self.width_ns)
-        sym.cur_k = k
-        sym.cur_start = k * self.width_ns
-        trade_add(sym.cur, ts, p, q, buy)
+        sym.add_trade(k, self.width_ns, ts, tid, p, q, buy)
         return True
 
     def trade_rows(self, list rows):
@@ -606,35 +808,40 @@ cdef class Engine:
                 sym = self.symbol(name, ts)
                 last_name = name
             self.advance(ts)
-            self.add_trade(sym, ts, <double>row[6], <double>row[7], row[5] == "buy")
+            self.add_trade(sym, ts, trade_id(row[3]), <double>row[6], <double>row[7], row[5] == "buy")
         return self.late_trades - late0
 
     def trade_arrays(self, object name, const int64_t[::1] ts, const double[::1] price, const double[::1] amount,
-                     const uint8_t[::1] is_buy):
-        """Lake trade columns of one symbol, in arrival order; returns how many were late."""
-        cdef Py_ssize_t i, n = ts.shape[0]
-        if price.shape[0] != n or amount.shape[0] != n or is_buy.shape[0] != n:
+                     const uint8_t[::1] is_buy, const int64_t[::1] ids=None):
+        """Lake trade columns of one symbol, in arrival order (``ids``: NO_TRADE_ID where none); returns
+        how many were late."""
+        cdef Py_ssize_t i = 0, j, n = ts.shape[0]
+        if price.shape[0] != n or amount.shape[0] != n or is_buy.shape[0] != n or (ids is not None
+                                                                                 and ids.shape[0] != n):
             raise ValueError("trade_arrays: columns differ in length")
         if n == 0:
             return 0
         cdef _Symbol sym = self.symbol(name, ts[0])
-        cdef int64_t late0 = self.late_trades
-        cdef Py_ssize_t j
-        cdef int64_t end
-        i = 0
+        cdef int64_t late0 = self.late_trades, k, start, newest
+        cdef const int64_t* id_ptr = NULL
         while i < n:
-            self.advance(ts[i])
-            self.add_trade(sym, ts[i], price[i], amount[i], is_buy[i])
-            i += 1
-            if sym.cur_k < sym.lo_k:
-                continue
-            end = sym.cur_start + self.width_ns
-            j = i
-            while j < n and sym.cur_start <= ts[j] < end:  # a run in the same (open) slice: no close, none late
+            # a run of trades in one slice: as one by one (the watermark they raise closes only older slices)
+            k = ts[i] // self.width_ns
+            start = k * self.width_ns
+            newest = ts[i]
+            j = i + 1
+            while j < n and start <= ts[j] < start + self.width_ns:
+                if ts[j] > newest:
+                    newest = ts[j]
                 j += 1
-            if j > i:
-                self.advance(trade_run(sym.cur, &ts[i], &price[i], &amount[i], &is_buy[i], j - i))
-                i = j
+            self.advance(ts[i])
+            if k < self.floor_k:
+                self.late_trades += j - i
+            else:
+                id_ptr = NULL if ids is None else &ids[i]
+                sym.add_run(k, self.width_ns, &ts[i], id_ptr, &price[i], &amount[i], &is_buy[i], j - i)
+            self.advance(newest)
+            i = j
         return self.late_trades - late0
 
     # -- book ------------------------------------------------------------------------------
@@ -642,7 +849,7 @@ cdef class Engine:
     cdef int book_message(self, _Symbol sym, int64_t ts, Py_ssize_t nrows) except -1:
         """Sample the book after one message (its rows already applied) at event time ``ts``."""
         cdef int64_t floor_t = self.floor_k * self.width_ns
-        if ts // self.width_ns < sym.lo_k:
+        if ts // self.width_ns < self.floor_k:
             self.late_book_rows += nrows
         if ts < sym.integ_t:
             ts = sym.integ_t

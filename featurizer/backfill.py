@@ -2,9 +2,10 @@
 
 Data flow: lake ``trades`` and ``l2_book`` files of one catalog snapshot -> rows with
 ``ts_event`` in [from, to) -> per exchange, every symbol's records in arrival order
-(``ts_recv``) -> the same ``ExchangeFeaturizer`` the live role runs -> a parquet file of
-``features`` rows. Because the engine, the slicing and the order of records are the live
-path's, a backfill of a recorded period equals what the live featurizer published for it.
+(``ts_recv``) -> the same ``ExchangeFeaturizer`` the live role runs (which computes each slice's
+trades in exchange order: event time, then trade id) -> a parquet file of ``features`` rows.
+Because the engine, the slicing and the order of records are the live path's, a backfill of a
+recorded period equals what the live featurizer published for it.
 
 The aggregator opens each l2_book slice file with a synthetic snapshot of the book (stamped
 off the microsecond grid, see ``data_feed.book``); the live featurizer never saw those, so a
@@ -27,13 +28,14 @@ import pyarrow.parquet as pq
 from data_feed.catalog import CatalogFile, LocalCatalog
 from data_feed.config import FEATURES_CHANNEL, FeaturizerConfig
 from data_feed.schemas import GapReason, schema_for
+from featurizer._kernels import NO_TRADE_ID
 from featurizer.engine import Closed, ExchangeFeaturizer
 from featurizer.features import COMPLETE_COLUMN, VALUE_COLUMNS, interval_ns, overlaps, values
 
 LOG = logging.getLogger("featurizer.backfill")
 
 NS_PER_MICROSECOND = 1000  # collector times are whole microseconds; the lake's opening snapshots are not
-TRADE_COLUMNS = ["ts_event", "ts_recv", "side", "price", "amount"]
+TRADE_COLUMNS = ["ts_event", "ts_recv", "id", "side", "price", "amount"]
 BOOK_COLUMNS = ["ts_event", "ts_recv", "side", "price", "size", "snapshot"]
 CHANNELS = ("trades", "l2_book")
 GAP_COLUMNS = ["ts_event", "channel", "reason", "missing_from_ts", "missing_to_ts"]
@@ -141,7 +143,8 @@ def featurize_exchange(fx: ExchangeFeaturizer, trades: pa.Table, book: pa.Table,
         rows = order[start:end]
         name = symbols[int(sym[rows[0]])]
         if channel[rows[0]] == 0:
-            fx.engine.trade_arrays(name, t["ts_event"][rows], t["price"][rows], t["amount"][rows], t["buy"][rows])
+            fx.engine.trade_arrays(name, t["ts_event"][rows], t["price"][rows], t["amount"][rows], t["buy"][rows],
+                                   t["id"][rows])
         else:
             rows = rows - trades.num_rows
             fx.engine.book_arrays(name, b["ts_event"][rows], b["ts_recv"][rows], b["bid"][rows], b["price"][rows],
@@ -154,7 +157,9 @@ def featurize_exchange(fx: ExchangeFeaturizer, trades: pa.Table, book: pa.Table,
 
 
 def _columns(table: pa.Table, names: list[str]) -> dict[str, np.ndarray[Any, Any]]:
-    out = {n: table.column(n).to_numpy(zero_copy_only=False) for n in names if n != "side"}
+    out = {n: table.column(n).to_numpy(zero_copy_only=False) for n in names if n not in ("side", "id")}
+    if "id" in names:  # trades without an integer id are ordered by event time, then arrival
+        out["id"] = np.ascontiguousarray(pc.fill_null(table.column("id"), NO_TRADE_ID).to_numpy(), dtype=np.int64)
     side = table.column("side").to_numpy(zero_copy_only=False)
     out["buy"] = (side == "buy").astype(np.uint8)
     out["bid"] = (side == "bid").astype(np.uint8)

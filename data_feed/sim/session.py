@@ -9,17 +9,25 @@ A session file is JSON Lines (optionally zstd-compressed, ``.zst``), one record 
     {"t": "connect", "conn": "BINANCE.ws.1", "ts": 1633998511.16, "addr": "wss://stream.binance.com:9443/stream?..."}
     {"t": "send", "conn": "BYBIT.ws.2", "ts": 1786310819.22, "addr": "wss://...", "data": "{\\"op\\": \\"subscribe\\"}"}
     {"t": "recv", "conn": "BINANCE.ws.1", "ts": 1633998512.06, "data": "{\\"stream\\": ...}"}
+    {"t": "recv", "conn": "HUOBI.ws.1", "ts": 1633998512.07, "b64": "H4sIAAAAAAAA..."}
 
-The replay server matches requests against a `Session`: REST by what they ask for (`match_http`), websocket
-connections by address and subscription frames (`match_connection`).
+A binary frame (gzip or deflate, as Huobi- and OKX-style venues send) is kept as base64 of its exact bytes
+under ``b64`` (``data_b64`` in files written by earlier versions of the recorder).
+
+The replay server matches requests against a `Session`: REST by what they ask for (`http_candidates`),
+websocket connections by address (`match_connection`) and, between connections at one address, by the
+subscription frames the client sends (`closest_by_sends`).
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import heapq
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +42,9 @@ FORMAT_VERSION: Final = 2
 # Query parameters that only say how much to return: a snapshot of depth 1000 answers a request for 100.
 SIZE_PARAMS: Final = frozenset({"limit", "depth", "size", "count", "sz"})
 QUERY_TOKEN_SEPARATORS: Final = "/&=,"
+VERSION_SEGMENT: Final = re.compile(r"^v\d+(\.\d+)?$")
+WORD: Final = re.compile(r"[A-Za-z0-9_.:-]+")
+RECORD_EXCERPT_CHARS: Final = 80
 
 
 class SessionError(ValueError):
@@ -61,7 +72,7 @@ class WsRecord:
     conn: str
     addr: str = ""
     connected_at: float = 0.0
-    sends: list[str] = field(default_factory=list)
+    sends: list[str | bytes] = field(default_factory=list)
     frames: list[tuple[float, str | bytes]] = field(default_factory=list)
 
     @property
@@ -83,19 +94,38 @@ class Session:
     def frames_total(self) -> int:
         return sum(len(c.frames) for c in self.connections)
 
+    def frame_order(self) -> list[tuple[float, int, int]]:
+        """(recorded ts, connection index, frame index) of every frame, in the order they were recorded in:
+        connections merged by receive time (ties: place in the connection, then its name), each in its order."""
+        per_connection = [[(ts, j, c.conn, ci) for j, (ts, _) in enumerate(c.frames)]
+                          for ci, c in enumerate(self.connections)]
+        return [(ts, ci, j) for ts, j, _, ci in heapq.merge(*per_connection)]
+
     @property
     def first_ts(self) -> float:
         times = [c.frames[0][0] for c in self.connections if c.frames]
         return min(times) if times else 0.0
 
 
-def _lines(path: Path) -> Iterator[str]:
+def _raw_lines(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as raw:
         if path.suffix == ".zst":
-            reader = zstandard.ZstdDecompressor().stream_reader(raw)
-            yield from io.TextIOWrapper(reader, encoding="utf-8")
+            yield from io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))  # type: ignore[arg-type]
         else:
-            yield from io.TextIOWrapper(raw, encoding="utf-8")
+            yield from raw
+
+
+def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line); a file that cannot be decompressed or decoded is a SessionError at its line."""
+    number = 0
+    try:
+        for number, raw in enumerate(_raw_lines(path), 1):
+            yield number, raw.decode("utf-8")
+    except zstandard.ZstdError as err:
+        raise SessionError(f"{path}:{number + 1}: not a session file: cannot read it as zstd-compressed "
+                           f"JSON Lines ({err})") from None
+    except UnicodeDecodeError as err:
+        raise SessionError(f"{path}:{number}: not a session file: the line is not UTF-8 text ({err})") from None
 
 
 def load_session(path: str | Path) -> Session:
@@ -104,59 +134,136 @@ def load_session(path: str | Path) -> Session:
     header: dict[str, Any] | None = None
     http: list[HttpRecord] = []
     conns: dict[str, WsRecord] = {}
-    for number, line in enumerate(_lines(path), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            kind = rec["t"]
-            if kind == "header":
-                header = rec
-            elif kind == "http":
-                http.append(HttpRecord(float(rec["ts"]), rec["url"], rec["data"]))
-            elif kind in ("connect", "send", "recv"):
-                _add_ws(conns.setdefault(rec["conn"], WsRecord(rec["conn"])), kind, rec)
-        except (ValueError, KeyError, TypeError) as err:
-            raise SessionError(f"{path}:{number}: bad record ({type(err).__name__}: {err})") from None
+    try:
+        for number, line in _numbered_lines(path):
+            if not line.strip():
+                continue
+            header = _add_record(path, number, line, header, http, conns)
+    except OSError as err:
+        raise SessionError(f"{path}: cannot read the session file ({err.strerror or err})") from None
     if header is None:
-        raise SessionError(f"{path}: no header record")
-    return Session(path, str(header["exchange"]), dict(header.get("config") or {}), header.get("candle_interval"),
-                   http, list(conns.values()))
+        raise SessionError(f"{path}: no header record (a first line {{\"t\": \"header\", ...}})")
+    return Session(path, header["exchange"], header["config"], header.get("candle_interval"), http,
+                   list(conns.values()))
+
+
+def read_exchange(path: str | Path) -> str:
+    """The exchange a session file records, from its header (the first record), without reading the rest."""
+    path = Path(path)
+    try:
+        for number, line in _numbered_lines(path):
+            if line.strip():
+                header = _add_record(path, number, line, None, [], {})
+                if header is None:
+                    raise SessionError(f"{path}:{number}: the first record is not the header")
+                return str(header["exchange"])
+    except OSError as err:
+        raise SessionError(f"{path}: cannot read the session file ({err.strerror or err})") from None
+    raise SessionError(f"{path}: no header record (a first line {{\"t\": \"header\", ...}})")
+
+
+def _add_record(path: Path, number: int, line: str, header: dict[str, Any] | None, http: list[HttpRecord],
+                conns: dict[str, WsRecord]) -> dict[str, Any] | None:
+    """One line into the session being read; returns the header (this line's, when it is one)."""
+    try:
+        rec = json.loads(line)
+        if not isinstance(rec, dict):
+            raise TypeError(f"a record is a JSON object, not {type(rec).__name__}")
+        kind = rec["t"]
+        if kind == "header":
+            return _header(rec)
+        if kind == "http":
+            http.append(HttpRecord(float(rec["ts"]), str(rec["url"]), str(rec["data"])))
+        elif kind in ("connect", "send", "recv"):
+            _add_ws(conns.setdefault(str(rec["conn"]), WsRecord(str(rec["conn"]))), kind, rec)
+    except (ValueError, KeyError, TypeError) as err:
+        excerpt = line.strip()[:RECORD_EXCERPT_CHARS]
+        raise SessionError(f"{path}:{number}: bad record ({type(err).__name__}: {err}): {excerpt!r}") from None
+    return header
+
+
+def _header(rec: dict[str, Any]) -> dict[str, Any]:
+    exchange, config = rec["exchange"], rec.get("config") or {}
+    if not isinstance(exchange, str) or not exchange:
+        raise TypeError("the header's exchange must be a name such as BINANCE")
+    if not isinstance(config, dict) or not all(isinstance(v, list) for v in config.values()):
+        raise TypeError("the header's config must map each channel to a list of symbols")
+    return {**rec, "config": {str(k): [str(x) for x in v] for k, v in config.items()}}
 
 
 def _add_ws(ws: WsRecord, kind: str, rec: dict[str, Any]) -> None:
     if kind == "connect":
-        ws.addr, ws.connected_at = rec["addr"], float(rec["ts"])
+        ws.addr, ws.connected_at = str(rec["addr"]), float(rec["ts"])
     elif kind == "send":
-        ws.addr = ws.addr or rec.get("addr", "")
-        ws.sends.append(str(rec["data"]))
+        ws.addr = ws.addr or str(rec.get("addr", ""))
+        ws.sends.append(str(rec["data"]) if "data" in rec else _binary(rec))
     else:
-        data = rec["data"] if "data" in rec else base64.b64decode(rec["data_b64"])
-        ws.frames.append((float(rec["ts"]), data))
+        ws.frames.append((float(rec["ts"]), str(rec["data"]) if "data" in rec else _binary(rec)))
+
+
+def _binary(rec: dict[str, Any]) -> bytes:
+    """A binary frame's exact bytes, from ``b64`` (``data_b64`` in earlier recordings)."""
+    key = "b64" if "b64" in rec else "data_b64"
+    try:
+        return base64.b64decode(rec[key], validate=True)
+    except binascii.Error as err:
+        raise ValueError(f"{key} is not base64 ({err})") from None
 
 
 # -- matching ------------------------------------------------------------------------------------
 
 
-def _last_segment(path: str) -> str:
-    return path.rstrip("/").rsplit("/", 1)[-1]
+def _segments(path: str) -> list[str]:
+    return [seg for seg in path.strip("/").split("/") if seg]
+
+
+def _stem(segment: str) -> str:
+    """A path segment compared across API versions: case-folded, plural to singular (instruments ~ instrument)."""
+    word = segment.lower()
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        return word[:-1]
+    return word
 
 
 def _asks_for(query: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in query.items() if k not in SIZE_PARAMS}
 
 
-def http_candidates(session: Session, path: str, query: dict[str, str]) -> list[HttpRecord]:
-    """Recorded responses answering a request: same endpoint kind (last path segment), same non-size parameters.
+def _path_rank(recorded: str, asked: str) -> tuple[bool, int, int]:
+    """How well a recorded path answers an asked one: equal; equal segments from the end (stemmed);
+    equal segments anywhere, version segments such as ``v3`` left out (a mount prefix or version differs)."""
+    have, want = _segments(recorded), _segments(asked)
+    trailing = 0
+    for a, b in zip(reversed(have), reversed(want), strict=False):
+        if _stem(a) != _stem(b):
+            break
+        trailing += 1
+    plain = {_stem(x) for x in have if not VERSION_SEGMENT.match(x)}
+    shared = sum(1 for x in want if not VERSION_SEGMENT.match(x) and _stem(x) in plain)
+    return recorded.rstrip("/") == asked.rstrip("/"), trailing, shared
 
-    Exact path matches are preferred; paths may differ between cryptofeed versions (Coinbase's
-    ``/products`` vs ``/market/products``), so the endpoint's last segment is what must agree.
+
+def http_candidates(session: Session, path: str, query: dict[str, str]) -> list[HttpRecord]:
+    """Recorded responses answering a request, best first: the same endpoint and the same non-size parameters.
+
+    The endpoint is its last path segment, compared case-folded and singular: recordings come from other
+    cryptofeed versions, whose paths differ in a mount prefix, a version or a plural (Coinbase's
+    ``/products`` vs ``/market/products``, ``/instruments`` vs ``/instrument``). Among the plausible answers
+    the closest path wins; every recorded response with that path and query is returned, in recorded order.
     """
     wanted = _asks_for(query)
-    same_kind = [r for r in session.http if _last_segment(r.path) == _last_segment(path)]
-    matching = [r for r in same_kind if _asks_for(r.query) == wanted]
-    exact = [r for r in matching if r.path == path]
-    return exact or matching
+    matching = [r for r in session.http if _asks_for(r.query) == wanted and _path_rank(r.path, path)[1] >= 1]
+    if not matching:
+        return []
+    best = max(_path_rank(r.path, path) for r in matching)
+    return [r for r in matching if _path_rank(r.path, path) == best]
+
+
+def recorded_requests(session: Session) -> list[str]:
+    """Every distinct recorded request (path and query), for messages about a request with no answer."""
+    return list(dict.fromkeys(urlsplit(r.url)._replace(scheme="", netloc="").geturl() for r in session.http))
 
 
 def _tokens(text: str) -> set[str]:
@@ -165,26 +272,54 @@ def _tokens(text: str) -> set[str]:
     return set(text.split())
 
 
-def match_connection(candidates: Sequence[WsRecord], path: str, query: str) -> WsRecord | None:
-    """The recorded connection a client's connect address asks for.
+def _address_rank(record: WsRecord, path: str, wanted: set[str]) -> tuple[bool, bool, float]:
+    have_path, have_query = record.path_and_query
+    have = _tokens(have_query)
+    union = wanted | have
+    similarity = len(wanted & have) / len(union) if union else 1.0
+    return have_path == path, have_path.endswith(path) or path.endswith(have_path), similarity
+
+
+def best_by_address(candidates: Sequence[WsRecord], path: str, query: str) -> list[WsRecord]:
+    """Every recorded connection tied for the best match of a client's connect address, in recorded order.
 
     Ranked by: same path; else one path ending with the other (a mount prefix such as the simulator's
     ``/binance`` differs); then the most similar query (``streams=`` lists in another order still match).
+    Several connections to one address (cryptofeed splits a long subscription list) all tie.
     """
-    if not candidates:
-        return None
     path = path.rstrip("/")
     wanted = _tokens(query)
+    ranked = [(_address_rank(c, path, wanted), c) for c in candidates]
+    plausible = [(rank, c) for rank, c in ranked if rank[1]]
+    if not plausible:
+        return []
+    best = max(rank for rank, _ in plausible)
+    return [c for rank, c in plausible if rank == best]
 
-    def rank(c: WsRecord) -> tuple[bool, bool, float]:
-        have_path, have_query = c.path_and_query
-        have = _tokens(have_query)
+
+def match_connection(candidates: Sequence[WsRecord], path: str, query: str) -> WsRecord | None:
+    """The recorded connection a client's connect address asks for (the first of several tied)."""
+    found = best_by_address(candidates, path, query)
+    return found[0] if found else None
+
+
+def _words(frames: Sequence[str | bytes]) -> set[str]:
+    return set(WORD.findall(" ".join(f if isinstance(f, str) else f.decode("latin-1") for f in frames)))
+
+
+def closest_by_sends(candidates: Sequence[WsRecord], sends: Sequence[str | bytes]) -> WsRecord | None:
+    """Among recorded connections to one address, the one whose recorded client frames (subscriptions)
+    share the most words with what the client sent (Jaccard over words: channel and symbol names)."""
+    if not candidates:
+        return None
+    wanted = _words(sends)
+
+    def similarity(c: WsRecord) -> float:
+        have = _words(c.sends)
         union = wanted | have
-        similarity = len(wanted & have) / len(union) if union else 1.0
-        return have_path == path, have_path.endswith(path) or path.endswith(have_path), similarity
+        return len(wanted & have) / len(union) if union else 1.0
 
-    best = max(candidates, key=rank)
-    return best if rank(best)[1] else None
+    return max(candidates, key=similarity)
 
 
 # -- writing (the recorder) ----------------------------------------------------------------------

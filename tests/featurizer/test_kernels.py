@@ -292,3 +292,72 @@ def test_collector_rows_path_is_bit_identical_to_the_column_path() -> None:
     live.trade_rows(rows)
     live.flush()
     assert_identical(live.take()[1], kernel_trades(df, SECOND))
+
+
+# -- exchange order, whatever the arrival order -----------------------------------------------------
+
+
+def collector_rows(df: pd.DataFrame, order: np.ndarray[Any, Any]) -> list[list[Any]]:
+    return [["X", df["ts"].iat[i] / 1e9, df["ts"].iat[i] / 1e9, int(df["id"].iat[i]), None,
+             "buy" if df["buy"].iat[i] else "sell", float(df["price"].iat[i]), float(df["amount"].iat[i])]
+            for i in order]
+
+
+def newest_first_messages(n: int, rng: np.random.Generator) -> np.ndarray[Any, Any]:
+    """Arrival order of n trades sent as Coinbase does: messages of 1-6 trades, each listed newest first."""
+    order: list[int] = []
+    start = 0
+    while start < n:
+        size = int(rng.integers(1, 7))
+        order.extend(range(min(start + size, n) - 1, start - 1, -1))
+        start += size
+    return np.array(order)
+
+
+def test_trades_are_computed_in_exchange_order_whatever_their_arrival_order() -> None:
+    """Coinbase lists a message's trades newest first: open, close and realized variance must still be those of
+    (event time, trade id) order; equal event times are told apart by the id, on the rows and the columns path."""
+    df = synthetic_trades(20_000, seed=11, span_s=60)
+    ts = df["ts"].to_numpy(np.int64) // 1000 * 1000
+    ts[1::5] = ts[0::5][: len(ts[1::5])]  # every fifth trade shares its predecessor's time
+    df["ts"] = ts
+    df["id"] = np.arange(len(df)) + 1_000
+    want = kernel_trades(df, SECOND)  # the batch kernel, given exchange order
+    rng = np.random.default_rng(12)
+    for order in (newest_first_messages(len(df), rng), rng.permutation(len(df))):
+        live = Engine(SECOND, 3 * 60 * SECOND)  # a permutation reaches back up to the whole minute
+        for chunk in np.array_split(order, 37):  # many bus batches
+            assert live.trade_rows(collector_rows(df, chunk)) == 0
+        live.flush()
+        assert_identical(live.take()[1], want)
+        columns = Engine(SECOND, 3 * 60 * SECOND)
+        picked = df.iloc[order]
+        assert columns.trade_arrays("X", picked["ts"].to_numpy(np.int64), picked["price"].to_numpy(np.float64),
+                                    picked["amount"].to_numpy(np.float64), picked["buy"].to_numpy(np.uint8),
+                                    picked["id"].to_numpy(np.int64)) == 0
+        columns.flush()
+        assert_identical(columns.take()[1], want)
+
+
+def test_a_symbols_first_trade_need_not_be_its_oldest() -> None:
+    """The first trade seen opens slice 10; one for slice 8 (within the lateness) is not late, and slice 8 is
+    emitted: a symbol's slices start at its oldest record, not its first."""
+    engine = Engine(SECOND, 5 * SECOND)
+    one = np.ones(1)
+    assert engine.trade_arrays("X", np.array([T0 + 10 * SECOND]), one * 100, one, np.ones(1, np.uint8)) == 0
+    assert engine.trade_arrays("X", np.array([T0 + 8 * SECOND + 5]), one * 99, one, np.ones(1, np.uint8)) == 0
+    engine.flush()
+    _, slices = engine.take()
+    assert list(slices["start"]) == [T0 + 8 * SECOND, T0 + 9 * SECOND, T0 + 10 * SECOND]
+    assert list(slices["n_trades"]) == [1, 0, 1] and engine.late_trades == 0
+
+
+def test_a_lateness_longer_than_the_ring_grows_it_and_closes_nothing_before_the_flush() -> None:
+    df = synthetic_trades(20_000, seed=13, span_s=300)  # 300 slices open at once: the ring grows past its start
+    df["id"] = np.arange(len(df))
+    order = np.random.default_rng(14).permutation(len(df))
+    engine = Engine(SECOND, 10 * 365 * 86_400 * SECOND)
+    assert engine.trade_rows(collector_rows(df.assign(ts=df["ts"] // 1000 * 1000), order)) == 0
+    assert len(engine.take()[1]) == 0  # nothing closed yet
+    engine.flush()
+    assert_identical(engine.take()[1], kernel_trades(df.assign(ts=df["ts"] // 1000 * 1000), SECOND))

@@ -77,3 +77,26 @@ def test_live_features_equal_backfill_over_the_lake(session: dict[str, Any]) -> 
         np.testing.assert_array_equal(a, b, err_msg=col)  # bit for bit: same engine, same records, same order
         compared += 1
     assert compared == 27  # the 26 statistics and state columns, and complete
+
+
+def test_coinbase_open_and_close_are_the_first_and_last_trade_by_exchange_time(session: dict[str, Any]) -> None:
+    """The simulator lists a market_trades frame's trades newest first, as Coinbase does: each 1 s slice's open,
+    close and realized variance are still those of its trades in (exchange time, trade id) order."""
+    trades = run_query(session["lake"], "select symbol, ts_event, ts_recv, id, price from trades "
+                       "where exchange = 'COINBASE'")
+    trades["slice"] = trades["ts_event"] // 1_000_000_000 * 1_000_000_000
+    by_exchange = trades.sort_values(["ts_event", "id"], kind="stable").groupby(["symbol", "slice"])["price"]
+    per_frame = trades.groupby(["ts_recv", "symbol"])["id"]  # one frame's trades share its receive time
+    assert (per_frame.size() > 1).sum() > 5, "the simulator sent frames of several trades"
+    arrival = trades.sort_values(["ts_recv", "id"], ascending=[True, False])  # each frame newest first
+    opened = arrival.groupby(["symbol", "slice"])["price"].first()
+    assert (opened != by_exchange.first()).sum() > 0, "arrival order would give other opens"
+    live = live_features(session["lake"])
+    ones = live[(live["exchange"] == "COINBASE") & (live["interval"] == "1s") & (live["trade_count"] > 0)]
+    ones = ones.set_index(["symbol", "ts_event"]).sort_index()
+    key = list(ones.index)
+    assert len(key) > 20
+    np.testing.assert_array_equal(ones["open"].to_numpy(), by_exchange.first().loc[key].to_numpy())
+    np.testing.assert_array_equal(ones["close"].to_numpy(), by_exchange.last().loc[key].to_numpy())
+    rv = by_exchange.apply(lambda p: float((np.log(p.to_numpy()[1:] / p.to_numpy()[:-1]) ** 2).sum()))
+    np.testing.assert_allclose(ones["realized_variance"].to_numpy(), rv.loc[key].to_numpy(), rtol=1e-9, atol=1e-18)
