@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, replace
 
 import numpy as np
+import numpy.typing as npt
 
 from data_feed.config import FeaturizerConfig
 from featurizer._kernels import Engine, empty_slice, merge
@@ -25,13 +26,14 @@ NS_PER_SECOND = 1_000_000_000
 
 @dataclass(frozen=True)
 class Closed:
-    """Closed slices of one symbol and interval, ordered by start; ``complete`` is False for slices closed by
-    a flush (at stop, or the end of a backfill) before the watermark passed them: data may still come."""
+    """Closed slices of one symbol and interval, ordered by start; ``complete`` (per slice) is False for a slice
+    a flush (at stop, or the end of a backfill) closed while it still reached past the newest event time seen:
+    the data of its end was never there."""
 
     interval: str
     symbol: str
     slices: Slices
-    complete: bool = True
+    complete: npt.NDArray[np.bool_] | bool = True
 
 
 class ExchangeFeaturizer:
@@ -68,10 +70,12 @@ class ExchangeFeaturizer:
         return self._collect(final=False)
 
     def flush(self) -> list[Closed]:
-        """At stop or the end of a backfill: close every open slice, complete or not, and return all
-        (marked incomplete: the watermark did not pass them)."""
+        """At stop or the end of a backfill: close every open slice and return all; those reaching past the
+        watermark (the newest event time seen) are marked incomplete."""
+        watermark = int(self.engine.watermark)
         self.engine.flush()
-        return [replace(c, complete=False) for c in self._collect(final=True)]
+        return [replace(c, complete=c.slices["start"] + interval_ns(c.interval) <= watermark)
+                for c in self._collect(final=True)]
 
     def _collect(self, final: bool) -> list[Closed]:
         sym_ids, slices = self.engine.take()

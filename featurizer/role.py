@@ -280,10 +280,11 @@ class Featurizer:
     def emit(self, exchange: str, closed: list[Closed]) -> None:
         now = time.time()
         for batch in closed:
-            slices = self._not_yet_emitted(exchange, batch)
+            keep = self._not_yet_emitted(exchange, batch)
+            slices: Slices = batch.slices[keep]
             if len(slices) == 0:
                 continue
-            complete = self._complete(exchange, batch, slices)
+            complete = self._complete(exchange, batch)[keep]
             out = rows(batch.symbol, batch.interval, slices, now, complete)
             self.publisher.publish(features_topic(batch.interval, exchange, batch.symbol), encode_rows(out))
             self.sink.add(exchange, out)
@@ -291,7 +292,8 @@ class Featurizer:
             end_ns = int(slices["start"][-1]) + interval_ns(batch.interval)
             metrics.FEATURE_LATENCY.labels(exchange).set(now - end_ns / NS_PER_SECOND)
 
-    def _not_yet_emitted(self, exchange: str, batch: Closed) -> Slices:
+    def _not_yet_emitted(self, exchange: str, batch: Closed) -> npt.NDArray[np.bool_]:
+        """Which slices of ``batch`` are not already in the cache (an earlier run stopped inside them)."""
         keep = np.array([not self.sink.already_emitted(exchange, batch.symbol, batch.interval, int(start))
                          for start in batch.slices["start"]], dtype=bool)
         if not keep.all():
@@ -299,15 +301,17 @@ class Featurizer:
             LOG.warning("exchange=%s symbol=%s interval=%s: %d slices already in the cache from an earlier run (it "
                         "stopped inside them, so they are marked incomplete); not emitted again", exchange,
                         batch.symbol, batch.interval, int((~keep).sum()))
-        kept: Slices = batch.slices[keep]
-        return kept
+        return keep
 
-    def _complete(self, exchange: str, batch: Closed, slices: Slices) -> npt.NDArray[np.bool_]:
-        if not batch.complete or (exchange, batch.symbol) in self.awaiting_book:
-            return np.zeros(len(slices), dtype=bool)
-        starts = slices["start"].astype(np.int64)
-        complete = starts >= self.complete_from.get((exchange, batch.symbol), UNSEEN)
-        return complete & ~overlaps(starts, interval_ns(batch.interval), self.windows.get((exchange, batch.symbol), []))
+    def _complete(self, exchange: str, batch: Closed) -> npt.NDArray[np.bool_]:
+        """Per slice of ``batch``: seen whole (see the module docstring)."""
+        key = (exchange, batch.symbol)
+        starts = batch.slices["start"].astype(np.int64)
+        if key in self.awaiting_book:
+            return np.zeros(len(starts), dtype=bool)
+        complete = np.broadcast_to(np.asarray(batch.complete), starts.shape) & (
+            starts >= self.complete_from.get(key, UNSEEN))
+        return complete & ~overlaps(starts, interval_ns(batch.interval), self.windows.get(key, []))
 
 
 def gap_window(row: Sequence[Any]) -> tuple[int, int]:

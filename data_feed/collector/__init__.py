@@ -67,6 +67,7 @@ def run(exchange: str, cfg: Config, runtime: Runtime) -> None:
     spill = Spill(cfg.spill_root() / f"collector-{exchange}", cfg.redis.spill_max_mb * BYTES_PER_MB)
     channels = {name: ch.symbols for name, ch in ex.channels().items()}
     writer = StreamWriter(client, exchange, cfg.redis, spill, channels)
+    writer.answers_snapshot_requests = ex.source != "replay"
     writer.bus = Publisher(endpoints(cfg)[0], cfg.bus.high_water_mark) if cfg.bus.enabled else None
     fh = FeedHandler(config={"log": {"disabled": True}, "uvloop": False})
     recorder = start_recording(exchange, ex)  # before the feed exists: it fetches symbols when built

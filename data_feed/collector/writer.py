@@ -148,6 +148,7 @@ class StreamWriter:
         self._bounded: set[str] = set()  # streams at their bound (logged once per episode)
         self._retry_delay = 0.0
         self._snapshot_answered = 0.0  # the newest book snapshot request answered
+        self.answers_snapshot_requests = True  # not in a replay: it lands what the recording holds, nothing else
         self._snapshot_checked = 0.0
         self.batch_max_records = cfg.batch_max_records
         self.bus: Publisher | None = None  # set when the bus runs: each accepted batch is also published
@@ -274,7 +275,8 @@ class StreamWriter:
         """A restarted featurizer asks for every book once (it has none to apply deltas to): send each book
         the feed keeps as one snapshot message, like any book message (cache, lake and bus alike)."""
         now = time.monotonic()
-        if not self._prepared or now - self._snapshot_checked < SNAPSHOT_REQUEST_CHECK_SECONDS:
+        if not self.answers_snapshot_requests or not self._prepared \
+                or now - self._snapshot_checked < SNAPSHOT_REQUEST_CHECK_SECONDS:
             return
         self._snapshot_checked = now
         try:
