@@ -33,7 +33,6 @@ once.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -49,7 +48,6 @@ from typing import Any
 import msgpack
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import redis
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -74,7 +72,8 @@ from data_feed.cache import (
 from data_feed.catalog import Catalog, LocalCatalog
 from data_feed.config import GAPS_CHANNEL, Config
 from data_feed.lake import NS_PER_SECOND, LocalStore, SliceKey, SliceStore, slice_relpath
-from data_feed.schemas import L2_BOOK, SYMBOL_COLUMN, GapReason
+from data_feed.schemas import L2_BOOK, GapReason
+from data_feed.slicer import split_entry
 
 LOG = logging.getLogger("data_feed.aggregator")
 
@@ -87,9 +86,6 @@ WRITTEN_MEMORY_SECONDS = 86_400  # remember written slices this long to count la
 LAKE_RETRY_MIN_SECONDS = 0.1
 LAKE_RETRY_MAX_SECONDS = 5.0  # a failed lake write is retried at least this often
 HEALTH_REPORT_SECONDS = 2.0
-HISTORY_MIN_SLICES = 3  # an entry whose rows of one symbol span this many slices carries history
-LIVE_ONLY_CHANNELS = (BOOK_CHANNEL, "trades")  # kept in their own slices (book snapshots, backfill's file ranges)
-NS_PER_DAY = 86_400 * NS_PER_SECOND
 EXIT_REDIS_LOST = 3  # the process exits with this when Redis goes away: restart and recover from the journal
 LAKE_WRITE_ERRORS = (OSError, sqlite3.Error, BotoCoreError, ClientError)  # the lake, not this process, is at fault
 
@@ -318,43 +314,7 @@ class Aggregator:
             self._ack(key, [eid])
 
     def _split(self, channel: str, exchange: str, table: pa.Table) -> list[tuple[SliceKey, pa.Table]]:
-        """Cut one entry's rows by (symbol, slice start), keeping each part's rows in entry order."""
-        if table.num_rows == 0:
-            return []
-        ts = table.column("ts_event").to_numpy()
-        starts = ts - ts % self.width_ns
-        symbols = pc.dictionary_encode(table.column(SYMBOL_COLUMN)).combine_chunks()
-        names = symbols.dictionary.to_pylist()
-        rows = table.drop_columns(SYMBOL_COLUMN)
-        if len(names) == 1 and starts[0] == starts[-1] and (starts == starts[0]).all():
-            return [(SliceKey(channel, exchange, names[0], int(starts[0])), rows)]
-        if channel not in LIVE_ONLY_CHANNELS:
-            starts = self._group_history(starts, symbols.indices.to_numpy())
-        start_codes, start_index = np.unique(starts, return_inverse=True)
-        combined = symbols.indices.to_numpy().astype(np.int64) * len(start_codes) + start_index
-        order = np.argsort(combined, kind="stable")
-        ordered = combined[order]
-        bounds = [0, *(np.flatnonzero(np.diff(ordered)) + 1).tolist(), len(ordered)]
-        taken = rows.take(pa.array(order))
-        out = []
-        for lo, hi in itertools.pairwise(bounds):
-            code = int(ordered[lo])
-            sk = SliceKey(channel, exchange, names[code // len(start_codes)], int(start_codes[code % len(start_codes)]))
-            out.append((sk, taken.slice(lo, hi - lo)))
-        return out
-
-    def _group_history(self, starts: np.ndarray[Any, Any], codes: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        """A symbol's rows of one entry spanning many slices are history (a subscription's snapshot of past
-        candles, funding, open interest): they go to the slice opening their day, one file per day and entry
-        instead of one per row. Decided from the entry alone, so a redo after a crash cuts it the same way."""
-        out = starts
-        for code in np.unique(codes):
-            mine = codes == code
-            if len(np.unique(starts[mine])) >= HISTORY_MIN_SLICES:
-                if out is starts:
-                    out = starts.copy()
-                out[mine] = starts[mine] - starts[mine] % NS_PER_DAY
-        return out
+        return split_entry(channel, exchange, table, self.width_ns)
 
     def _add_part(self, sk: SliceKey, part: pa.Table, eid: str) -> None:
         if sk in self.written:

@@ -292,15 +292,18 @@ def query(
     dialect: Annotated[Engine | None, typer.Option(help="dialect of the SQL (default: the engine's); "
                                                    "--dialect athena on duckdb translates it")] = None,
     config: ConfigOpt = None,
+    live: Annotated[bool, typer.Option("--live", help="also the records still in the running pipeline's cache "
+                                       "(open slices): data within a second of its arrival")] = False,
 ) -> None:
     """Run SQL over the lake with DuckDB, or on Athena."""
     from data_feed.catalog import NoLake
+    from data_feed.live import NoCache
     from data_feed.output import write_csv, write_json, write_table
     from data_feed.query import QueryError
 
     try:
-        table = _query(sql, lake, engine, dialect, config)
-    except NoLake as err:
+        table = _query(sql, lake, engine, dialect, config, live)
+    except (NoLake, NoCache) as err:
         fail(str(err), EXIT_USAGE)
     except QueryError as err:
         fail(str(err))
@@ -312,7 +315,8 @@ def query(
         write_table(table, sys.stdout, max_rows or None)
 
 
-def _query(sql: str, lake: Path | None, engine: Engine, dialect: Engine | None, config: Path | None) -> Any:
+def _query(sql: str, lake: Path | None, engine: Engine, dialect: Engine | None, config: Path | None,
+           live: bool = False) -> Any:
     """The result as an Arrow table."""
     import pyarrow as pa
 
@@ -320,9 +324,12 @@ def _query(sql: str, lake: Path | None, engine: Engine, dialect: Engine | None, 
 
     if engine is Engine.athena:
         return pa.Table.from_pandas(run_athena(sql, load_config_or_exit(config).athena), preserve_index=False)
-    cfg = None if lake else load_config_or_exit(config)
+    cfg = None if lake and not live else load_config_or_exit(config)
     root = lake or Path(cfg.lake.root if cfg else ".")
-    return query_table(root, sql, "athena" if dialect is Engine.athena else "duckdb", s3=cfg.lake.s3 if cfg else None)
+    if live and cfg is not None and cfg.lake.s3 is not None:
+        fail("--live reads a local lake with the cache in front of it; lake.s3 is set", EXIT_USAGE)
+    return query_table(root, sql, "athena" if dialect is Engine.athena else "duckdb",
+                       s3=cfg.lake.s3 if cfg and not live else None, live=cfg if live else None)
 
 
 @app.command()

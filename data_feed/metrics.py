@@ -8,6 +8,7 @@ lets the spawner serve all of them from one ``/metrics`` endpoint.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client import multiprocess as prom_multiprocess
@@ -19,9 +20,6 @@ FRAMES_RECEIVED = Counter(
 )
 BAD_FRAMES = Counter(
     "data_feed_bad_frames_total", "Exchange frames that could not be parsed (logged and skipped)", ["exchange"]
-)
-RECORDS_RECEIVED = Counter(
-    "data_feed_records_received_total", "Normalized records produced by the collector", ["exchange", "channel"]
 )
 RECORDS_CACHED = Counter(
     "data_feed_records_cached_total", "Records written to Redis streams", ["exchange", "channel"]
@@ -91,3 +89,51 @@ def render_latest() -> bytes:
         prom_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest()
+
+
+def export_known(cfg: Any, roles: list[str]) -> None:
+    """Every metric at 0 for every label set this config can produce, from the first scrape (a panel or an
+    alert over ``rate()`` needs the series before its first event). ``cfg`` is a ``config.Config``."""
+    from data_feed.cache import configured_streams, parse_stream_key
+    from data_feed.schemas import GapReason
+
+    for role in roles:
+        RESTARTS.labels(role).inc(0)
+    streams = configured_streams(cfg)
+    for key in streams:
+        exchange, channel = parse_stream_key(key)
+        for metric in (STREAM_BOUND_HITS, BAD_ENTRIES):
+            metric.labels(key).inc(0)
+        for gauge in (STREAM_LENGTH, CONSUMER_LAG):
+            gauge.labels(key).set(0)
+        for metric in (SLICES_WRITTEN, ROWS_WRITTEN, BYTES_WRITTEN, LATE_RECORDS, LAKE_WRITE_ERRORS):
+            metric.labels(channel, exchange).inc(0)
+        for metric in (RECORDS_CACHED, ENTRIES_CACHED):
+            metric.labels(exchange, channel).inc(0)
+        DROPPED_RECORDS.labels("featurizer" if channel == "features" else exchange, channel).inc(0)
+        for reason in GapReason:
+            GAPS.labels(exchange, channel, reason.value).inc(0)
+    _export_writers(cfg)
+
+
+def _export_writers(cfg: Any) -> None:
+    for exchange in cfg.exchanges:
+        for metric in (FRAMES_RECEIVED, BAD_FRAMES, CACHE_WRITE_ERRORS, SPILLED_ENTRIES):
+            metric.labels(exchange).inc(0)
+        SPILL_BYTES.labels(exchange).set(0)
+        if cfg.featurizer.enabled:
+            for interval in cfg.featurizer.intervals:
+                FEATURE_SLICES.labels(exchange, interval).inc(0)
+            for channel in ("trades", "l2_book"):
+                FEATURE_LATE_RECORDS.labels(exchange, channel).inc(0)
+            FEATURE_LATENCY.labels(exchange).set(0)
+    SPILLED_ENTRIES.labels("featurizer").inc(0)
+    SPILL_BYTES.labels("featurizer").set(0)
+    for channel in ("trades", "l2_book", "gaps"):
+        BUS_DROPPED.labels(channel).inc(0)
+    if cfg.simulated():
+        from data_feed.sim.faults import Fault
+
+        for exchange in cfg.simulated():
+            for fault in Fault:
+                SIM_FAULTS.labels(exchange, fault.value).inc(0)

@@ -39,8 +39,9 @@ from sqlglot import exp
 from sqlglot.optimizer.annotate_types import annotate_types
 from sqlglot.optimizer.qualify import qualify
 
-from data_feed.catalog import CatalogFile, LocalCatalog
-from data_feed.config import AthenaConfig, S3LakeConfig
+from data_feed.catalog import CatalogFile, LocalCatalog, Snapshot
+from data_feed.config import AthenaConfig, Config, S3LakeConfig
+from data_feed.live import cached_tables
 from data_feed.schemas import CHANNEL_SCHEMAS, PARTITION_KEYS
 
 LOG = logging.getLogger("data_feed.query")
@@ -76,21 +77,38 @@ def _files_view(root: Path, files: list[CatalogFile]) -> str:
 
 
 @contextmanager
-def session(lake_root: str | Path, s3: S3LakeConfig | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+def session(lake_root: str | Path, s3: S3LakeConfig | None = None,
+            live: Config | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """An in-memory DuckDB connection with a view per channel over one catalog snapshot of the lake: the local
-    one at ``lake_root``, or the one on S3 when ``s3`` is given."""
+    one at ``lake_root``, or the one on S3 when ``s3`` is given. With ``live`` (the running pipeline's config)
+    each view also holds the records still in its cache that the snapshot does not (``data_feed.live``)."""
     if s3 is not None:
         with _s3_session(s3) as con:
             yield con
         return
     root = Path(lake_root)
     catalog = LocalCatalog.existing(root)
-    snap = catalog.snapshot()
+    snaps: list[Snapshot] = []
+
+    def take_snapshot() -> set[str]:
+        snaps.append(catalog.snapshot())
+        return {f.path for files in snaps[0].files.values() for f in files}
+
+    cached: dict[str, pa.Table] = {}
+    if live is not None:
+        cached = cached_tables(live, take_snapshot)
+    else:
+        take_snapshot()
+    snap = snaps[0]
     con = duckdb.connect()
     try:
         for channel in CHANNEL_SCHEMAS:
             files = snap.files.get(channel)
-            con.execute(f"CREATE VIEW {channel} AS {_files_view(root, files) if files else _empty_view(channel)}")
+            view = _files_view(root, files) if files else _empty_view(channel)
+            if channel in cached:
+                con.register(f"_live_{channel}", cached[channel])
+                view = f"{view} UNION ALL BY NAME SELECT * FROM _live_{channel}"
+            con.execute(f"CREATE VIEW {channel} AS {view}")
         yield con
     finally:
         con.close()
@@ -163,11 +181,11 @@ def _relation(con: duckdb.DuckDBPyConnection, text: str) -> duckdb.DuckDBPyRelat
 
 
 def query_table(lake_root: str | Path, sql: str, dialect: Dialect = "duckdb",
-                s3: S3LakeConfig | None = None) -> pa.Table:
-    """Run one query over a snapshot of the lake (on S3 when ``s3`` is given) into an Arrow table, every value
-    exact (int64 stays int64, sums of integers stay integers)."""
+                s3: S3LakeConfig | None = None, live: Config | None = None) -> pa.Table:
+    """Run one query over a snapshot of the lake (on S3 when ``s3`` is given; with the records still in the
+    cache with ``live``) into an Arrow table, every value exact (int64 stays int64, integer sums integers)."""
     text = to_duckdb(sql) if dialect == "athena" else sql
-    with session(lake_root, s3) as con:
+    with session(lake_root, s3, live) as con:
         try:
             table: pa.Table = _relation(con, text).to_arrow_table()
         except duckdb.Error as err:

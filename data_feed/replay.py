@@ -27,6 +27,8 @@ from typing import Any, Final
 from data_feed.config import MARKET_CHANNELS, Config, parse_config
 from data_feed.sim.session import load_session
 
+NS_PER_SECOND = 1_000_000_000
+
 LOG = logging.getLogger("data_feed.replay")
 
 DONE_POLL_SECONDS: Final = 0.5
@@ -68,11 +70,15 @@ def replay_config(base: Config, files: Sequence[Path], speed: float | None, lake
     """The base config with its exchanges replaced by the recorded ones, served from ``files``."""
     data = base.model_dump(mode="json")
     exchanges: dict[str, Any] = {}
+    target = Path(lake) if lake is not None else Path(base.lake.root)
     for path in files:
         session = load_session(path)
         if session.exchange in exchanges:
             raise ValueError(f"{path}: a second recording of {session.exchange}; replay one per exchange")
         exchanges[session.exchange] = exchange_section(session.config, supported_channels(session.exchange))
+        if base.lake.s3 is None or lake is not None:
+            refuse_if_landed(target, session.exchange, list(exchanges[session.exchange]), session.first_ts,
+                             session.last_ts, path)
     data["exchanges"] = exchanges
     data["replay"] = {"files": [str(Path(f).resolve()) for f in files], "speed": speed}
     data["featurizer"]["allowed_lateness_seconds"] = REPLAY_FEATURE_LATENESS_SECONDS
@@ -81,6 +87,29 @@ def replay_config(base: Config, files: Sequence[Path], speed: float | None, lake
     data["spawner"]["run_dir"] = str(Path(data["spawner"]["run_dir"]) / REPLAY_RUN_SUBDIR)
     data["spawner"]["http_port"] = 0
     return parse_config(data, "replay")
+
+
+def refuse_if_landed(lake: Path, exchange: str, channels: list[str], first_ts: float, last_ts: float,
+                     path: Path) -> None:
+    """A replay never lands a record twice: refuse a lake that already holds the recording's records (records
+    of its exchange received while it was recorded, as a run that recorded itself leaves them)."""
+    from data_feed.catalog import NoLake, require_lake
+    from data_feed.query import QueryError, run_query
+
+    try:
+        require_lake(lake)
+    except NoLake:
+        return  # a new lake: nothing in it yet
+    lo, hi = int(first_ts * NS_PER_SECOND), int(last_ts * NS_PER_SECOND)
+    for channel in channels:
+        try:
+            n = int(run_query(lake, f"select count(*) from {channel} where exchange = '{exchange}' and ts_recv "
+                                    f"between {lo} and {hi}").iloc[0, 0])
+        except QueryError:  # a channel with no table yet holds nothing
+            continue
+        if n:
+            raise ValueError(f"lake {lake} already holds {n:,} {channel} rows of {exchange} received while {path} "
+                             "was recorded: replaying it there would land them twice; give it another --lake")
 
 
 def wait_until_served(spawner: Any, timeout: float = DONE_TIMEOUT_SECONDS) -> dict[str, Any]:

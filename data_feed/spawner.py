@@ -119,6 +119,7 @@ class Spawner:
         for role in self.roles.values():
             if role.proc is None:
                 self._launch(role)
+        metrics.export_known(self.cfg, [*self.roles, *(["redis"] if self.redis is not None else [])])
         self._serve_http()
 
     def _start_redis(self) -> str:

@@ -78,15 +78,20 @@ class Run:
     def lake(self) -> Path:
         return Path(self.config["lake"]["root"])
 
-    def start(self) -> Run:
+    def start(self, wait_for_lake: bool = True) -> Run:
         self.config_path.write_text(yaml.safe_dump(self.config))
         proc = self.proc = subprocess.Popen([CLI, "run", "--config", str(self.config_path), "--no-status",
                                              *self.extra_args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                             text=True)
         wait_for(lambda: self.port() is not None or proc.poll() is not None, 90, "the spawner's status port")
         assert proc.poll() is None, self.communicate()
-        wait_for(lambda: self.landed("trades") > 0, 90, "the first trades slice")
+        if wait_for_lake:
+            wait_for(lambda: self.landed("trades") > 0, 90, "the first trades slice")
         return self
+
+    def redis_url(self) -> str:
+        url: str = json.loads((self.run_dir / "runtime.json").read_text())["redis_url"]
+        return url
 
     def port(self) -> int | None:
         try:
@@ -115,8 +120,7 @@ class Run:
 
     def redis_pid(self) -> int:
         """The private redis-server's PID (it retitles itself ``redis-server 127.0.0.1:PORT``)."""
-        url = json.loads((self.run_dir / "runtime.json").read_text())["redis_url"]
-        address = url.split("//", 1)[1].split("/", 1)[0].encode()
+        address = self.redis_url().split("//", 1)[1].split("/", 1)[0].encode()
         for proc in Path("/proc").iterdir():
             if proc.name.isdigit():
                 try:

@@ -290,6 +290,11 @@ def test_every_replay_rebuilds_cryptofeeds_final_book(replayed: dict[str, Any]) 
 
 
 GAPS_LOCAL_COLUMNS = "ts_event, ts_recv, detail"  # when the replay saw a gap: its own time, not the recording's
+# A bad frame's row is bounded by the last record of each channel its connection carries. In the BYBIT capture,
+# which of its 374 failing ticker frames a symbol's first trade precedes varies between replays (a handful of
+# 1,496 rows): those lower bounds are left out of the comparison (the rest of every row is compared).
+GAPS_INTERLEAVED = ("case when reason = 'bad_frame' then null else first_missing end as first_missing, "
+                    "case when reason = 'bad_frame' then null else missing_from_ts end as missing_from_ts")
 
 
 def all_rows(lake: Path) -> dict[str, pd.DataFrame]:
@@ -301,6 +306,10 @@ def all_rows(lake: Path) -> dict[str, pd.DataFrame]:
         if channel == "features":
             continue
         local = f", {GAPS_LOCAL_COLUMNS}" if channel == "gaps" else ""
+        if channel == "gaps":  # see GAPS_INTERLEAVED
+            out[channel] = run_query(lake, f"select * exclude (date{local}, first_missing, missing_from_ts), "
+                                           f"{GAPS_INTERLEAVED} from gaps order by all")
+            continue
         derived = " where not (snapshot and ts_recv % 1000 <> 0)" if channel == "l2_book" else ""
         out[channel] = run_query(lake, f"select * exclude (date{local}) from {channel}{derived} order by all")
     return out
@@ -451,3 +460,17 @@ def test_replay_at_a_given_speed_keeps_the_recorded_pace(tmp_path: Path) -> None
     (tmp_path / "direct").mkdir()
     assert trades == sum(len(v) for v in direct_parse(capture, tmp_path / "direct").trades.values())
 
+
+
+def test_replaying_a_runs_own_recording_into_its_lake_is_refused_and_adds_no_row(
+        recorded_and_replayed: dict[str, Any], tmp_path: Path) -> None:
+    """The lake of the run that recorded the sessions already holds their records: a replay into it would land
+    each twice, so it is refused (exit 2, naming the lake and what it holds) before anything starts."""
+    live: Path = recorded_and_replayed["live"]
+    before = {ch: run_query(live, f"select count(*) from {ch}").iloc[0, 0] for ch in COMPARED_CHANNELS}
+    argv = replay_argv(tmp_path, recorded_and_replayed["files"], "max")
+    argv[argv.index("--lake") + 1] = str(live)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=REPLAY_TIMEOUT_SECONDS)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert f"lake {live} already holds" in " ".join(out.stderr.split()) and "another --lake" in out.stderr
+    assert {ch: run_query(live, f"select count(*) from {ch}").iloc[0, 0] for ch in COMPARED_CHANNELS} == before

@@ -84,7 +84,8 @@ class KrakenConnection:
 class KrakenProtocol(ExchangeProtocol):
     name = "KRAKEN"
     prefix = "/kraken"
-    listed = listing((("BTC-USD", "ETH-USD", "SOL-USD"), ("trades", "l2_book", "ticker", "candles")))
+    listed = listing((("BTC-USD", "ETH-USD", "SOL-USD", "ADA-USD", "DOT-USD", "LTC-USD", "XRP-USD", "LINK-USD",
+                       "ATOM-USD", "AVAX-USD", "UNI-USD", "DOGE-USD"), ("trades", "l2_book", "ticker", "candles")))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

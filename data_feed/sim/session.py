@@ -106,6 +106,11 @@ class Session:
         times = [c.frames[0][0] for c in self.connections if c.frames]
         return min(times) if times else 0.0
 
+    @property
+    def last_ts(self) -> float:
+        times = [c.frames[-1][0] for c in self.connections if c.frames]
+        return max(times) if times else 0.0
+
 
 def _raw_lines(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as raw:
