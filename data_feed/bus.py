@@ -37,6 +37,8 @@ SUBSCRIBE_SOCKET_NAME = "bus-subscribe.sock"
 TOPIC_SEPARATOR = "."
 PROXY_STOP_TIMEOUT_SECONDS = 5.0
 PUBLISHER_LINGER_MS = 1000  # at close, how long queued batches may still go out
+CONNECT_TIMEOUT_MS = 5000  # a new publisher waits this long at most for its connection to the proxy
+SUBSCRIPTIONS_SETTLE_SECONDS = 0.1  # then this long for the proxy to pass it the subscriptions
 SEQUENCE = struct.Struct(">QQQ")  # (publisher id, its start in ns, sequence number of this topic from it)
 
 
@@ -108,10 +110,26 @@ class Publisher:
         self.sock = self.ctx.socket(zmq.PUB)
         self.sock.setsockopt(zmq.SNDHWM, high_water_mark)
         self.sock.setsockopt(zmq.LINGER, PUBLISHER_LINGER_MS)
+        monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self.sock.connect(endpoint)
+        self._await_handshake(monitor, endpoint)
         self.publisher_id = (os.getpid() << 20) ^ (id(self) & 0xFFFFF)
         self.started_ns = time.time_ns()
         self.sequence: dict[bytes, int] = {}
+
+    def _await_handshake(self, monitor: zmq.Socket[Any], endpoint: str) -> None:
+        """Until the proxy's end of the connection is up and its subscriptions had a moment to arrive: a PUB
+        drops what it sends before (ZMQ's slow joiner), and a subscriber would count those batches lost."""
+        try:
+            if monitor.poll(CONNECT_TIMEOUT_MS):
+                monitor.recv_multipart()
+                time.sleep(SUBSCRIPTIONS_SETTLE_SECONDS)
+            else:
+                LOG.warning("bus: no connection to %s after %d ms; publishing anyway (subscribers count what is "
+                            "lost)", endpoint, CONNECT_TIMEOUT_MS)
+        finally:
+            self.sock.disable_monitor()
+            monitor.close(linger=0)
 
     def publish(self, topic: bytes, payload: bytes) -> None:
         seq = self.sequence.get(topic, 0) + 1

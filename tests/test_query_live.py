@@ -36,11 +36,11 @@ def test_live_query_answers_every_cached_trade_once(tmp_path: Path, slice_second
         client = redis.Redis.from_url(run.redis_url())
         wait_for(lambda: cached_trades(client, "BINANCE") > 200, 60, "trades cached")
         for _ in range(3):
+            lake = query(run, "select count(*) n from trades", live=False)["n"].iloc[0]  # what landed before...
             before = {ex: cached_trades(client, ex) for ex in ("BINANCE", "COINBASE")}
             live = query(run, "select exchange, count(*) n, count(distinct (symbol, id)) d from trades group by 1 "
-                              "order by 1", live=True).set_index("exchange")
+                              "order by 1", live=True).set_index("exchange")  # ...is part of what --live sees
             after = {ex: cached_trades(client, ex) for ex in ("BINANCE", "COINBASE")}
-            lake = query(run, "select count(*) n from trades", live=False)["n"].iloc[0]
             for exchange in before:
                 n, d = live.loc[exchange, "n"], live.loc[exchange, "d"]
                 assert n == d, (exchange, "a record counted twice: in the lake and in the cache")

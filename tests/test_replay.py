@@ -290,11 +290,6 @@ def test_every_replay_rebuilds_cryptofeeds_final_book(replayed: dict[str, Any]) 
 
 
 GAPS_LOCAL_COLUMNS = "ts_event, ts_recv, detail"  # when the replay saw a gap: its own time, not the recording's
-# A bad frame's row is bounded by the last record of each channel its connection carries. In the BYBIT capture,
-# which of its 374 failing ticker frames a symbol's first trade precedes varies between replays (a handful of
-# 1,496 rows): those lower bounds are left out of the comparison (the rest of every row is compared).
-GAPS_INTERLEAVED = ("case when reason = 'bad_frame' then null else first_missing end as first_missing, "
-                    "case when reason = 'bad_frame' then null else missing_from_ts end as missing_from_ts")
 
 
 def all_rows(lake: Path) -> dict[str, pd.DataFrame]:
@@ -306,10 +301,6 @@ def all_rows(lake: Path) -> dict[str, pd.DataFrame]:
         if channel == "features":
             continue
         local = f", {GAPS_LOCAL_COLUMNS}" if channel == "gaps" else ""
-        if channel == "gaps":  # see GAPS_INTERLEAVED
-            out[channel] = run_query(lake, f"select * exclude (date{local}, first_missing, missing_from_ts), "
-                                           f"{GAPS_INTERLEAVED} from gaps order by all")
-            continue
         derived = " where not (snapshot and ts_recv % 1000 <> 0)" if channel == "l2_book" else ""
         out[channel] = run_query(lake, f"select * exclude (date{local}) from {channel}{derived} order by all")
     return out

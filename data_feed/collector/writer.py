@@ -191,15 +191,25 @@ class StreamWriter:
     def gap(self, symbol: str, channel: str, reason: str, first_missing: int | None = None,
             last_missing: int | None = None, detail: str = "", when: float | None = None) -> None:
         """A row for the ``gaps`` table: data of (channel, symbol) may be missing from here on."""
-        ts = time.time() if when is None else when
+        ts = self._gap_time(channel, symbol, when)
         self._add_gap_rows([(symbol, ts, ts, channel, GapReason(reason).value, first_missing, last_missing, detail,
                              None, None)])
 
     def open_gap(self, symbol: str, channel: str, reason: str, detail: str = "", when: float | None = None) -> None:
         """An outage whose end is the next record of (channel, symbol): its row then bounds the missing ids."""
         boundary = len(self.buffers.get(channel, ()))
-        self.tracker.open_gap(channel, symbol, GapReason(reason), time.time() if when is None else when, detail,
+        self.tracker.open_gap(channel, symbol, GapReason(reason), self._gap_time(channel, symbol, when), detail,
                               boundary)
+
+    def _gap_time(self, channel: str, symbol: str, when: float | None) -> float:
+        """Detection times strictly increasing per (channel, symbol), a microsecond apart at least: two outages
+        are two rows, never one the aggregator would take for a retried write (identical rows land once)."""
+        ts = time.time() if when is None else when
+        key = f"gap:{channel}:{symbol}"
+        last = self._last_recv.get(key, 0.0)
+        ts = max(ts, last + RECV_STEP_SECONDS)
+        self._last_recv[key] = ts
+        return ts
 
     def _add_gap_rows(self, rows: list[GapRow]) -> None:
         for row in rows:

@@ -10,7 +10,7 @@ table, one per channel and symbol the connection carried, so a reader of the
 lake can tell a quiet market from missing data. Such an outage is *opened* at
 detection and its row written with the next record of that channel and symbol,
 bounding the missing trade ids (``collector.gaps``). Exchange modules add their
-own (sequence gaps, failed book snapshots) through `gap`.
+own (sequence gaps, failed book snapshots) through `gap`; so is a skipped frame.
 """
 
 from __future__ import annotations
@@ -113,12 +113,18 @@ class CollectorFeedMixin:
         await super().subscribe(conn)  # type: ignore[misc]
 
     def connection_gap(self, conn: Any, reason: GapReason, detail: str) -> None:
-        """An outage of every channel and symbol carried by ``conn``, all stamped with one detection time;
-        each row is written with the symbol's next record, which bounds the missing ids."""
+        """An outage of every channel and symbol carried by ``conn``, all stamped with one detection time. A
+        reconnect or a stall is *opened*: its row is written with the symbol's next record, which bounds the
+        missing ids. A skipped frame is written at once, unbounded: it belongs to one unknown channel, and the
+        records around it may come over other connections (their order against it is not the exchange's)."""
         when = time.time()
         for channel, symbol in self.carried(conn):
             LOG.warning("exchange=%s channel=%s symbol=%s: gap (%s) %s", self.id, channel, symbol, reason, detail)
-            if self.gap_writer is not None:
+            if self.gap_writer is None:
+                continue
+            if reason is GapReason.BAD_FRAME:
+                self.gap_writer.gap(symbol, channel, reason, detail=detail, when=when)
+            else:
                 self.gap_writer.open_gap(symbol, channel, reason, detail, when)
 
     def carried(self, conn: Any) -> list[tuple[str, str]]:
