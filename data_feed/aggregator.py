@@ -33,9 +33,7 @@ once.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import signal
 import sqlite3
 import time
@@ -57,15 +55,15 @@ from data_feed.cache import (
     AGGREGATOR_WRITTEN_KEY,
     CONSUMER_GROUP,
     DEAD_LETTER_MAXLEN,
-    HEALTH_TTL_SECONDS,
     BadEntry,
     configured_streams,
+    consumer_name,
     dead_letter_key,
     decode_batch,
     encode_batch,
-    health_key,
     journal_key,
     parse_stream_key,
+    shard_of,
     stream_key,
     stream_lag,
 )
@@ -74,10 +72,10 @@ from data_feed.config import GAPS_CHANNEL, Config
 from data_feed.lake import NS_PER_SECOND, LocalStore, SliceKey, SliceStore, slice_relpath
 from data_feed.schemas import L2_BOOK, GapReason
 from data_feed.slicer import split_entry
+from data_feed.status import RoleStatus
 
 LOG = logging.getLogger("data_feed.aggregator")
 
-CONSUMER_NAME = "aggregator-1"
 BOOK_CHANNEL = "l2_book"  # its slices open with a full book snapshot (data_feed.book)
 READ_COUNT = 200  # entries per stream per XREADGROUP
 READ_BLOCK_MS = 200
@@ -118,14 +116,18 @@ class JournalRecord:
 
 
 class Aggregator:
-    def __init__(self, cfg: Config, client: redis.Redis, lake_root: Path | None = None) -> None:
+    def __init__(self, cfg: Config, client: redis.Redis, lake_root: Path | None = None, shard: int = 0,
+                 status: RoleStatus | None = None) -> None:
         self.cfg = cfg
         self.client = client
         self.root = Path(lake_root or cfg.lake.root)
         self.store, self.catalog = open_lake(cfg, self.root)
         self.width_ns = cfg.lake.slice_seconds * NS_PER_SECOND
         self.lateness_ns = int(cfg.lake.allowed_lateness_seconds * NS_PER_SECOND)
-        self.streams = configured_streams(cfg)  # the featurizer's slices land like any channel
+        self.consumer = consumer_name(shard)
+        self.status = status
+        # the featurizer's slices land like any channel; shard i lands the streams that hash to i
+        self.streams = [k for k in configured_streams(cfg) if shard_of(k, cfg.aggregator.shards) == shard]
         self.open: dict[SliceKey, OpenSlice] = {}
         # entry id -> slices its records are in that are not committed yet, per stream
         self.unacked: dict[str, OrderedDict[str, set[SliceKey]]] = {k: OrderedDict() for k in self.streams}
@@ -156,6 +158,8 @@ class Aggregator:
         """Until SIGTERM/SIGINT; then drain the streams, write every open slice and return."""
         self.ensure_groups()
         self.recover_pending()
+        if self.status is not None:
+            self.status.ready()
         while not self.stopping:
             self.step(READ_BLOCK_MS)
         self.drain()
@@ -173,10 +177,11 @@ class Aggregator:
         """Redo interrupted writes, then re-read this consumer's unacknowledged entries, skipping
         the records the journal says are already in the lake."""
         for key in self.streams:
+            self._claim_pending(key)
             self._load_journal(key)
         cursor = dict.fromkeys(self.streams, "0")
         while cursor:
-            resp = self.client.xreadgroup(CONSUMER_GROUP, CONSUMER_NAME, cursor, count=READ_COUNT)  # type: ignore[arg-type]
+            resp = self.client.xreadgroup(CONSUMER_GROUP, self.consumer, cursor, count=READ_COUNT)  # type: ignore[arg-type]
             done = []
             for key, entries in self._decode_keys(resp):
                 if not entries:
@@ -195,6 +200,19 @@ class Aggregator:
         for key in self.streams:
             self._drop_settled_journal(key)
         self.close_ready()
+
+    def _claim_pending(self, key: str) -> None:
+        """Entries of ``key`` another consumer read and did not acknowledge (the shard that owned the stream
+        before ``aggregator.shards`` changed) become this consumer's, to be recovered like its own."""
+        start, claimed = "0-0", 0
+        while True:
+            reply = self.client.xautoclaim(key, CONSUMER_GROUP, self.consumer, 0, start, count=READ_COUNT)
+            start, entries = reply[0], reply[1]  # (next cursor, claimed entries[, ids gone from the stream])
+            claimed += len(entries)
+            if start in (b"0-0", "0-0"):
+                break
+        if claimed:
+            LOG.info("stream %s: took over %d unacknowledged entries read by another aggregator", key, claimed)
 
     def _load_journal(self, key: str) -> None:
         journal: dict[bytes, bytes] = self.client.hgetall(journal_key(key))  # type: ignore[assignment]
@@ -264,7 +282,7 @@ class Aggregator:
             self.report_health()
             return 0
         resp = self.client.xreadgroup(
-            CONSUMER_GROUP, CONSUMER_NAME, dict.fromkeys(self.streams, ">"), count=READ_COUNT, block=block_ms  # type: ignore[arg-type]
+            CONSUMER_GROUP, self.consumer, dict.fromkeys(self.streams, ">"), count=READ_COUNT, block=block_ms  # type: ignore[arg-type]
         )
         n = 0
         for key, entries in self._decode_keys(resp):
@@ -396,14 +414,13 @@ class Aggregator:
             self.report_health(force=True)
 
     def report_health(self, force: bool = False) -> None:
-        """ok, or degraded with the reason, in the aggregator's health key (read by /health and status)."""
-        now = time.monotonic()
-        if not force and now - self._last_health_report < HEALTH_REPORT_SECONDS:
+        """ok, or degraded with the lake's error, in the role's status (its /health and health key)."""
+        if self.status is None:
             return
-        self._last_health_report = now
-        body = {"status": "degraded" if self.lake_error else "ok", "reason": self.lake_error or "",
-                "pid": os.getpid(), "at": time.time()}
-        self.client.set(health_key("aggregator"), json.dumps(body), ex=HEALTH_TTL_SECONDS)
+        if self.lake_error:
+            self.status.degraded(self.lake_error)
+        else:
+            self.status.ok()
 
     def _land(self, sk: SliceKey, first_entry_id: str, table: pa.Table) -> int:
         """Write the file atomically and durably and register it in the catalog; returns its size."""
@@ -555,8 +572,9 @@ def _distinct_rows(table: pa.Table) -> pa.Table:
     return unique.select(table.column_names).sort_by([("ts_event", "ascending")])
 
 
-def run(cfg: Config, redis_url: str) -> None:
-    agg = Aggregator(cfg, redis.Redis.from_url(redis_url))
+def run(cfg: Config, status: RoleStatus | None = None, shard: int = 0) -> None:
+    assert cfg.redis.url, "the aggregator needs redis.url"
+    agg = Aggregator(cfg, redis.Redis.from_url(cfg.redis.url), shard=shard, status=status)
     agg.install_signal_handlers()
     LOG.info("aggregating %d streams into %s (slices of %ss)", len(agg.streams), agg.root, cfg.lake.slice_seconds)
     try:

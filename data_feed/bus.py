@@ -1,6 +1,6 @@
 """ZMQ bus: the one place that names topics and endpoints and encodes bus batches.
 
-Data flow: collectors (and the featurizer) PUB batches -> the spawner's XSUB/XPUB proxy
+Data flow: collectors (and the featurizer) PUB batches -> the ``bus`` role's XSUB/XPUB proxy
 -> any number of SUB sockets (the featurizer, gateways, ad-hoc listeners). Topics are
 ``{channel}.{exchange}.{symbol}`` for market data and ``features.{interval}.{exchange}.{symbol}``
 for signals; a payload is a msgpack list of row tuples, exactly the rows of a Redis stream
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import struct
 import threading
 import time
@@ -198,7 +199,7 @@ class Subscriber:
 
 
 class Proxy:
-    """The bus itself: XSUB (publishers connect) <-> XPUB (subscribers connect), in a thread of the spawner."""
+    """The bus itself: XSUB (publishers connect) <-> XPUB (subscribers connect), in a thread of its process."""
 
     def __init__(self, cfg: Config) -> None:
         self.publish_endpoint, self.subscribe_endpoint = endpoints(cfg)
@@ -244,6 +245,19 @@ class Proxy:
         for sock in socks:
             sock.close(linger=0)
         self._bound.set()
+
+    def run_until_stopped(self, status: Any = None) -> None:
+        """The ``bus`` role: the proxy until SIGTERM/SIGINT (``status``, a ``status.RoleStatus``, says ready
+        once both sides are bound)."""
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        self.start()
+        if status is not None:
+            status.ready()
+        stop.wait()
+        LOG.info("bus: stop requested; closing the proxy")
+        self.stop()
 
     def stop(self) -> None:
         if self._thread is None:

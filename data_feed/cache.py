@@ -14,6 +14,7 @@ and the aggregator drops repeated identical gap rows.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,17 @@ STATE_MARK_PREFIX = "mark:"  # mark:{channel}:{symbol} -> "ts_recv last_id": the
 
 def stream_key(exchange: str, channel: str) -> str:
     return f"{STREAM_KEY_PREFIX}:{exchange}:{channel}"
+
+
+def shard_of(key: str, shards: int) -> int:
+    """The aggregator shard that lands stream ``key`` (of ``aggregator.shards``): a stable hash, so every
+    process and host agrees without talking."""
+    return zlib.crc32(key.encode()) % shards
+
+
+def consumer_name(shard: int) -> str:
+    """The consumer-group member name of aggregator shard ``shard``; a shard restarted anywhere keeps it."""
+    return f"{CONSUMER_GROUP}-{shard + 1}"
 
 
 def configured_streams(cfg: Any) -> list[str]:

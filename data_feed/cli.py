@@ -231,6 +231,23 @@ def _print_summary(summary: dict[str, dict[str, int]]) -> None:
 
 
 @app.command()
+def role(
+    name: Annotated[str, typer.Argument(metavar="ROLE", help="simulator, bus, collector, aggregator or featurizer")],
+    arg: Annotated[str | None, typer.Argument(metavar="[EXCHANGE]", help="collector: the exchange")] = None,
+    config: Annotated[Path, typer.Option("--config", "-c", help="the deployment's YAML config")] = DEFAULT_CONFIG_PATH,
+    http_port: Annotated[int, typer.Option(help="/health and /metrics (0: a free port)")] = 0,
+    http_host: Annotated[str, typer.Option(help="address to serve them on (0.0.0.0 in a container)")] = "127.0.0.1",
+    shard: Annotated[int, typer.Option(help="aggregator: which of aggregator.shards this process is")] = 0,
+) -> None:
+    """Run one role alone, as docker-compose or Kubernetes run it; stops cleanly on SIGTERM."""
+    from data_feed.roles import main as role_main
+
+    argv = [name, *([arg] if arg else []), "--config", str(config), "--http-port", str(http_port),
+            "--http-host", http_host, "--shard", str(shard)]
+    raise typer.Exit(role_main(argv))
+
+
+@app.command()
 def sim(config: ConfigOpt = None) -> None:
     """Run the exchange simulator alone (every exchange whose source is 'simulator')."""
     cfg = load_config_or_exit(config)
@@ -240,9 +257,7 @@ def sim(config: ConfigOpt = None) -> None:
     setup_logging("simulator")
     from data_feed.sim.server import serve_forever
 
-    run_dir = RunDir(Path(cfg.spawner.run_dir))
-    run_dir.sim_dir.mkdir(parents=True, exist_ok=True)
-    asyncio.run(serve_forever(cfg, run_dir.sim_dir, run_dir.sim_ready_file))
+    asyncio.run(serve_forever(cfg, cfg.simulator_cert_dir()))
 
 
 @app.command()

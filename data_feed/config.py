@@ -186,9 +186,19 @@ class DatabaseConfig(_Frozen):
 
 
 class SimulatorConfig(_Frozen):
-    host: str = "127.0.0.1"
-    port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
+    host: str = Field(default="127.0.0.1", description="address the simulator listens on")
+    port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port (the spawner passes the one "
+                      "it got to every role); a fixed port when roles run as services")
     seed: int = 42
+    public_host: str = Field(default="localhost", description="name collectors dial the simulator by; its TLS "
+                             "certificate names it (a compose service name, say)")
+    cert_dir: str | None = Field(default=None, description="where the simulator keeps its certificate and "
+                                 "collectors read it; null = spawner.run_dir/sim")
+
+
+class AggregatorConfig(_Frozen):
+    shards: int = Field(default=1, ge=1, le=64, description="aggregator processes; shard i lands the streams whose "
+                        "key hashes to i (cache.shard_of), with its own consumer name")
 
 
 class ReplayConfig(_Frozen):
@@ -261,6 +271,7 @@ class Config(_Frozen):
     spawner: SpawnerConfig = SpawnerConfig()
     bus: BusConfig = BusConfig()
     featurizer: FeaturizerConfig = FeaturizerConfig()
+    aggregator: AggregatorConfig = AggregatorConfig()
 
     @model_validator(mode="after")
     def _featurizer_needs_bus(self) -> Config:
@@ -283,6 +294,14 @@ class Config(_Frozen):
     def served(self) -> dict[str, ExchangeConfig]:
         """Exchanges the simulator process serves: synthetic markets and recorded sessions."""
         return {name: ex for name, ex in self.exchanges.items() if ex.source in ("simulator", "replay")}
+
+    def simulator_cert_dir(self) -> Path:
+        return Path(self.simulator.cert_dir or Path(self.spawner.run_dir) / "sim")
+
+    def simulator_urls(self) -> tuple[str, str]:
+        """(https base, wss base) collectors reach the simulator at (``simulator.public_host`` and ``port``)."""
+        where = f"{self.simulator.public_host}:{self.simulator.port}"
+        return f"https://{where}", f"wss://{where}"
 
     def spill_root(self) -> Path:
         """Where writer processes keep batches Redis could not take (``redis.spill_dir``)."""

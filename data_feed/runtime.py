@@ -134,8 +134,8 @@ class RunDir:
 
     @property
     def sim_ready_file(self) -> Path:
-        """Written by the simulator once it listens: {"port", "cert", "base_url"}."""
-        return self.sim_dir / "ready.json"
+        """Written by the simulator once it listens (with the default ``simulator.cert_dir``)."""
+        return self.sim_dir / SIM_READY_NAME
 
     @property
     def logs_dir(self) -> Path:
@@ -174,11 +174,17 @@ class Runtime:
         return cls(**data)
 
 
-def trust_simulator(runtime: Runtime) -> None:
-    """Make aiohttp, websockets and requests trust the simulator's self-signed certificate.
+SIM_CERT_NAME = "sim-cert.pem"  # in simulator.cert_dir: written by the simulator, trusted by collectors
+SIM_READY_NAME = "ready.json"  # in simulator.cert_dir: {"port", "cert", "base_url"} once the simulator listens
+
+
+def trust_simulator(cfg: Any) -> None:
+    """Make aiohttp, websockets and requests trust the simulator's self-signed certificate when the config's
+    exchanges are served by it (``cfg`` is a ``config.Config``).
 
     Must run before aiohttp is imported: it builds its default SSL context at import.
     """
-    if runtime.sim_cert:
-        os.environ["SSL_CERT_FILE"] = runtime.sim_cert
-        os.environ["REQUESTS_CA_BUNDLE"] = runtime.sim_cert
+    if cfg.served():
+        cert = str(cfg.simulator_cert_dir() / SIM_CERT_NAME)
+        os.environ["SSL_CERT_FILE"] = cert
+        os.environ["REQUESTS_CA_BUNDLE"] = cert

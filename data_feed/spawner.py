@@ -1,21 +1,20 @@
-"""Spawner role: starts, supervises and stops every other role; serves /metrics and /health.
+"""Spawner: one supervisor of the roles among others (docker-compose and Kubernetes are the rest).
 
-Start order: private redis-server (when no URL is configured), simulator (when
-any exchange is simulated), the bus (a ZMQ proxy thread in this process),
-aggregator, featurizer (waited for until it has subscribed), one collector per exchange. A role
-that dies is restarted with exponential backoff and counted. Stop order is the
-data flow's: pause the simulator, wait until collectors have received every
-frame it sent, stop collectors (they flush), stop the featurizer (it drains the
-bus and closes its open slices), stop the aggregator (it drains the
-streams and writes every open slice), then stop the simulator, the bus and Redis.
+It runs the same commands any supervisor runs (``data-feed role ROLE [ARG] --config FILE``, see
+``data_feed.roles``), with a config derived from the user's: its private redis-server's URL
+(when ``redis.url`` is null) and the simulator's port once it has one. Start order: redis-server,
+simulator (when any exchange is simulated), bus, the aggregator shards, the featurizer (waited for
+until its ``/health`` says it has subscribed), one collector per exchange. A role that dies is
+restarted with exponential backoff and counted. Stop order is the data flow's: pause the
+simulator and wait until the collectors have read every frame it sent (``data_feed.simctl``), stop
+the collectors (they flush), the featurizer (it drains the bus and closes its slices), the
+aggregators (they drain the streams and write every open slice), then the simulator, the bus and
+Redis. ``/metrics`` serves every role's metrics, ``/health`` every role's condition.
 
-Lifetime: every child runs in its own session (Ctrl-C in the terminal reaches the
-spawner alone, which stops the roles in the order above) and dies with the spawner
-(parent-death signal: SIGKILL for roles, SIGTERM for redis-server, which writes its
-AOF), so no role outlives a killed spawner. ``stop()`` runs every step whatever
-failed before it. A role reports its own condition (ok or degraded, with a reason)
-in a Redis health key; ``/health`` is 503 with the reasons when any role is down or
-degraded.
+Lifetime: every child runs in its own session (Ctrl-C in the terminal reaches the spawner alone)
+and dies with the spawner (parent-death signal: SIGKILL for roles, SIGTERM for redis-server, which
+writes its AOF), so no role outlives a killed spawner. ``stop()`` runs every step whatever failed
+before it.
 """
 
 from __future__ import annotations
@@ -24,14 +23,14 @@ import json
 import logging
 import os
 import signal
-import ssl
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -39,31 +38,22 @@ from typing import IO, Any
 import redis
 
 from data_feed import metrics
-from data_feed.bus import Proxy
-from data_feed.cache import (
-    AGGREGATOR_WRITTEN_KEY,
-    STATE_FRAMES_FIELD,
-    STATE_FRAMES_OPEN_FIELD,
-    collector_state_key,
-    configured_streams,
-    health_key,
-    stream_lag,
-)
-from data_feed.config import Config
+from data_feed.cache import AGGREGATOR_WRITTEN_KEY, configured_streams, health_key, stream_lag
+from data_feed.config import Config, parse_config
 from data_feed.db import make_engine, save_effective_config
-from data_feed.redis_server import PrivateRedis, RedisServerError
-from data_feed.runtime import RunDir, Runtime, die_with_parent
+from data_feed.redis_server import PrivateRedis, RedisServerError, free_port
+from data_feed.roles import role_name
+from data_feed.runtime import SIM_CERT_NAME, SIM_READY_NAME, RunDir, Runtime, die_with_parent
+from data_feed.simctl import SIM_ACCOUNT_FILE, SimulatorControl
+from data_feed.status import serve_http
 
 LOG = logging.getLogger("data_feed.spawner")
+__all__ = ["SIM_ACCOUNT_FILE", "Role", "Spawner"]  # SIM_ACCOUNT_FILE: where the stop leaves the simulator's account
 
 SUPERVISE_INTERVAL_SECONDS = 0.5
 STABLE_AFTER_SECONDS = 60.0  # a role up this long has its backoff reset
-SIM_READY_TIMEOUT_SECONDS = 30.0
-FEATURIZER_READY_TIMEOUT_SECONDS = 30.0
-BUS_SUBSCRIBE_SETTLE_SECONDS = 0.2  # a subscription takes a moment to reach the proxy
-CATCH_UP_TIMEOUT_SECONDS = 15.0
-SIM_ACCOUNT_FILE = "sent-at-stop.json"
-SIM_ACCOUNT_BOOK_DEPTH = 20
+READY_TIMEOUT_SECONDS = 60.0  # the simulator, the bus and the featurizer, at start
+ROLE_HEALTH_TIMEOUT_SECONDS = 1.0
 
 
 @dataclass
@@ -71,6 +61,7 @@ class Role:
     name: str  # e.g. "collector BINANCE"
     argv: list[str]
     log_path: Path
+    http_port: int
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     restarts: int = 0
@@ -81,46 +72,68 @@ class Role:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """The role's own /health: (HTTP code, body); (0, {}) when it does not answer."""
+        url = f"http://127.0.0.1:{self.http_port}/health"
+        try:
+            with urllib.request.urlopen(url, timeout=ROLE_HEALTH_TIMEOUT_SECONDS) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"{}")
+        except (OSError, ValueError):
+            return 0, {}
+
 
 class Spawner:
     def __init__(self, cfg: Config, run_dir: RunDir) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
+        self.role_cfg = cfg  # what roles run with: cfg, with the private Redis and the simulator's port
         self.redis: PrivateRedis | None = None
         self.roles: dict[str, Role] = {}
-        self.runtime: Runtime | None = None
         self.client: redis.Redis | None = None
+        self.sim: SimulatorControl | None = None
         self.stopping = False
         self.stop_requested = threading.Event()
         self.http: ThreadingHTTPServer | None = None
         self.started = time.time()
         self.written_at_start: dict[str, int] = {}
         self.summary: dict[str, dict[str, int]] = {}  # what landed, computed at stop
-        self.bus: Proxy | None = None
 
     # -- start -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.run_dir.effective_config.write_text(self.cfg.canonical_json())
         row = save_effective_config(make_engine(self.cfg.database.url), self.cfg)
         LOG.info("config %s saved as config_history row %d", self.cfg.config_hash()[:12], row)
         redis_url = self._start_redis()
         self.client = redis.Redis.from_url(redis_url)
         self.written_at_start = self.written_totals()
-        sim = self._start_simulator() if self.cfg.served() else None
-        self.runtime = Runtime(redis_url=redis_url, **(sim or {}))
-        self.runtime.save(self.run_dir.runtime_file)
-        self.bus = Proxy(self.cfg).start() if self.cfg.bus.enabled else None
-        self._add_role("aggregator", None)
+        self._derive(redis={"url": redis_url})
+        if self.cfg.served():
+            self._start_simulator()
+        sim_at = (*self.role_cfg.simulator_urls(), str(self._sim_cert())) if self.sim else (None, None, None)
+        Runtime(redis_url, *sim_at).save(self.run_dir.runtime_file)
+        if self.cfg.bus.enabled:
+            self._start_and_wait(self._add_role("bus"))
+        for shard in range(self.cfg.aggregator.shards):
+            self._launch(self._add_role("aggregator", shard=shard))
         if self.cfg.featurizer.enabled:
-            self._start_featurizer()
+            self._start_and_wait(self._add_role("featurizer"))  # subscribed before the first batch is sent
         for exchange in self.cfg.exchanges:
-            self._add_role("collector", exchange)
-        for role in self.roles.values():
-            if role.proc is None:
-                self._launch(role)
+            self._launch(self._add_role("collector", exchange))
         metrics.export_known(self.cfg, [*self.roles, *(["redis"] if self.redis is not None else [])])
         self._serve_http()
+
+    def _derive(self, **sections: dict[str, Any]) -> None:
+        """Write the roles' config: the user's, with ``sections`` merged in (once known, the Redis URL and the
+        simulator's port)."""
+        data = self.role_cfg.model_dump(mode="json")
+        for name, values in sections.items():
+            data[name] = {**data[name], **values}
+        self.role_cfg = parse_config(data, "derived")
+        tmp = self.run_dir.effective_config.with_suffix(".tmp")
+        tmp.write_text(self.role_cfg.canonical_json())
+        tmp.replace(self.run_dir.effective_config)
 
     def _start_redis(self) -> str:
         if self.cfg.redis.url:
@@ -129,43 +142,46 @@ class Spawner:
         LOG.info("private redis-server on %s", self.redis.url)
         return self.redis.url
 
-    def _start_simulator(self) -> dict[str, str]:
-        ready = self.run_dir.sim_ready_file
+    def _sim_cert(self) -> Path:
+        return self.role_cfg.simulator_cert_dir() / SIM_CERT_NAME
+
+    def _start_simulator(self) -> None:
+        ready = self.role_cfg.simulator_cert_dir() / SIM_READY_NAME
         ready.unlink(missing_ok=True)
-        role = self._add_role("simulator", None)
+        role = self._add_role("simulator")
         self._launch(role)
-        deadline = time.monotonic() + SIM_READY_TIMEOUT_SECONDS
-        while not ready.exists():
-            if time.monotonic() > deadline or not role.alive():
-                raise RuntimeError(f"simulator did not start; see {role.log_path}")
-            time.sleep(0.05)
-        info = json.loads(ready.read_text())
-        role.argv += ["--port", str(info["port"])]  # a restarted simulator listens where collectors reconnect
-        base = f"https://localhost:{info['port']}"
+        self._wait_for(lambda: ready.exists(), role, "written its ready file")
+        port = int(json.loads(ready.read_text())["port"])
+        self._derive(simulator={"port": port})  # a restarted simulator listens where collectors reconnect
+        base, _ = self.role_cfg.simulator_urls()
+        self.sim = SimulatorControl(self.role_cfg, base, str(self._sim_cert()), self.redis_client(),
+                                    self._collector_alive)
         LOG.info("simulator on %s serving %s", base, ", ".join(self.cfg.served()))
-        return {"sim_base_url": base, "sim_ws_base": f"wss://localhost:{info['port']}", "sim_cert": info["cert"]}
 
-    def _start_featurizer(self) -> None:
-        """Launch the featurizer and wait until it has subscribed, so it sees the collectors' first batches."""
-        from featurizer.role import READY_FILE
+    def redis_client(self) -> redis.Redis:
+        assert self.client is not None
+        return self.client
 
-        ready = self.run_dir.root / READY_FILE
-        ready.unlink(missing_ok=True)
-        role = self._add_role("featurizer", None)
+    def _start_and_wait(self, role: Role) -> None:
         self._launch(role)
-        deadline = time.monotonic() + FEATURIZER_READY_TIMEOUT_SECONDS
-        while not ready.exists():
-            if time.monotonic() > deadline or not role.alive():
-                raise RuntimeError(f"featurizer did not start; see {role.log_path}")
-            time.sleep(0.05)
-        time.sleep(BUS_SUBSCRIBE_SETTLE_SECONDS)
+        self._wait_for(lambda: role.health()[0] == 200, role, "said it is ready")
 
-    def _add_role(self, kind: str, arg: str | None) -> Role:
-        name = kind if arg is None else f"{kind} {arg}"
+    def _wait_for(self, condition: Any, role: Role, what: str) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while not condition():
+            if time.monotonic() > deadline or not role.alive():
+                raise RuntimeError(f"{role.name} has not {what}; see {role.log_path}")
+            time.sleep(0.05)
+
+    def _add_role(self, kind: str, arg: str | None = None, shard: int = 0) -> Role:
+        name = role_name(kind, arg, shard, self.cfg.aggregator.shards)
+        port = free_port()
         argv = [sys.executable, "-m", "data_feed.roles", kind, *([arg] if arg else [])]
-        argv += ["--run-dir", str(self.run_dir.root)]
+        argv += ["--config", str(self.run_dir.effective_config), "--http-port", str(port)]
+        if kind == "aggregator":
+            argv += ["--shard", str(shard)]
         log_path = self.run_dir.logs_dir / f"{name.replace(' ', '-')}.log"
-        self.roles[name] = Role(name=name, argv=argv, log_path=log_path)
+        self.roles[name] = Role(name=name, argv=argv, log_path=log_path, http_port=port)
         return self.roles[name]
 
     def _launch(self, role: Role) -> None:
@@ -176,6 +192,10 @@ class Spawner:
         role.started_at = time.time()
         metrics.ROLE_UP.labels(role.name).set(1)
         LOG.info("started %s (pid %d)", role.name, role.proc.pid)
+
+    def _collector_alive(self, exchange: str) -> bool:
+        role = self.roles.get(f"collector {exchange}")
+        return role is not None and role.alive()
 
     # -- supervise ---------------------------------------------------------------------------
 
@@ -240,14 +260,14 @@ class Spawner:
             return
         self.stopping = True
         LOG.info("stopping: input first, then drain, then flush")
-        collectors = [r for n, r in self.roles.items() if n.startswith("collector")]
+        sim = self.sim
         steps: list[tuple[str, Any]] = [
-            ("pause the simulator", self._pause_simulator_and_catch_up if "simulator" in self.roles else None),
-            ("stop the collectors", lambda: self._stop_roles(collectors, together=True)),
-            ("stop the featurizer, aggregator and simulator", lambda: self._stop_roles(
-                [self.roles[n] for n in ("featurizer", "aggregator", "simulator") if n in self.roles])),
+            ("pause the simulator", (lambda: sim.pause_and_catch_up(self.run_dir.sim_dir)) if sim else None),
+            ("stop the collectors", lambda: self._stop_roles(self._named("collector"), together=True)),
+            ("stop the featurizer", lambda: self._stop_roles(self._named("featurizer"))),
+            ("stop the aggregators", lambda: self._stop_roles(self._named("aggregator"), together=True)),
+            ("stop the simulator and the bus", lambda: self._stop_roles(self._named("simulator", "bus"))),
             ("kill what is left", self._kill_survivors),
-            ("stop the bus", self.bus.stop if self.bus is not None else None),
             ("stop the status server", self._stop_http),
             ("sum up the run", self._summarize),
             ("stop redis-server", self.redis.stop if self.redis is not None else None),
@@ -261,6 +281,9 @@ class Spawner:
             except Exception:
                 LOG.exception("stop: could not %s; going on with the rest", what)
         LOG.info("stopped")
+
+    def _named(self, *kinds: str) -> list[Role]:
+        return [r for r in self.roles.values() if r.name.split(" ")[0] in kinds]
 
     def _kill_survivors(self) -> None:
         for role in self.roles.values():
@@ -284,8 +307,8 @@ class Spawner:
                 role.log_file.close()
 
     def _stop_roles(self, roles: list[Role], together: bool = False) -> None:
-        """SIGTERM each in order, waiting for each before the next (aggregator drains before the sim stops);
-        ``together``: signal all, then wait for all (independent peers such as the collectors)."""
+        """SIGTERM each in order, waiting for each before the next; ``together``: signal all, then wait for
+        all (independent peers such as the collectors or the aggregator shards)."""
         for role in roles:
             if role.alive():
                 assert role.proc is not None
@@ -311,71 +334,15 @@ class Spawner:
             if code != 0:
                 LOG.error("%s exited with code %s at stop (see %s)", role.name, code, role.log_path)
 
-    def _pause_simulator_and_catch_up(self) -> None:
-        """Stop the simulated exchanges' input and wait until collectors have read every frame sent."""
-        try:
-            self.sim_request("POST", "/_sim/pause")
-        except OSError as err:
-            LOG.error("could not pause the simulator (%s); frames in flight at stop may be lost", err)
-            return
-        deadline = time.monotonic() + CATCH_UP_TIMEOUT_SECONDS
-        behind = self.frames_behind()
-        while behind and time.monotonic() < deadline:
-            time.sleep(0.1)
-            behind = self.frames_behind()
-        if behind:
-            LOG.error("collectors still behind the simulator at stop: %s frames", behind)
-        self._save_simulator_account()
-
-    def _save_simulator_account(self) -> None:
-        """What the simulator sent and its books at stop, for comparison with the lake."""
-        account: dict[str, Any] = {"stats": self.sim_request("GET", "/_sim/stats"), "books": {}}
-        for exchange, ex in self.cfg.simulated().items():
-            for symbol in ex.symbols():
-                book = self.sim_request("GET", f"/_sim/book/{exchange}/{symbol}?depth={SIM_ACCOUNT_BOOK_DEPTH}")
-                account["books"].setdefault(exchange, {})[symbol] = book
-        path = self.run_dir.sim_dir / SIM_ACCOUNT_FILE
-        path.write_text(json.dumps(account))
-        LOG.info("simulator's account of what it sent saved to %s", path)
-
-    def frames_behind(self) -> dict[str, int]:
-        """Frames the simulator wrote that a collector has not read yet, counted over the connections open
-        now on both sides (a restarted collector's count starts at 0 while the simulator's total does not)."""
-        stats = self.sim_request("GET", "/_sim/stats")
-        behind = {}
-        for exchange in self.cfg.served():
-            role = self.roles.get(f"collector {exchange}")
-            if role is None or not role.alive():
-                continue
-            sim, state = stats.get(exchange, {}), self._collector_state(exchange)
-            if "frames_sent_open" in sim:
-                sent, received = int(sim["frames_sent_open"]), int(state.get(STATE_FRAMES_OPEN_FIELD, 0))
-            else:  # a recorded session: one connection per recorded one, never reopened
-                sent, received = int(sim.get("frames_sent", 0)), int(state.get(STATE_FRAMES_FIELD, 0))
-            if received < sent:
-                behind[exchange] = sent - received
-        return behind
-
-    def sim_request(self, method: str, path: str) -> dict[str, Any]:
-        assert self.runtime is not None and self.runtime.sim_base_url and self.runtime.sim_cert
-        ctx = ssl.create_default_context(cafile=self.runtime.sim_cert)
-        data = b"" if method == "POST" else None
-        req = urllib.request.Request(self.runtime.sim_base_url + path, method=method, data=data)
-        with urllib.request.urlopen(req, context=ctx, timeout=5) as resp:
-            body: dict[str, Any] = json.loads(resp.read() or b"{}")
-            return body
-
     # -- observe -----------------------------------------------------------------------------
 
-    def _collector_state(self, exchange: str) -> dict[str, str]:
-        assert self.client is not None
-        raw = self.client.hgetall(collector_state_key(exchange))
-        return {k.decode(): v.decode() for k, v in raw.items()}  # type: ignore[union-attr]
+    def sim_request(self, method: str, path: str) -> dict[str, Any]:
+        assert self.sim is not None, "no simulator in this run"
+        return self.sim.request(method, path)
 
     def written_totals(self) -> dict[str, int]:
-        assert self.client is not None
-        raw = self.client.hgetall(AGGREGATOR_WRITTEN_KEY)
-        return {k.decode(): int(v) for k, v in raw.items()}  # type: ignore[union-attr]
+        raw: dict[bytes, bytes] = self.redis_client().hgetall(AGGREGATOR_WRITTEN_KEY)  # type: ignore[assignment]
+        return {k.decode(): int(v) for k, v in raw.items()}
 
     def run_summary(self) -> dict[str, dict[str, int]]:
         """Rows, files and bytes each channel landed during this run."""
@@ -387,17 +354,28 @@ class Spawner:
             totals[what] = value - self.written_at_start.get(key, 0)
         return out
 
+    def collector_states(self) -> dict[str, dict[str, str]]:
+        from data_feed.cache import collector_state_key
+
+        client = self.redis_client()
+        out = {}
+        for ex in self.cfg.exchanges:
+            raw: dict[bytes, bytes] = client.hgetall(collector_state_key(ex))  # type: ignore[assignment]
+            out[ex] = {k.decode(): v.decode() for k, v in raw.items()}
+        return out
+
     def health(self) -> dict[str, Any]:
         now = time.time()
         reported = self._reported_health()
         roles = [
-            {"role": r.name, "pid": r.proc.pid if r.proc else None, "alive": r.alive(),
+            {"role": r.name, "pid": r.proc.pid if r.proc else None, "alive": r.alive(), "http_port": r.http_port,
              "uptime_s": round(now - r.started_at, 1) if r.alive() else 0.0, "restarts": r.restarts,
              "status": reported.get(r.name, {}).get("status", "ok" if r.alive() else "down"),
              "reason": reported.get(r.name, {}).get("reason", "" if r.alive() else "not running")}
             for r in self.roles.values()
         ]
-        reasons = [f"{r['role']}: {r['reason']}" for r in roles if not r["alive"] or r["status"] != "ok"]
+        reasons = [f"{r['role']}: {r['reason'] or r['status']}" for r in roles
+                   if not r["alive"] or r["status"] != "ok"]
         lag: dict[str, int] = {}
         try:
             if self.client is not None:
@@ -418,34 +396,12 @@ class Spawner:
             return {}
         return {name: json.loads(value) for name, value in zip(self.roles, raw, strict=True) if value}
 
-    def collector_states(self) -> dict[str, dict[str, str]]:
-        return {ex: self._collector_state(ex) for ex in self.cfg.exchanges}
-
     def _serve_http(self) -> None:
-        spawner = self
+        def health() -> tuple[int, dict[str, Any]]:
+            body = self.health()
+            return (200 if body["status"] == "ok" else 503), body
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path == "/metrics":
-                    self._send(200, metrics.render_latest(), "text/plain; version=0.0.4")
-                elif self.path == "/health":
-                    body = spawner.health()
-                    self._send(200 if body["status"] == "ok" else 503, json.dumps(body).encode(), "application/json")
-                else:
-                    self._send(404, b"not found: try /metrics or /health\n", "text/plain")
-
-            def _send(self, code: int, body: bytes, ctype: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, fmt: str, *args: Any) -> None:
-                LOG.debug("http: " + fmt, *args)
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", self.cfg.spawner.http_port), Handler)
-        threading.Thread(target=self.http.serve_forever, name="http", daemon=True).start()
+        self.http = serve_http("127.0.0.1", self.cfg.spawner.http_port, health)
         port = self.http.server_address[1]
         state = {"pid": os.getpid(), "http_port": port, "started_at": self.started}
         self.run_dir.spawner_file.write_text(json.dumps(state))

@@ -1,6 +1,6 @@
 """Featurizer role: bus market data -> event-time slices -> features on the bus and in Redis.
 
-Data flow: SUB ``trades.*`` and ``l2_book.*`` on the spawner's bus -> one ``ExchangeFeaturizer``
+Data flow: SUB ``trades.*``, ``l2_book.*`` and ``gaps.*`` on the bus -> one ``ExchangeFeaturizer``
 per exchange -> each closed slice is published as ``features.{interval}.{exchange}.{symbol}``
 and appended to the Redis stream ``df:stream:{exchange}:features`` (``featurizer.sink``: explicit
 ids, spill, never trimmed), which the aggregator lands in the lake's ``features`` table.
@@ -26,7 +26,6 @@ import logging
 import signal
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -51,6 +50,7 @@ from data_feed.collector.gaps import Mark
 from data_feed.config import GAPS_CHANNEL, Config
 from data_feed.schemas import GapReason, batch_columns
 from data_feed.spill import Spill
+from data_feed.status import RoleStatus
 from featurizer.engine import Closed, ExchangeFeaturizer
 from featurizer.features import Slices, interval_ns, overlaps, rows
 from featurizer.sink import FeatureSink
@@ -63,7 +63,6 @@ RECV_TIMEOUT_MS = 100
 MAX_BATCHES_PER_STEP = 500  # then publish what closed, so output never waits on a busy input
 DRAIN_QUIET_MS = 500  # at stop: the bus counts as drained after this long without a batch
 REDIS_RETRY_SECONDS = 1.0
-READY_FILE = "featurizer.ready"  # in spawner.run_dir, once subscribed
 SUBSCRIBE_SETTLE_SECONDS = 0.3  # a subscription takes a moment to reach the proxy; marks are read after it
 NS_PER_SECOND = 1_000_000_000
 BYTES_PER_MB = 1024 * 1024
@@ -98,12 +97,12 @@ class Featurizer:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def run(self, ready_file: Path | None = None) -> None:
+    def run(self, status: RoleStatus | None = None) -> None:
         time.sleep(SUBSCRIBE_SETTLE_SECONDS)
         while not self.prepare() and not self.stopping:
             time.sleep(REDIS_RETRY_SECONDS)
-        if ready_file is not None:
-            ready_file.write_text("subscribed\n")
+        if status is not None:
+            status.ready()  # subscribed: the spawner starts the collectors once it says so
         while not self.stopping:
             self.step(RECV_TIMEOUT_MS)
         self.drain()
@@ -321,11 +320,12 @@ def gap_window(row: Sequence[Any]) -> tuple[int, int]:
     return (detected_ns if start is None else int(start), detected_ns if end is None else int(end))
 
 
-def run(cfg: Config, redis_url: str) -> None:
-    fz = Featurizer(cfg, redis.Redis.from_url(redis_url))
+def run(cfg: Config, status: RoleStatus | None = None) -> None:
+    assert cfg.redis.url, "the featurizer needs redis.url"
+    fz = Featurizer(cfg, redis.Redis.from_url(cfg.redis.url))
     fz.install_signal_handlers()
     LOG.info("featurizing %s at %s", ", ".join(cfg.exchanges), ", ".join(cfg.featurizer.intervals))
-    fz.run(Path(cfg.spawner.run_dir) / READY_FILE)
+    fz.run(status)
     LOG.info("stopped; late trades %s, late book rows %s",
              {ex: fx.late_trades for ex, fx in fz.exchanges.items()},
              {ex: fx.late_book_rows for ex, fx in fz.exchanges.items()})

@@ -19,8 +19,8 @@ from data_feed.collector.exchanges import Endpoints, feed_class, feed_config
 from data_feed.collector.writer import BYTES_PER_MB, StreamWriter
 from data_feed.config import Config, ExchangeConfig
 from data_feed.recorder import SessionRecorder
-from data_feed.runtime import Runtime
 from data_feed.spill import Spill
+from data_feed.status import RoleStatus
 
 LOG = logging.getLogger("data_feed.collector")
 
@@ -33,12 +33,14 @@ def subscription(ex: ExchangeConfig) -> dict[str, list[str]]:
     return {CRYPTOFEED_CHANNEL[name]: list(ch.symbols) for name, ch in ex.channels().items()}
 
 
-def build_feed(exchange: str, ex: ExchangeConfig, runtime: Runtime, writer: StreamWriter) -> object:
+def build_feed(exchange: str, cfg: Config, writer: StreamWriter) -> object:
+    ex = cfg.exchanges[exchange]
     sim = None
     if ex.source in ("simulator", "replay"):
-        if not (runtime.sim_base_url and runtime.sim_ws_base):
-            raise ValueError(f"exchange={exchange}: source is {ex.source} but no simulator is running")
-        sim = Endpoints(runtime.sim_base_url, runtime.sim_ws_base)
+        if not cfg.simulator.port:
+            raise ValueError(f"exchange={exchange}: source is {ex.source} but simulator.port is 0: run the collector "
+                             "under the spawner, or give the simulator a fixed port")
+        sim = Endpoints(*cfg.simulator_urls())
     cls = feed_class(exchange, sim, ex.source)
     sub = subscription(ex)
     callbacks = {chan: cb for chan, cb in writer.callbacks().items() if chan in sub}
@@ -60,10 +62,11 @@ def start_recording(exchange: str, ex: ExchangeConfig) -> SessionRecorder | None
     return recorder
 
 
-def run(exchange: str, cfg: Config, runtime: Runtime) -> None:
+def run(exchange: str, cfg: Config, status: RoleStatus | None = None) -> None:
     """Run until SIGINT/SIGTERM; returns after the final flush."""
     ex = cfg.exchanges[exchange]
-    client = aioredis.Redis.from_url(runtime.redis_url)
+    assert cfg.redis.url, "a collector needs redis.url"
+    client = aioredis.Redis.from_url(cfg.redis.url)
     spill = Spill(cfg.spill_root() / f"collector-{exchange}", cfg.redis.spill_max_mb * BYTES_PER_MB)
     channels = {name: ch.symbols for name, ch in ex.channels().items()}
     writer = StreamWriter(client, exchange, cfg.redis, spill, channels)
@@ -71,8 +74,10 @@ def run(exchange: str, cfg: Config, runtime: Runtime) -> None:
     writer.bus = Publisher(endpoints(cfg)[0], cfg.bus.high_water_mark) if cfg.bus.enabled else None
     fh = FeedHandler(config={"log": {"disabled": True}, "uvloop": False})
     recorder = start_recording(exchange, ex)  # before the feed exists: it fetches symbols when built
-    fh.add_feed(build_feed(exchange, ex, runtime, writer))
+    fh.add_feed(build_feed(exchange, cfg, writer))
     LOG.info("exchange=%s: collecting %s", exchange, subscription(ex))
+    if status is not None:
+        status.ready()
     try:
         fh.run(start_loop=True, install_signal_handlers=True)
     finally:

@@ -22,6 +22,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from data_feed.config import Config
+from data_feed.runtime import SIM_READY_NAME
 from data_feed.sim.binance import BinanceProtocol
 from data_feed.sim.binance_futures import BinanceFuturesProtocol
 from data_feed.sim.bybit import BybitProtocol
@@ -33,6 +34,7 @@ from data_feed.sim.okx import OkxProtocol
 from data_feed.sim.replay import ReplayServer
 from data_feed.sim.session import Session, load_session
 from data_feed.sim.tls import server_context, write_self_signed
+from data_feed.status import RoleStatus
 
 LOG = logging.getLogger(__name__)
 
@@ -77,7 +79,7 @@ class Simulator:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        cert_path, key_path = write_self_signed(self.cert_dir)
+        cert_path, key_path = write_self_signed(self.cert_dir, self.config.simulator.public_host)
         self._cert_path = cert_path
         self._runner = web.AppRunner(self._app(), handle_signals=False, access_log=None)
         await self._runner.setup()
@@ -242,18 +244,20 @@ def replay_sessions(config: Config) -> dict[str, Session]:
     return sessions
 
 
-async def serve_forever(config: Config, cert_dir: Path, ready_file: Path | None = None,
-                        port: int | None = None) -> None:
-    """Run a Simulator until SIGINT/SIGTERM; once listening write {"port", "cert"} JSON to ready_file."""
-    sim = Simulator(config, cert_dir, port, ledger_path(config))
+async def serve_forever(config: Config, cert_dir: Path, status: RoleStatus | None = None) -> None:
+    """Run a Simulator until SIGINT/SIGTERM; once listening write {"port", "cert"} JSON to
+    ``cert_dir/ready.json`` (the spawner reads the port it got from there) and say ready."""
+    ready_file = cert_dir / SIM_READY_NAME
+    sim = Simulator(config, cert_dir, None, ledger_path(config))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await sim.start()
     try:
-        if ready_file is not None:
-            _write_ready(ready_file, {"port": sim.port, "cert": str(sim.cert_path), "base_url": sim.base_url})
+        _write_ready(ready_file, {"port": sim.port, "cert": str(sim.cert_path), "base_url": sim.base_url})
+        if status is not None:
+            status.ready()
         await stop.wait()
     finally:
         await sim.stop()

@@ -1,4 +1,4 @@
-"""Self-signed TLS certificate for the simulator (CN/SAN localhost and 127.0.0.1).
+"""Self-signed TLS certificate for the simulator (SAN localhost, 127.0.0.1 and ``simulator.public_host``).
 
 Clients trust it by pointing SSL_CERT_FILE / REQUESTS_CA_BUNDLE at the certificate file.
 """
@@ -16,21 +16,24 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-CERT_NAME = "sim-cert.pem"
+from data_feed.runtime import SIM_CERT_NAME
+
+CERT_NAME = SIM_CERT_NAME
 KEY_NAME = "sim-key.pem"
 
 
-def write_self_signed(cert_dir: Path) -> tuple[Path, Path]:
-    """The key and certificate in cert_dir, created unless a valid pair is there; returns (cert_path, key_path).
+def write_self_signed(cert_dir: Path, host: str = "localhost") -> tuple[Path, Path]:
+    """The key and certificate in cert_dir, created unless a valid pair naming ``host`` is there; returns
+    (cert_path, key_path).
 
     A restarted simulator keeps the certificate its clients already trust (they load it once, at start).
     """
     cert_dir.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = cert_dir / CERT_NAME, cert_dir / KEY_NAME
-    if _still_valid(cert_path) and key_path.exists():
+    if _still_valid(cert_path, host) and key_path.exists():
         return cert_path, key_path
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = _certificate(key)
+    cert = _certificate(key, host)
     key_bytes = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -41,19 +44,23 @@ def write_self_signed(cert_dir: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def _still_valid(cert_path: Path) -> bool:
+def _still_valid(cert_path: Path, host: str) -> bool:
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    except (OSError, ValueError):
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.DNSName)
+    except (OSError, ValueError, x509.ExtensionNotFound):
         return False
-    return bool(cert.not_valid_after_utc > dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+    fresh = cert.not_valid_after_utc > dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    return bool(fresh and host in names)
 
 
-def _certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+def _certificate(key: ec.EllipticCurvePrivateKey, host: str) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = dt.datetime.now(dt.UTC)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    san = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    dns = [x509.DNSName(n) for n in dict.fromkeys(("localhost", host))]
+    san = x509.SubjectAlternativeName([*dns, x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
     return (
         x509.CertificateBuilder()
         .subject_name(name)
