@@ -145,8 +145,8 @@ def test_book_rebuilt_from_the_lake_equals_the_simulators_top_20(clean_run: dict
 def test_health_metrics_status_and_process_names_while_running(clean_run: dict[str, Any]) -> None:
     code, health = clean_run["health"]
     assert code == 200 and health["status"] == "ok"
-    assert {r["role"] for r in health["roles"]} == {"simulator", "aggregator", "featurizer", "collector BINANCE",
-                                                     "collector COINBASE"}
+    assert {r["role"] for r in health["roles"]} == {"simulator", "bus", "aggregator", "featurizer",
+                                                     "collector BINANCE", "collector COINBASE"}
     assert all(r["alive"] and r["pid"] for r in health["roles"])
     frames = [line for line in clean_run["metrics"].splitlines()
               if line.startswith('data_feed_frames_received_total{exchange="BINANCE"}')]
@@ -156,7 +156,7 @@ def test_health_metrics_status_and_process_names_while_running(clean_run: dict[s
     assert "collector COINBASE" in clean_run["status"].stdout
     assert "df:stream:BINANCE:trades" in clean_run["status"].stdout
     for title in ("data-feed: collector BINANCE", "data-feed: collector COINBASE", "data-feed: aggregator",
-                  "data-feed: simulator", "data-feed: featurizer"):
+                  "data-feed: simulator", "data-feed: featurizer", "data-feed: bus"):
         assert title in clean_run["ps"]
 
 

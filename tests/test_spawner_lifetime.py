@@ -45,7 +45,7 @@ def test_a_killed_spawner_takes_its_children_and_the_next_run_recovers(tmp_path:
     assert first.proc.poll() is None  # the refused start touched nothing of the running one
 
     children = [r["pid"] for r in first.health()["roles"] if r["alive"]] + [first.redis_pid()]
-    assert len(children) == 6  # simulator, aggregator, featurizer, two collectors, redis-server
+    assert len(children) == 7  # simulator, bus, aggregator, featurizer, two collectors, redis-server
     time.sleep(2)
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait()
