@@ -28,10 +28,11 @@ def cached_trades(client: redis.Redis, exchange: str) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("slice_seconds", [2, 3600])
-def test_live_query_answers_every_cached_trade_once(tmp_path: Path, slice_seconds: int) -> None:
-    run = Run(tmp_path, pipeline_config(tmp_path, lake={"slice_seconds": slice_seconds, "allowed_lateness_seconds": 1}))
-    run.start(wait_for_lake=slice_seconds < 60)
+def test_live_query_answers_every_cached_trade_once(tmp_path: Path) -> None:
+    """2 s slices: while the query runs, some of a symbol's trades are in landed files, the newest only in the
+    cache, and some in an entry whose first slice landed while its second is open."""
+    run = Run(tmp_path, pipeline_config(tmp_path, lake={"slice_seconds": 2, "allowed_lateness_seconds": 1}))
+    run.start()
     try:
         client = redis.Redis.from_url(run.redis_url())
         wait_for(lambda: cached_trades(client, "BINANCE") > 200, 60, "trades cached")
@@ -45,8 +46,6 @@ def test_live_query_answers_every_cached_trade_once(tmp_path: Path, slice_second
                 n, d = live.loc[exchange, "n"], live.loc[exchange, "d"]
                 assert n == d, (exchange, "a record counted twice: in the lake and in the cache")
                 assert before[exchange] <= n <= after[exchange], (exchange, before, n, after)
-            assert live["n"].sum() >= lake
-            if slice_seconds == 3600:
-                assert live["n"].sum() > lake  # the hour's slice is open: its records are only in the cache
+            assert live["n"].sum() > lake  # the open slices' records are only in the cache
     finally:
         assert run.stop() == 0, run.err[-3000:]

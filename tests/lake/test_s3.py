@@ -141,11 +141,11 @@ class _SessionOnly(Spawner):
     """The spawner's simulator and collectors, without its aggregator: the streams keep every entry, so the
     same session can be landed twice."""
 
-    def _add_role(self, kind: str, arg: str | None) -> Role:
-        role = super()._add_role(kind, arg)
-        if kind == "aggregator":
+    def _launch(self, role: Role) -> None:
+        if role.name == "aggregator":
             del self.roles[role.name]
-        return role
+            return
+        super()._launch(role)
 
 
 def _record_session(tmp_path: Path, redis_url: str) -> Config:
