@@ -1,6 +1,6 @@
 """The whole pipeline (`data-feed run`: simulator, cryptofeed collectors, aggregator) while the aggregator is
-SIGKILLed at random instants, 12 times, each once it is at work: after the last restart every trade id of every symbol is in
-the lake exactly once and every l2_book row the collectors cached is there once."""
+SIGKILLed at random instants, 12 times, each once it is at work: after the last restart every trade id of every
+symbol is in the lake exactly once and every l2_book row the collectors cached is there once."""
 
 from __future__ import annotations
 
