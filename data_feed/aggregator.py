@@ -69,14 +69,14 @@ from data_feed.cache import (
 )
 from data_feed.catalog import Catalog, LocalCatalog
 from data_feed.config import GAPS_CHANNEL, Config
-from data_feed.lake import NS_PER_SECOND, LocalStore, SliceKey, SliceStore, slice_relpath
-from data_feed.schemas import L2_BOOK, GapReason
+from data_feed.lake import LocalStore, SliceKey, SliceStore, slice_relpath
+from data_feed.schemas import L2_BOOK, NS_PER_SECOND, Channel, GapReason
 from data_feed.slicer import split_entry
 from data_feed.status import RoleStatus
 
 LOG = logging.getLogger("data_feed.aggregator")
 
-BOOK_CHANNEL = "l2_book"  # its slices open with a full book snapshot (data_feed.book)
+BOOK_CHANNEL = Channel.L2_BOOK  # its slices open with a full book snapshot (data_feed.book)
 READ_COUNT = 200  # entries per stream per XREADGROUP
 READ_BLOCK_MS = 200
 LAG_REPORT_INTERVAL_SECONDS = 5.0

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from data_feed.catalog import LocalCatalog
 from data_feed.instants import INT64_MAX, format_instant
-from data_feed.schemas import L2_BOOK
+from data_feed.schemas import L2_BOOK, Channel
 
 SIDES = ("bid", "ask")
 SNAPSHOT_STAMP_OFFSET_NS = 1  # the opening snapshot sorts just before the slice's first row
@@ -88,7 +88,7 @@ def book_view(root: str | Path, exchange: str, symbol: str, at_ns: int, depth: i
     root = Path(root)
     catalog = LocalCatalog.existing(root)
     try:
-        files = catalog.files("l2_book", exchange, symbol)
+        files = catalog.files(Channel.L2_BOOK, exchange, symbol)
     finally:
         catalog.close()
     if not files:

@@ -35,6 +35,7 @@ ENTRY_COUNT_FIELD = b"n"
 TIME_COLUMNS = ("ts_event", "ts_recv")  # float seconds in cached rows
 BOOK_SNAPSHOT_REQUEST_KEY = "df:control:book-snapshot"  # epoch seconds of the newest request: collectors answer
 # with a full snapshot of every book they keep (a restarted featurizer has no book to apply deltas to)
+EMITTED_KEY = "df:featurizer:emitted"  # hash: "{exchange}|{symbol}|{interval}" -> newest slice start (ns) cached
 HEALTH_KEY_PREFIX = "df:health"  # string per role instance: JSON {status, reason, pid, at}, expiring
 HEALTH_TTL_SECONDS = 15
 ID_TOO_SMALL_ERROR = "equal or smaller than the target stream top item"  # Redis's XADD refusal of an old id

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Protocol
 
 from data_feed.lake import SliceKey
+from data_feed.schemas import NS_PER_SECOND
 
 LOG = logging.getLogger("data_feed.catalog")
 
@@ -208,7 +209,7 @@ class LocalCatalog:
         """Retired files no reader can still use and retired at least ``grace_seconds`` ago, and how many
         retired files are still held (by grace or by a reader's lease)."""
         now = time.time_ns()
-        live_since = now - LEASE_MAX_SECONDS * 1_000_000_000
+        live_since = now - LEASE_MAX_SECONDS * NS_PER_SECOND
         row = self.db.execute("SELECT min(version) FROM leases WHERE taken_ns > ?", (live_since,)).fetchone()
         oldest_reader = row[0] if row and row[0] is not None else None
         free, held = [], 0

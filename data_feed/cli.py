@@ -22,9 +22,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from data_feed.config import DEFAULT_CONFIG_PATH, LAKE_CHANNELS, Config, ConfigError, load_config
+from data_feed.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 from data_feed.logs import setup_logging
 from data_feed.runtime import RunDir, RunDirBusy, RunDirLock
+from data_feed.schemas import LAKE_CHANNELS
 
 if TYPE_CHECKING:
     from data_feed.spawner import Spawner

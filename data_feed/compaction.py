@@ -40,8 +40,8 @@ import pyarrow.parquet as pq
 
 from data_feed.catalog import CatalogFile, LocalCatalog, require_lake
 from data_feed.config import LakeConfig
-from data_feed.lake import NS_PER_SECOND, SliceKey, compacted_file_name, partition_dir, write_merged
-from data_feed.schemas import CHANNEL_SCHEMAS
+from data_feed.lake import SliceKey, compacted_file_name, partition_dir, write_merged
+from data_feed.schemas import CHANNEL_SCHEMAS, NS_PER_SECOND
 
 if TYPE_CHECKING:
     from data_feed.s3 import GlueCatalog, Partition, S3Store

@@ -17,14 +17,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from data_feed.schemas import LAKE_CHANNELS, MARKET_CHANNELS, Channel
+
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "data-feed-config.yaml"
 
 SUPPORTED_EXCHANGES = ("BINANCE", "BINANCE_FUTURES", "BYBIT", "COINBASE", "KRAKEN", "OKX")
-MARKET_CHANNELS = ("trades", "l2_book", "ticker", "funding", "open_interest", "liquidations", "candles")
 SOURCES = ("simulator", "live", "replay")
-GAPS_CHANNEL = "gaps"  # disconnects, sequence gaps, resyncs, bad frames: written by collectors, landed like data
-FEATURES_CHANNEL = "features"  # per-slice statistics: written by the featurizer, landed like data
-LAKE_CHANNELS = (*MARKET_CHANNELS, GAPS_CHANNEL, FEATURES_CHANNEL)  # every lake table (data_feed.schemas)
+GAPS_CHANNEL = Channel.GAPS.value
+FEATURES_CHANNEL = Channel.FEATURES.value
 
 
 class ConfigError(ValueError):

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-NS_PER_SECOND = 1_000_000_000
+from data_feed.schemas import NS_PER_SECOND
+
 INT64_MAX = 2**63 - 1
 SECONDS_PER_MINUTE = 60
 SECONDS_PER_HOUR = 3600

@@ -25,9 +25,8 @@ from typing import Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_feed.schemas import schema_for
+from data_feed.schemas import NS_PER_SECOND, schema_for
 
-NS_PER_SECOND = 1_000_000_000
 TMP_PREFIX = ".tmp-"
 COMPACT_TAG = "c"  # marks a compacted file's name: {first slice}-{last slice}-c{digest}.parquet
 COMPACT_DIGEST_CHARS = 16

@@ -30,9 +30,9 @@ import redis
 
 from data_feed.cache import CONSUMER_GROUP, decode_batch, journal_key, parse_entry_id, parse_stream_key
 from data_feed.config import Config
-from data_feed.lake import NS_PER_SECOND, SliceKey
+from data_feed.lake import SliceKey
 from data_feed.runtime import RunDir, Runtime
-from data_feed.schemas import SYMBOL_COLUMN
+from data_feed.schemas import NS_PER_SECOND, SYMBOL_COLUMN
 from data_feed.slicer import split_entry
 
 LOG = logging.getLogger("data_feed.live")

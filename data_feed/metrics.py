@@ -95,7 +95,7 @@ def export_known(cfg: Any, roles: list[str]) -> None:
     """Every metric at 0 for every label set this config can produce, from the first scrape (a panel or an
     alert over ``rate()`` needs the series before its first event). ``cfg`` is a ``config.Config``."""
     from data_feed.cache import configured_streams, parse_stream_key
-    from data_feed.schemas import GapReason
+    from data_feed.schemas import Channel, GapReason
 
     for role in roles:
         RESTARTS.labels(role).inc(0)
@@ -110,13 +110,15 @@ def export_known(cfg: Any, roles: list[str]) -> None:
             metric.labels(channel, exchange).inc(0)
         for metric in (RECORDS_CACHED, ENTRIES_CACHED):
             metric.labels(exchange, channel).inc(0)
-        DROPPED_RECORDS.labels("featurizer" if channel == "features" else exchange, channel).inc(0)
+        DROPPED_RECORDS.labels("featurizer" if channel == Channel.FEATURES else exchange, channel).inc(0)
         for reason in GapReason:
             GAPS.labels(exchange, channel, reason.value).inc(0)
     _export_writers(cfg)
 
 
 def _export_writers(cfg: Any) -> None:
+    from data_feed.schemas import Channel
+
     for exchange in cfg.exchanges:
         for metric in (FRAMES_RECEIVED, BAD_FRAMES, CACHE_WRITE_ERRORS, SPILLED_ENTRIES):
             metric.labels(exchange).inc(0)
@@ -124,12 +126,12 @@ def _export_writers(cfg: Any) -> None:
         if cfg.featurizer.enabled:
             for interval in cfg.featurizer.intervals:
                 FEATURE_SLICES.labels(exchange, interval).inc(0)
-            for channel in ("trades", "l2_book"):
+            for channel in (Channel.TRADES, Channel.L2_BOOK):
                 FEATURE_LATE_RECORDS.labels(exchange, channel).inc(0)
             FEATURE_LATENCY.labels(exchange).set(0)
     SPILLED_ENTRIES.labels("featurizer").inc(0)
     SPILL_BYTES.labels("featurizer").set(0)
-    for channel in ("trades", "l2_book", "gaps"):
+    for channel in (Channel.TRADES, Channel.L2_BOOK, Channel.GAPS):
         BUS_DROPPED.labels(channel).inc(0)
     if cfg.simulated():
         from data_feed.sim.faults import Fault

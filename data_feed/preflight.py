@@ -39,7 +39,7 @@ def offered_problems(cfg: Config) -> list[str]:
 
 
 def _exchange_problems(name: str, ex: ExchangeConfig) -> list[str]:
-    from data_feed.collector import CRYPTOFEED_CHANNEL
+    from data_feed.collector.callbacks import CRYPTOFEED_CHANNEL
     from data_feed.collector.exchanges import offered_channels
 
     try:

@@ -20,6 +20,7 @@ from typing import IO, Any, Final
 import zstandard
 
 from data_feed.config import Config, parse_config
+from data_feed.lake import STAMP_FORMAT
 from data_feed.sim.session import header_record
 
 LOG = logging.getLogger("data_feed.collector")
@@ -38,7 +39,7 @@ def recording_config(cfg: Config, directory: Path) -> Config:
 
 
 def session_path(directory: Path, exchange: str, started: float) -> Path:
-    stamp = datetime.fromtimestamp(started, UTC).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.fromtimestamp(started, UTC).strftime(STAMP_FORMAT)
     return directory / f"{exchange}-{stamp}{SESSION_SUFFIX}"
 
 

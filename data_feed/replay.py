@@ -24,10 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from data_feed.config import MARKET_CHANNELS, Config, parse_config
+from data_feed.config import Config, parse_config
+from data_feed.schemas import MARKET_CHANNELS, NS_PER_SECOND
 from data_feed.sim.session import load_session
-
-NS_PER_SECOND = 1_000_000_000
 
 LOG = logging.getLogger("data_feed.replay")
 
@@ -49,7 +48,7 @@ class ReplayError(RuntimeError):
 
 def supported_channels(exchange: str) -> set[str]:
     """Lake channels the exchange's cryptofeed class can subscribe to."""
-    from data_feed.collector import CRYPTOFEED_CHANNEL
+    from data_feed.collector.callbacks import CRYPTOFEED_CHANNEL
     from data_feed.collector.exchanges import EXCHANGE_MODULES
     from data_feed.collector.exchanges.replay import base_class
 

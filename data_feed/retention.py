@@ -23,7 +23,7 @@ from pathlib import Path
 from data_feed.catalog import LocalCatalog, require_lake
 from data_feed.compaction import maintenance_lock, purge_retired
 from data_feed.config import LakeConfig
-from data_feed.lake import NS_PER_SECOND
+from data_feed.schemas import NS_PER_SECOND
 
 LOG = logging.getLogger("data_feed.retention")
 

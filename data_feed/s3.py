@@ -49,12 +49,11 @@ import pyarrow.parquet as pq
 
 from data_feed.catalog import CatalogFile, Snapshot
 from data_feed.config import S3LakeConfig
-from data_feed.lake import NS_PER_SECOND, SliceKey, is_compacted, partition_dir, partition_relpath, slice_relpath
-from data_feed.schemas import CHANNEL_SCHEMAS, PARTITION_KEYS, schema_for
+from data_feed.lake import STAMP_FORMAT, SliceKey, is_compacted, partition_dir, partition_relpath, slice_relpath
+from data_feed.schemas import CHANNEL_SCHEMAS, NS_PER_SECOND, PARTITION_KEYS, schema_for
 
 LOG = logging.getLogger("data_feed.s3")
 
-STAMP_FORMAT = "%Y%m%dT%H%M%SZ"  # a slice file name starts with its slice start (data_feed.lake)
 STAMP_CHARS = 16
 GLUE_TYPES = {"int64": "bigint", "double": "double", "string": "string", "bool": "boolean"}
 PARTITION_GLUE_TYPES = {"exchange": "string", "symbol": "string", "date": "date"}

@@ -100,6 +100,33 @@ CANDLES = pa.schema(
     ]
 )
 
+# Time units: every record time is int64 nanoseconds UTC; caches and exchanges speak seconds, ms and us.
+NS_PER_US = 1_000
+NS_PER_MS = 1_000_000
+NS_PER_SECOND = 1_000_000_000
+NS_PER_DAY = 86_400 * NS_PER_SECOND
+US_PER_SECOND = 1_000_000
+MS_PER_SECOND = 1_000
+
+
+class Channel(StrEnum):
+    """Every channel: a Redis stream per exchange, a bus topic prefix and a lake table of its own schema."""
+
+    TRADES = "trades"
+    L2_BOOK = "l2_book"
+    TICKER = "ticker"
+    FUNDING = "funding"
+    OPEN_INTEREST = "open_interest"
+    LIQUIDATIONS = "liquidations"
+    CANDLES = "candles"
+    GAPS = "gaps"  # disconnects, sequence gaps, resyncs, bad frames: written by the collectors, landed like data
+    FEATURES = "features"  # per-slice statistics: written by the featurizer, landed like data
+
+
+MARKET_CHANNELS: tuple[str, ...] = tuple(c.value for c in Channel if c not in (Channel.GAPS, Channel.FEATURES))
+LAKE_CHANNELS: tuple[str, ...] = tuple(c.value for c in Channel)  # every lake table
+
+
 class GapReason(StrEnum):
     """Why data may be missing: the ``reason`` column of ``gaps`` (README, "Gaps")."""
 
@@ -170,15 +197,15 @@ FEATURES = pa.schema(
 )
 
 CHANNEL_SCHEMAS: dict[str, pa.Schema] = {
-    "trades": TRADES,
-    "l2_book": L2_BOOK,
-    "ticker": TICKER,
-    "funding": FUNDING,
-    "open_interest": OPEN_INTEREST,
-    "liquidations": LIQUIDATIONS,
-    "candles": CANDLES,
-    "gaps": GAPS,
-    "features": FEATURES,
+    Channel.TRADES: TRADES,
+    Channel.L2_BOOK: L2_BOOK,
+    Channel.TICKER: TICKER,
+    Channel.FUNDING: FUNDING,
+    Channel.OPEN_INTEREST: OPEN_INTEREST,
+    Channel.LIQUIDATIONS: LIQUIDATIONS,
+    Channel.CANDLES: CANDLES,
+    Channel.GAPS: GAPS,
+    Channel.FEATURES: FEATURES,
 }
 
 # int64 nanosecond UTC instants: shown as timestamps in table output (CSV and JSON keep the exact integers).

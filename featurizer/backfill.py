@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from data_feed.catalog import CatalogFile, LocalCatalog
 from data_feed.config import FEATURES_CHANNEL, FeaturizerConfig
-from data_feed.schemas import GapReason, schema_for
+from data_feed.schemas import NS_PER_SECOND, Channel, GapReason, schema_for
 from featurizer._kernels import NO_TRADE_ID
 from featurizer.engine import Closed, ExchangeFeaturizer
 from featurizer.features import COMPLETE_COLUMN, VALUE_COLUMNS, interval_ns, overlaps, values
@@ -37,7 +37,7 @@ LOG = logging.getLogger("featurizer.backfill")
 NS_PER_MICROSECOND = 1000  # collector times are whole microseconds; the lake's opening snapshots are not
 TRADE_COLUMNS = ["ts_event", "ts_recv", "id", "side", "price", "amount"]
 BOOK_COLUMNS = ["ts_event", "ts_recv", "side", "price", "size", "snapshot"]
-CHANNELS = ("trades", "l2_book")
+CHANNELS = (Channel.TRADES, Channel.L2_BOOK)
 GAP_COLUMNS = ["ts_event", "channel", "reason", "missing_from_ts", "missing_to_ts"]
 
 Progress = Callable[[int], None]  # called with how many records were just processed
@@ -61,7 +61,7 @@ def lake_records(root: Path, channel: str, exchange: str, period: Period, slice_
     finally:
         catalog.release(snap.lease)
         catalog.close()
-    columns = TRADE_COLUMNS if channel == "trades" else BOOK_COLUMNS
+    columns = TRADE_COLUMNS if channel == Channel.TRADES else BOOK_COLUMNS
     if not parts:
         schema = schema_for(channel)
         empty = {c: pa.array([], schema.field(c).type) for c in columns}
@@ -70,7 +70,7 @@ def lake_records(root: Path, channel: str, exchange: str, period: Period, slice_
 
 
 def _read(root: Path, f: CatalogFile, channel: str, period: Period) -> pa.Table:
-    columns = TRADE_COLUMNS if channel == "trades" else BOOK_COLUMNS
+    columns = TRADE_COLUMNS if channel == Channel.TRADES else BOOK_COLUMNS
     table = pq.read_table(root / f.path, columns=columns)
     ts = table.column("ts_event")
     table = table.filter(pc.and_(pc.greater_equal(ts, period.start_ns), pc.less(ts, period.end_ns)))
@@ -108,7 +108,7 @@ def gap_windows(root: Path, exchange: str) -> dict[str, list[tuple[int, int]]]:
     catalog = LocalCatalog(root)
     snap = catalog.snapshot()
     try:
-        files = [f for f in snap.files.get("gaps", []) if f.exchange == exchange]
+        files = [f for f in snap.files.get(Channel.GAPS, []) if f.exchange == exchange]
         tables = [pq.read_table(root / f.path, columns=GAP_COLUMNS).append_column(
             "symbol", pa.array([f.symbol] * pq.read_metadata(root / f.path).num_rows, pa.string())) for f in files]
     finally:
@@ -205,11 +205,11 @@ def backfill(root: Path, exchanges: list[str], cfg: FeaturizerConfig, slice_seco
              ts_recv_ns: int, progress: Progress | None = None,
              on_total: Callable[[int], None] | None = None) -> pa.Table:
     """Features of every exchange's symbols over ``period``, computed from the lake."""
-    slice_ns = slice_seconds * 1_000_000_000
+    slice_ns = slice_seconds * NS_PER_SECOND
     inputs = {}
     for exchange in exchanges:
-        trades = lake_records(root, "trades", exchange, period, slice_ns)
-        book = drop_opening_snapshots(lake_records(root, "l2_book", exchange, period, slice_ns))
+        trades = lake_records(root, Channel.TRADES, exchange, period, slice_ns)
+        book = drop_opening_snapshots(lake_records(root, Channel.L2_BOOK, exchange, period, slice_ns))
         inputs[exchange] = (trades, book)
     if on_total is not None:
         on_total(sum(t.num_rows + b.num_rows for t, b in inputs.values()))

@@ -19,7 +19,6 @@ from featurizer.backfill import Period, backfill, not_whole_in_lake
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 err_console = Console(stderr=True)
 
-NS_PER_SECOND = 1_000_000_000
 
 
 @app.callback()

@@ -16,12 +16,12 @@ import numpy as np
 import numpy.typing as npt
 
 from data_feed.config import FeaturizerConfig
+from data_feed.schemas import NS_PER_SECOND
 from featurizer._kernels import Engine, empty_slice, merge
 from featurizer.features import Slices, interval_ns
 
 LOG = logging.getLogger("featurizer.engine")
 
-NS_PER_SECOND = 1_000_000_000
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from data_feed.bus import (
 from data_feed.cache import BOOK_SNAPSHOT_REQUEST_KEY, collector_state_key, parse_mark_field
 from data_feed.collector.gaps import Mark
 from data_feed.config import GAPS_CHANNEL, Config
-from data_feed.schemas import GapReason, batch_columns
+from data_feed.schemas import NS_PER_SECOND, Channel, GapReason, batch_columns
 from data_feed.spill import Spill
 from data_feed.status import RoleStatus
 from featurizer.engine import Closed, ExchangeFeaturizer
@@ -57,14 +57,13 @@ from featurizer.sink import FeatureSink
 
 LOG = logging.getLogger("featurizer")
 
-INPUT_CHANNELS = ("trades", "l2_book")
+INPUT_CHANNELS = (Channel.TRADES, Channel.L2_BOOK)
 BOOK_SNAPSHOT_COLUMN = 6  # of an l2_book row: (symbol, ts_event, ts_recv, side, price, size, snapshot, sequence)
 RECV_TIMEOUT_MS = 100
 MAX_BATCHES_PER_STEP = 500  # then publish what closed, so output never waits on a busy input
 DRAIN_QUIET_MS = 500  # at stop: the bus counts as drained after this long without a batch
 REDIS_RETRY_SECONDS = 1.0
 SUBSCRIBE_SETTLE_SECONDS = 0.3  # a subscription takes a moment to reach the proxy; marks are read after it
-NS_PER_SECOND = 1_000_000_000
 BYTES_PER_MB = 1024 * 1024
 UNSEEN = -1  # complete_from of a symbol the featurizer saw from its first record
 GAP_COLUMNS = batch_columns(GAPS_CHANNEL)
@@ -134,7 +133,7 @@ class Featurizer:
                     continue
                 newest = round(Mark.unpack(value.decode()).ts_event * NS_PER_SECOND)
                 self._incomplete_until(ex, parsed[1], newest - newest % base + base)
-                if parsed[0] == "l2_book":
+                if parsed[0] == Channel.L2_BOOK:
                     self.awaiting_book.add((ex, parsed[1]))
                     asked = True
         if asked:  # collectors answer with a full snapshot of each book they keep
@@ -214,11 +213,11 @@ class Featurizer:
         try:
             data = decode_rows(payload)
             self.records_in += len(data)
-            late = fx.trade_rows(data) if channel == "trades" else fx.book_rows(data)
+            late = fx.trade_rows(data) if channel == Channel.TRADES else fx.book_rows(data)
         except (ValueError, TypeError, IndexError, msgpack.UnpackException) as err:
             self._bad(topic.decode(), err)
             return
-        if channel == "l2_book" and (exchange, symbol) in self.awaiting_book:
+        if channel == Channel.L2_BOOK and (exchange, symbol) in self.awaiting_book:
             self._book_seeded(exchange, symbol, data)
         if (exchange, symbol) in self.tainted:
             self.tainted.discard((exchange, symbol))
@@ -254,7 +253,7 @@ class Featurizer:
             windows = self.windows.setdefault((exchange, symbol), [])
             windows.append(gap_window(row))
             del windows[:-MAX_WINDOWS_PER_SYMBOL]
-            if channel == "l2_book" and row[GAP_FROM_COLUMN] is None:  # lost updates: wrong until a resync
+            if channel == Channel.L2_BOOK and row[GAP_FROM_COLUMN] is None:  # lost updates: wrong until a resync
                 self.awaiting_book.add((exchange, symbol))
 
     def _bus_loss(self, topic: bytes, lost: int) -> None:
@@ -265,7 +264,7 @@ class Featurizer:
         except ValueError:
             return
         self.tainted.add((exchange, symbol))
-        if channel == "l2_book":  # the book missed updates: wrong until a full snapshot
+        if channel == Channel.L2_BOOK:  # the book missed updates: wrong until a full snapshot
             self.awaiting_book.add((exchange, symbol))
             self.client.set(BOOK_SNAPSHOT_REQUEST_KEY, repr(time.time()))
 

@@ -26,6 +26,7 @@ import redis
 
 from data_feed import metrics
 from data_feed.cache import (
+    EMITTED_KEY,
     ENTRY_PAYLOAD_FIELD,
     EntryIds,
     StreamTakenOver,
@@ -37,17 +38,15 @@ from data_feed.cache import (
     stream_key,
 )
 from data_feed.config import FEATURES_CHANNEL, GAPS_CHANNEL, RedisConfig
-from data_feed.schemas import GapReason
+from data_feed.schemas import NS_PER_SECOND, GapReason
 from data_feed.spill import Spill
 
 LOG = logging.getLogger("featurizer")
 
-EMITTED_KEY = "df:featurizer:emitted"  # hash: "{exchange}|{symbol}|{interval}" -> newest slice start (ns) cached
 WRITER_LABEL = "featurizer"
 RETRY_SECONDS = 1.0
 MAX_MEMORY_BATCHES = 1000  # batches kept in memory before they go to the spill
 SPILL_FILES_PER_WRITE = 50
-NS_PER_SECOND = 1_000_000_000
 START_COLUMN, INTERVAL_COLUMN = 1, 3  # of a features row: (symbol, ts_event s, ts_recv s, interval, ...)
 
 

@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from data_feed.cli import app
-from data_feed.config import LAKE_CHANNELS
+from data_feed.schemas import LAKE_CHANNELS
 from featurizer.cli import app as featurizer_app
 from tests.conftest import default_config_dict, make_config
 from tests.lakes import T0, cli, land, make_writable, trade_rows

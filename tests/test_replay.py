@@ -27,7 +27,7 @@ from cryptofeed.defines import L2_BOOK, TRADES
 from cryptofeed.symbols import Symbols
 from cryptofeed.types import OrderBook, Trade
 
-from data_feed.collector import CRYPTOFEED_CHANNEL
+from data_feed.collector.callbacks import CRYPTOFEED_CHANNEL
 from data_feed.collector.exchanges import EXCHANGE_MODULES, Endpoints, feed_config
 from data_feed.collector.exchanges.replay import base_class
 from data_feed.config import load_config

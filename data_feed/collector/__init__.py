@@ -12,9 +12,9 @@ import logging
 import redis.asyncio as aioredis
 from cryptofeed import FeedHandler
 from cryptofeed.connection import Connection
-from cryptofeed.defines import CANDLES, FUNDING, L2_BOOK, LIQUIDATIONS, OPEN_INTEREST, TICKER, TRADES
 
 from data_feed.bus import Publisher, endpoints
+from data_feed.collector.callbacks import CRYPTOFEED_CHANNEL
 from data_feed.collector.exchanges import Endpoints, feed_class, feed_config
 from data_feed.collector.writer import BYTES_PER_MB, StreamWriter
 from data_feed.config import Config, ExchangeConfig
@@ -24,8 +24,6 @@ from data_feed.status import RoleStatus
 
 LOG = logging.getLogger("data_feed.collector")
 
-CRYPTOFEED_CHANNEL = {"trades": TRADES, "l2_book": L2_BOOK, "ticker": TICKER, "funding": FUNDING,
-                      "open_interest": OPEN_INTEREST, "liquidations": LIQUIDATIONS, "candles": CANDLES}
 WATCHDOG_CHECKS_PER_TIMEOUT = 5  # cryptofeed's watchdog looks this often per exchanges.<ID>.watchdog_seconds
 
 

@@ -13,11 +13,21 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cryptofeed.defines import ASK, BID
+from cryptofeed.defines import ASK, BID, CANDLES, FUNDING, L2_BOOK, LIQUIDATIONS, OPEN_INTEREST, TICKER
+from cryptofeed.defines import TRADES as CF_TRADES
 from cryptofeed.types import Candle, Funding, Liquidation, OpenInterest, OrderBook, Ticker, Trade
+
+from data_feed.schemas import Channel
 
 if TYPE_CHECKING:
     from data_feed.collector.writer import StreamWriter
+
+# our channel -> cryptofeed's (the one map between the two vocabularies)
+CRYPTOFEED_CHANNEL: dict[str, str] = {
+    Channel.TRADES: CF_TRADES, Channel.L2_BOOK: L2_BOOK, Channel.TICKER: TICKER, Channel.FUNDING: FUNDING,
+    Channel.OPEN_INTEREST: OPEN_INTEREST, Channel.LIQUIDATIONS: LIQUIDATIONS, Channel.CANDLES: CANDLES}
+OUR_CHANNEL: dict[str, str] = {cf: str(ours) for ours, cf in CRYPTOFEED_CHANNEL.items()}
+TRADES_BUFFER, BOOK_BUFFER, TICKER_BUFFER = Channel.TRADES.value, Channel.L2_BOOK.value, Channel.TICKER.value
 
 US_PER_SECOND = 1_000_000
 NS_PER_US = 1000
@@ -74,8 +84,8 @@ class TradeCallback(_Callback):
         except (TypeError, ValueError):
             tid, tid_text = None, None if t.id is None else str(t.id)
         w = self.writer
-        w.buffers["trades"].append((t.symbol, t.timestamp or receipt, receipt, tid, tid_text, t.side, float(t.price),
-                                    float(t.amount)))
+        w.buffers[TRADES_BUFFER].append((t.symbol, t.timestamp or receipt, receipt, tid, tid_text, t.side,
+                                         float(t.price), float(t.amount)))
         w.pending += 1
         if w.pending >= w.batch_max_records:
             w._kick.set()
@@ -84,7 +94,8 @@ class TradeCallback(_Callback):
 class TickerCallback(_Callback):
     async def __call__(self, t: Ticker, receipt: float) -> None:
         w = self.writer
-        w.buffers["ticker"].append((t.symbol, _seconds(t.timestamp) or receipt, receipt, float(t.bid), float(t.ask)))
+        w.buffers[TICKER_BUFFER].append((t.symbol, _seconds(t.timestamp) or receipt, receipt, float(t.bid),
+                                         float(t.ask)))
         w.count(1)
 
 
@@ -96,7 +107,7 @@ class BookCallback(_Callback):
         ts_recv = w.monotonic_recv(book.symbol, receipt)
         ts_event = _seconds(book.timestamp) or ts_recv
         seq = book.sequence_number
-        rows = w.buffers["l2_book"]
+        rows = w.buffers[BOOK_BUFFER]
         snapshot = book.delta is None
         changes = book.book.to_dict() if snapshot else book.delta
         for side, key in (("bid", BID), ("ask", ASK)):
@@ -128,14 +139,14 @@ class FundingCallback(_Callback):
         ts = _seconds(f.timestamp) or receipt
         row = (f.symbol, ts, receipt, _opt_float(f.mark_price), _opt_float(f.rate), _opt_float(f.predicted_rate),
                _ns(f.next_funding_time))
-        self.writer.buffers["funding"].append(row)
+        self.writer.buffers[Channel.FUNDING.value].append(row)
         self.writer.count(1)
 
 
 class OpenInterestCallback(_Callback):
     async def __call__(self, o: OpenInterest, receipt: float) -> None:
         ts = _seconds(o.timestamp) or receipt
-        self.writer.buffers["open_interest"].append((o.symbol, ts, receipt, float(o.open_interest)))
+        self.writer.buffers[Channel.OPEN_INTEREST.value].append((o.symbol, ts, receipt, float(o.open_interest)))
         self.writer.count(1)
 
 
@@ -144,7 +155,7 @@ class LiquidationCallback(_Callback):
         oid = None if liq.id is None else str(liq.id)
         ts = _seconds(liq.timestamp) or receipt
         row = (liq.symbol, ts, receipt, oid, liq.side, float(liq.price), float(liq.quantity), liq.status)
-        self.writer.buffers["liquidations"].append(row)
+        self.writer.buffers[Channel.LIQUIDATIONS.value].append(row)
         self.writer.count(1)
 
 
@@ -157,5 +168,5 @@ class CandleCallback(_Callback):
         ts = _seconds(c.timestamp) or receipt
         row = (c.symbol, ts, receipt, _ns(c.start), _ns(c.stop), str(c.interval), trades, float(c.open),
                float(c.high), float(c.low), float(c.close), float(c.volume), closed)
-        self.writer.buffers["candles"].append(row)
+        self.writer.buffers[Channel.CANDLES.value].append(row)
         self.writer.count(1)

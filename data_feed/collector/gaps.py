@@ -21,14 +21,13 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from data_feed.schemas import GapReason
+from data_feed.schemas import Channel, GapReason
 
-TRADES = "trades"
+TRADES = Channel.TRADES.value
 TRADE_ID_INDEX = 3  # of a cached trades row: (symbol, ts_event, ts_recv, id, id_text, side, price, amount)
 EVENT_INDEX, RECV_INDEX = 1, 2
 # (symbol, ts_event, ts_recv, channel, reason, first_missing, last_missing, detail, missing_from_ts, missing_to_ts)
 GapRow = tuple[str, float, float, str, str, int | None, int | None, str, int | None, int | None]
-NS_PER_SECOND = 1_000_000_000
 Key = tuple[str, str]  # (channel, symbol)
 
 

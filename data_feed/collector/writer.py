@@ -64,6 +64,7 @@ from data_feed.cache import (
     stream_key,
 )
 from data_feed.collector.callbacks import (
+    OUR_CHANNEL,
     BookCallback,
     CandleCallback,
     FullBook,
@@ -82,8 +83,7 @@ LOG = logging.getLogger("data_feed.collector")
 
 RETRY_DELAY_MAX_SECONDS = 5.0
 
-CHANNEL_OF_CALLBACK = {TRADES: "trades", L2_BOOK: "l2_book", TICKER: "ticker", FUNDING: "funding",
-                       OPEN_INTEREST: "open_interest", LIQUIDATIONS: "liquidations", CANDLES: "candles"}
+CHANNEL_OF_CALLBACK = OUR_CHANNEL
 MS_PER_SECOND = 1000
 BYTES_PER_MB = 1024 * 1024
 RECV_STEP_SECONDS = 1e-6  # book messages of one symbol get distinct receive times at least this far apart

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from data_feed.schemas import Channel
 from data_feed.sim.faults import Fault
 from data_feed.sim.hub import (
     Delivery,
@@ -103,7 +104,7 @@ class BinanceConnection:
 class BinanceProtocol(ExchangeProtocol):
     name = "BINANCE"
     prefix = "/binance"
-    listed = listing((("BTC-USDT", "ETH-USDT", "SOL-USDT"), ("trades", "l2_book", "ticker")))
+    listed = listing((("BTC-USDT", "ETH-USDT", "SOL-USDT"), (Channel.TRADES, Channel.L2_BOOK, Channel.TICKER)))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

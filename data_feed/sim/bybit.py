@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from data_feed.config import MARKET_CHANNELS
+from data_feed.schemas import MARKET_CHANNELS, Channel
 from data_feed.sim.hub import Delivery, ExchangeProtocol, Outbox, SymbolState, epoch_ms, listing, now, open_socket
 from data_feed.sim.market import BID, PRICE_SCALE, SIZE_SCALE, Candle, MarketEvent, Trade, price_str, size_str
 
@@ -64,7 +64,7 @@ class BybitProtocol(ExchangeProtocol):
     name = "BYBIT"
     prefix = "/bybit"
     listed = listing((("BTC-USDT-PERP", "ETH-USDT-PERP", "SOL-USDT-PERP"), MARKET_CHANNELS),
-                     (("BTC-USDT", "ETH-USDT", "SOL-USDT"), ("trades", "l2_book", "candles")))
+                     (("BTC-USDT", "ETH-USDT", "SOL-USDT"), (Channel.TRADES, Channel.L2_BOOK, Channel.CANDLES)))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from data_feed.schemas import Channel
 from data_feed.sim.hub import (
     Delivery,
     ExchangeProtocol,
@@ -81,7 +82,7 @@ class CoinbaseConnection:
 class CoinbaseProtocol(ExchangeProtocol):
     name = "COINBASE"
     prefix = "/coinbase"
-    listed = listing((("BTC-USD", "ETH-USD", "SOL-USD"), ("trades", "l2_book", "ticker")))
+    listed = listing((("BTC-USD", "ETH-USD", "SOL-USD"), (Channel.TRADES, Channel.L2_BOOK, Channel.TICKER)))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from data_feed.schemas import Channel
 from data_feed.sim.hub import (
     BookView,
     Delivery,
@@ -85,7 +86,8 @@ class KrakenProtocol(ExchangeProtocol):
     name = "KRAKEN"
     prefix = "/kraken"
     listed = listing((("BTC-USD", "ETH-USD", "SOL-USD", "ADA-USD", "DOT-USD", "LTC-USD", "XRP-USD", "LINK-USD",
-                       "ATOM-USD", "AVAX-USD", "UNI-USD", "DOGE-USD"), ("trades", "l2_book", "ticker", "candles")))
+                       "ATOM-USD", "AVAX-USD", "UNI-USD", "DOGE-USD"), (Channel.TRADES, Channel.L2_BOOK, Channel.TICKER,
+                                                                      Channel.CANDLES)))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

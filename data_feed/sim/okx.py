@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from data_feed.config import MARKET_CHANNELS
+from data_feed.schemas import MARKET_CHANNELS, Channel
 from data_feed.sim.hub import (
     BookView,
     Delivery,
@@ -94,7 +94,8 @@ class OkxProtocol(ExchangeProtocol):
     name = "OKX"
     prefix = "/okx"
     listed = listing((("BTC-USDT-PERP", "ETH-USDT-PERP", "SOL-USDT-PERP"), MARKET_CHANNELS),
-                     (("BTC-USDT", "ETH-USDT", "SOL-USDT"), ("trades", "l2_book", "ticker", "candles")))
+                     (("BTC-USDT", "ETH-USDT", "SOL-USDT"),
+                      (Channel.TRADES, Channel.L2_BOOK, Channel.TICKER, Channel.CANDLES)))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -20,9 +20,10 @@ from data_feed.cache import encode_batch, stream_key
 from data_feed.catalog import LocalCatalog
 from data_feed.compaction import MaintenanceBusy, compact, maintenance_lock
 from data_feed.config import Config
-from data_feed.lake import NS_PER_SECOND, channel_files
+from data_feed.lake import channel_files
 from data_feed.query import run_query, session
 from data_feed.retention import expire
+from data_feed.schemas import NS_PER_SECOND
 from tests.conftest import make_config
 from tests.lake.test_book import SLICES, _messages, _reference
 

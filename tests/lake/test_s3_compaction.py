@@ -21,10 +21,10 @@ from data_feed.book import book_state
 from data_feed.cache import encode_batch, stream_key
 from data_feed.compaction import compact_s3
 from data_feed.config import Config, S3LakeConfig
-from data_feed.lake import NS_PER_SECOND, is_compacted
+from data_feed.lake import is_compacted
 from data_feed.query import run_query
 from data_feed.s3 import MANIFEST_NAME, GlueCatalog, S3Store
-from data_feed.schemas import L2_BOOK
+from data_feed.schemas import L2_BOOK, NS_PER_SECOND
 from tests.lake.conftest import BIN
 from tests.lake.test_book import SLICES, _messages, _reference
 from tests.lake.test_compaction import SYMBOLS, TRADES, TRUTH_SQL, _land_trades

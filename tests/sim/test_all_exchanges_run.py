@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from data_feed.config import MARKET_CHANNELS
 from data_feed.query import run_query
+from data_feed.schemas import MARKET_CHANNELS
 from data_feed.spawner import SIM_ACCOUNT_FILE
 from tests.conftest import ROOT
 from tests.test_pipeline import rebuild_book, top

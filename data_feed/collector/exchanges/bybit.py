@@ -21,9 +21,10 @@ from yapic import json
 
 from data_feed.collector.exchanges.base import CollectorFeedMixin, Endpoints, LoggedGaps
 from data_feed.collector.exchanges.replay import rehost
+from data_feed.schemas import Channel
 
 SIM_PATH = "/bybit"
-BOOK = "l2_book"
+BOOK = Channel.L2_BOOK.value
 
 
 class BybitWithGaps(LoggedGaps, Bybit):  # type: ignore[misc]

@@ -18,9 +18,10 @@ from cryptofeed.feed import Feed
 from yapic import json
 
 from data_feed.collector.exchanges.base import CollectorFeedMixin, Endpoints, LoggedGaps
+from data_feed.schemas import Channel
 
 SIM_PATH = "/kraken"
-BOOK = "l2_book"
+BOOK = Channel.L2_BOOK.value
 
 
 class KrakenWithChecks(LoggedGaps, Kraken):  # type: ignore[misc]

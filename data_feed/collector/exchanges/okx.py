@@ -27,10 +27,11 @@ from yapic import json
 
 from data_feed.collector.exchanges.base import CollectorFeedMixin, Endpoints, LoggedGaps
 from data_feed.collector.exchanges.replay import rehost
+from data_feed.schemas import Channel
 
 SIM_PATH = "/okx"
 SWAP_SUFFIX = "-SWAP"
-BOOK = "l2_book"
+BOOK = Channel.L2_BOOK.value
 
 
 class OkxWithChecks(LoggedGaps, OKX):  # type: ignore[misc]
