@@ -37,6 +37,7 @@ from types import FrameType
 from typing import IO, Any
 
 import redis
+from prometheus_client.registry import Collector
 
 from data_feed import metrics
 from data_feed.bus import Proxy
@@ -53,6 +54,7 @@ from data_feed.config import Config
 from data_feed.db import make_engine, save_effective_config
 from data_feed.redis_server import PrivateRedis, RedisServerError
 from data_feed.runtime import RunDir, Runtime, die_with_parent
+from data_feed.scrape import RedisAges
 
 LOG = logging.getLogger("data_feed.spawner")
 
@@ -97,6 +99,7 @@ class Spawner:
         self.written_at_start: dict[str, int] = {}
         self.summary: dict[str, dict[str, int]] = {}  # what landed, computed at stop
         self.bus: Proxy | None = None
+        self.redis_ages: Collector | None = None  # read from Redis at each scrape (data_feed.scrape)
 
     # -- start -----------------------------------------------------------------------------
 
@@ -106,6 +109,7 @@ class Spawner:
         LOG.info("config %s saved as config_history row %d", self.cfg.config_hash()[:12], row)
         redis_url = self._start_redis()
         self.client = redis.Redis.from_url(redis_url)
+        self.redis_ages = RedisAges(self.cfg, redis_url, self.started)
         self.written_at_start = self.written_totals()
         sim = self._start_simulator() if self.cfg.served() else None
         self.runtime = Runtime(redis_url=redis_url, **(sim or {}))
@@ -427,7 +431,8 @@ class Spawner:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 if self.path == "/metrics":
-                    self._send(200, metrics.render_latest(), "text/plain; version=0.0.4")
+                    extra = [spawner.redis_ages] if spawner.redis_ages is not None else []
+                    self._send(200, metrics.render_latest(*extra), "text/plain; version=0.0.4")
                 elif self.path == "/health":
                     body = spawner.health()
                     self._send(200 if body["status"] == "ok" else 503, json.dumps(body).encode(), "application/json")
