@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 import urllib.error
@@ -23,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from data_feed.config import DEFAULT_CONFIG_PATH, LAKE_CHANNELS, Config, ConfigError, load_config
-from data_feed.logs import setup_logging
+from data_feed.logs import LOG_FORMAT_ENV, JsonFormatter, log_format, setup_logging
 from data_feed.runtime import RunDir, RunDirBusy, RunDirLock
 
 if TYPE_CHECKING:
@@ -40,8 +41,13 @@ EXIT_FAILED = 1
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
-    """``error: message`` on stderr, unwrapped (messages hold paths and keys), then exit ``code``."""
-    typer.echo(f"error: {message}", err=True)
+    """``error: message`` on stderr, unwrapped (messages hold paths and keys), then exit ``code``; a JSON log
+    line instead with ``--log-format json``."""
+    if log_format() == "json":
+        record = logging.LogRecord("data_feed.cli", logging.ERROR, __file__, 0, message, None, None)
+        typer.echo(JsonFormatter("cli").format(record), err=True)
+    else:
+        typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
 
@@ -75,6 +81,22 @@ class OutputFormat(StrEnum):
     table = "table"
     csv = "csv"
     json = "json"
+
+
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+def _log_format(value: LogFormat) -> LogFormat:
+    os.environ[LOG_FORMAT_ENV] = value.value  # before anything logs; every role the spawner starts inherits it
+    return value
+
+
+LogFormatOpt = Annotated[LogFormat, typer.Option(
+    "--log-format", callback=_log_format, envvar=LOG_FORMAT_ENV,
+    help="text, or json: one JSON object a line (time, level, role, message, exchange, channel, symbol), in every "
+         "role's log too")]
 
 
 def load_config_or_exit(config: Path | None) -> Config:
@@ -126,6 +148,7 @@ def run(
     config: ConfigOpt = None,
     duration: DurationOpt = None,
     status: Annotated[bool, typer.Option(help="live status table (when stdout is a terminal)")] = True,
+    log_format: LogFormatOpt = LogFormat.text,
 ) -> None:
     """Run the whole pipeline (simulator, collectors, aggregator, featurizer) until Ctrl-C or --duration."""
     _run_pipeline(load_config_or_exit(config), duration, status, _source(config))
@@ -137,6 +160,7 @@ def record(
     config: ConfigOpt = None,
     duration: DurationOpt = None,
     status: Annotated[bool, typer.Option(help="live status table (when stdout is a terminal)")] = True,
+    log_format: LogFormatOpt = LogFormat.text,
 ) -> None:
     """Run the pipeline and also record every exchange's raw session (REST, websocket frames) for replay."""
     from data_feed.recorder import recording_config
@@ -251,6 +275,7 @@ def replay(
     speed: Annotated[str, typer.Option(help="X times the recorded pace, or 'max'", callback=_speed)] = "max",
     lake: Annotated[Path | None, typer.Option(help="lake directory (default: lake.root of the config)")] = None,
     config: ConfigOpt = None,
+    log_format: LogFormatOpt = LogFormat.text,
 ) -> None:
     """Serve recorded sessions through the whole pipeline into the lake; return once all of it has landed."""
     from data_feed.replay import replay_config, run_replay

@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setproctitle(process_title(args.role, args.arg))
     run_dir = RunDir(Path(args.run_dir))
-    setup_logging(args.role + (f"-{args.arg}" if args.arg else ""))
+    setup_logging(args.role + (f"-{args.arg}" if args.arg else ""),
+                  exchange=args.arg if args.role == "collector" else None)
     cfg = parse_config(json.loads(run_dir.effective_config.read_text()), str(run_dir.effective_config))
     if args.role == "simulator":
         from data_feed.sim.server import serve_forever
