@@ -49,10 +49,14 @@ class LakeMetrics:
             metrics.LAKE_NEWEST_END.labels(*key).set(end / NS_PER_SECOND)
 
     def maybe_refresh(self) -> None:
+        """``refresh`` once every ``self.interval`` seconds."""
         now = time.monotonic()
-        if now < self._next_refresh:
-            return
-        self._next_refresh = now + self.interval
+        if now >= self._next_refresh:
+            self._next_refresh = now + self.interval
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Files, partitions and the fullest partition of every (channel, exchange), from the catalog."""
         try:
             stats = self.partition_stats()
         except STATS_ERRORS as err:

@@ -3,8 +3,8 @@
 Two formats: ``text`` (the default, for people) and ``json`` (one JSON object per line, for Loki-style
 collection): ``time`` (UTC, ISO-8601), ``level``, ``role``, ``pid``, ``logger``, ``message`` and, where
 known, ``exchange``, ``channel`` and ``symbol``. Those come from the log call's ``extra``, else from the
-message (the code writes them as ``exchange=X channel=Y symbol=Z``, or names a stream key), else from the
-process (a collector's exchange). ``data-feed run --log-format json`` sets ``LOG_FORMAT_ENV``, which every
+message (the code writes them as ``exchange=X channel=Y symbol=Z``, or names a stream key or a collector
+role), else from the process (a collector's exchange). ``data-feed run --log-format json`` sets ``LOG_FORMAT_ENV``, which every
 role the spawner starts inherits.
 """
 
@@ -25,6 +25,7 @@ LOG_FORMAT_ENV = "DATA_FEED_LOG_FORMAT"  # text | json; inherited by every role 
 LOG_FORMATS = ("text", "json")
 CONTEXT_FIELDS = ("exchange", "channel", "symbol")
 _CONTEXT_IN_MESSAGE = re.compile(r"\b(exchange|channel|symbol)=([^\s,;:()]+)")
+_COLLECTOR_IN_MESSAGE = re.compile(r"\bcollector ([A-Z][A-Z0-9_]+)\b")
 
 
 def log_format() -> str:
@@ -80,6 +81,9 @@ class JsonFormatter(logging.Formatter):
         if stream is not None:
             found.setdefault("exchange", stream.group(1))
             found.setdefault("channel", stream.group(2))
+        collector = _COLLECTOR_IN_MESSAGE.search(message)  # the spawner's lines about a collector role
+        if collector is not None:
+            found.setdefault("exchange", collector.group(1))
         out = {}
         for name in CONTEXT_FIELDS:
             value = getattr(record, name, None) or found.get(name) or self.context.get(name)

@@ -36,9 +36,11 @@ def test_extra_fields_win_over_the_message_and_the_process_fills_in_its_exchange
     assert (out["exchange"], out["channel"], out["symbol"]) == ("BINANCE", "l2_book", "ETH-USDT")
 
 
-def test_a_stream_key_names_exchange_and_channel() -> None:
+def test_a_stream_key_or_a_collector_role_names_the_exchange() -> None:
     out = json.loads(JsonFormatter("aggregator").format(record("stream df:stream:COINBASE:l2_book entry 1-0: bad")))
     assert (out["exchange"], out["channel"]) == ("COINBASE", "l2_book") and "symbol" not in out
+    out = json.loads(JsonFormatter("spawner").format(record("collector OKX (pid 7) exited with code -9")))
+    assert out["exchange"] == "OKX" and "channel" not in out
 
 
 def test_a_traceback_stays_inside_its_line() -> None:
