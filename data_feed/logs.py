@@ -4,8 +4,8 @@ Two formats: ``text`` (the default, for people) and ``json`` (one JSON object pe
 collection): ``time`` (UTC, ISO-8601), ``level``, ``role``, ``pid``, ``logger``, ``message`` and, where
 known, ``exchange``, ``channel`` and ``symbol``. Those come from the log call's ``extra``, else from the
 message (the code writes them as ``exchange=X channel=Y symbol=Z``, or names a stream key or a collector
-role), else from the process (a collector's exchange). ``data-feed run --log-format json`` sets ``LOG_FORMAT_ENV``, which every
-role the spawner starts inherits.
+role), else from the process (a collector's exchange). ``data-feed run --log-format json`` sets
+``LOG_FORMAT_ENV``, which every role the spawner starts inherits.
 """
 
 from __future__ import annotations
