@@ -24,7 +24,8 @@ from rich.console import Console
 from rich.table import Table
 
 from data_feed.config import DEFAULT_CONFIG_PATH, LAKE_CHANNELS, Config, ConfigError, load_config
-from data_feed.logs import LOG_FORMAT_ENV, JsonFormatter, log_format, setup_logging
+from data_feed.logs import LOG_FORMAT_ENV, JsonFormatter, setup_logging
+from data_feed.logs import log_format as current_log_format
 from data_feed.runtime import RunDir, RunDirBusy, RunDirLock
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ EXIT_FAILED = 1
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     """``error: message`` on stderr, unwrapped (messages hold paths and keys), then exit ``code``; a JSON log
     line instead with ``--log-format json``."""
-    if log_format() == "json":
+    if current_log_format() == "json":
         record = logging.LogRecord("data_feed.cli", logging.ERROR, __file__, 0, message, None, None)
         typer.echo(JsonFormatter("cli").format(record), err=True)
     else:
@@ -188,7 +189,7 @@ def _run_pipeline(cfg: Config, duration: float | None, status: bool, source: str
         logging.getLogger("data_feed.spawner").error("start-up failed: %s", err)
         spawner.stop()
         raise typer.Exit(1) from None
-    if status and sys.stdout.isatty():
+    if status and sys.stdout.isatty() and current_log_format() != "json":
         _run_with_live_status(spawner, duration)
     else:
         spawner.run(duration, on_tick=_StatusLog(spawner))
@@ -246,6 +247,10 @@ def _run_with_live_status(spawner: Spawner, duration: float | None) -> None:
 
 
 def _print_summary(summary: dict[str, dict[str, int]]) -> None:
+    """The table of what landed; with ``--log-format json`` one log line holding it (the output is all JSON)."""
+    if current_log_format() == "json":
+        logging.getLogger("data_feed.spawner").info("landed this run: %s", json.dumps(summary, sort_keys=True))
+        return
     table = Table(title="landed this run")
     for col in ("channel", "rows", "files", "bytes"):
         table.add_column(col, justify="left" if col == "channel" else "right")
@@ -297,7 +302,11 @@ def replay(
         logging.getLogger("data_feed.replay").error("replay failed: %s", err)
         raise typer.Exit(1) from None
     for exchange, st in sorted(served.items()):
-        console.print(f"{exchange}: served {st.get('frames_sent', 0):,} of {st.get('frames_total', 0):,} frames")
+        served_line = f"{exchange}: served {st.get('frames_sent', 0):,} of {st.get('frames_total', 0):,} frames"
+        if current_log_format() == "json":
+            logging.getLogger("data_feed.replay").info("exchange=%s", served_line)
+        else:
+            console.print(served_line)
     _print_summary(summary)
 
 

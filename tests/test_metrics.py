@@ -114,10 +114,10 @@ def assert_known_label_sets(run: Run, text: str) -> None:
 
 
 def assert_json_logs(run: Run) -> None:
-    """``--log-format json``: every line the spawner and its roles wrote is a JSON object with time, level, role
-    and message; a collector's lines name its exchange."""
+    """``--log-format json``: every line the spawner and its roles wrote, on stdout, stderr and in their logs, is a
+    JSON object with time, level, role and message; a collector's lines name its exchange."""
     logs = {path.stem: path.read_text() for path in (run.run_dir / "logs").glob("*.log")}
-    logs["the spawner's stderr"] = run.err
+    logs["the spawner's stderr"], logs["its stdout"] = run.err, run.out  # the summary too is a JSON line
     for name, text in logs.items():
         lines = text.splitlines()
         assert lines or name not in ROLE_LOGS, name
