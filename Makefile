@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-chaos lint bench clean
+.PHONY: install run test test-chaos lint bench clean dashboards dashboards-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ test-chaos: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check data_feed featurizer tests bench
 	$(BIN)/mypy data_feed featurizer
+
+## dashboards: regenerate observability/ (Grafana dashboards, Prometheus rules) from data_feed/observability
+dashboards: $(STAMP)
+	$(BIN)/python -m data_feed.observability --out observability
+
+dashboards-check: $(STAMP)
+	$(BIN)/python -m data_feed.observability --out observability --check
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py

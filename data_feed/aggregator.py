@@ -70,6 +70,7 @@ from data_feed.cache import (
 from data_feed.catalog import Catalog, LocalCatalog
 from data_feed.config import GAPS_CHANNEL, Config
 from data_feed.lake import LocalStore, SliceKey, SliceStore, slice_relpath
+from data_feed.lake_stats import LakeMetrics
 from data_feed.schemas import L2_BOOK, NS_PER_SECOND, Channel, GapReason
 from data_feed.slicer import split_entry
 from data_feed.status import RoleStatus
@@ -143,6 +144,7 @@ class Aggregator:
         self.lake_error: str | None = None  # why the last lake write failed, until one succeeds
         self._lake_retry_at = 0.0
         self._lake_backoff = LAKE_RETRY_MIN_SECONDS
+        self.lake_metrics = LakeMetrics(self.catalog, self.streams, self.width_ns)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -261,7 +263,8 @@ class Aggregator:
         row = (sk.symbol, now, now, sk.channel, GapReason.LOST_ENTRIES.value, None, None, detail[:500],
                sk.start_ns, sk.start_ns + self.width_ns)
         self.client.xadd(stream_key(sk.exchange, GAPS_CHANNEL), encode_batch(GAPS_CHANNEL, [row]))  # type: ignore[arg-type]
-        metrics.GAPS.labels(sk.exchange, sk.channel, GapReason.LOST_ENTRIES.value).inc()
+        metrics.count_gap(sk.exchange, sk.channel, GapReason.LOST_ENTRIES.value, sk.start_ns,
+                          sk.start_ns + self.width_ns)
 
     def drain(self) -> None:
         while self.step(None):
@@ -442,6 +445,7 @@ class Aggregator:
         metrics.SLICES_WRITTEN.labels(sk.channel, sk.exchange).inc()
         metrics.ROWS_WRITTEN.labels(sk.channel, sk.exchange).inc(table.num_rows)
         metrics.BYTES_WRITTEN.labels(sk.channel, sk.exchange).inc(size)
+        self.lake_metrics.landed(sk, table.num_rows)
         return size
 
     def _with_opening_snapshot(self, sk: SliceKey, table: pa.Table, path: str) -> pa.Table:
@@ -549,6 +553,7 @@ class Aggregator:
         if now - self._last_lag_report < LAG_REPORT_INTERVAL_SECONDS:
             return
         self._last_lag_report = now
+        self.lake_metrics.maybe_refresh()
         for key in self.streams:
             metrics.CONSUMER_LAG.labels(key).set(stream_lag(self.client, key))
             metrics.STREAM_LENGTH.labels(key).set(self.client.xlen(key))

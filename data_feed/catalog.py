@@ -82,6 +82,15 @@ class CatalogFile:
 
 
 @dataclass(frozen=True)
+class PartitionStats:
+    """How one channel and exchange lie in the lake: small-file debt is ``max_files`` (compaction merges them)."""
+
+    files: int
+    partitions: int
+    max_files: int
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Every channel's files at one catalog version, held by a lease until released."""
 
@@ -240,6 +249,13 @@ class LocalCatalog:
         rows = self.db.execute("SELECT DISTINCT exchange, symbol, date FROM files WHERE channel = ? ORDER BY 1, 2, 3",
                                (channel,))
         return [(str(a), str(b), str(c)) for a, b, c in rows]
+
+    def partition_stats(self) -> dict[tuple[str, str], PartitionStats]:
+        """Per (channel, exchange): files, partitions holding them and the files of the fullest partition."""
+        rows = self.db.execute("SELECT channel, exchange, SUM(n), COUNT(*), MAX(n) FROM (SELECT channel, exchange, "
+                               "COUNT(*) AS n FROM files GROUP BY channel, exchange, symbol, date) "
+                               "GROUP BY channel, exchange")
+        return {(str(c), str(e)): PartitionStats(int(f), int(p), int(m)) for c, e, f, p, m in rows}
 
     def _version(self) -> int:
         return int(self.db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 import urllib.error
@@ -23,7 +24,8 @@ from rich.console import Console
 from rich.table import Table
 
 from data_feed.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
-from data_feed.logs import setup_logging
+from data_feed.logs import LOG_FORMAT_ENV, JsonFormatter, setup_logging
+from data_feed.logs import log_format as current_log_format
 from data_feed.runtime import RunDir, RunDirBusy, RunDirLock
 from data_feed.schemas import LAKE_CHANNELS
 
@@ -41,8 +43,13 @@ EXIT_FAILED = 1
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
-    """``error: message`` on stderr, unwrapped (messages hold paths and keys), then exit ``code``."""
-    typer.echo(f"error: {message}", err=True)
+    """``error: message`` on stderr, unwrapped (messages hold paths and keys), then exit ``code``; a JSON log
+    line instead with ``--log-format json``."""
+    if current_log_format() == "json":
+        record = logging.LogRecord("data_feed.cli", logging.ERROR, __file__, 0, message, None, None)
+        typer.echo(JsonFormatter("cli").format(record), err=True)
+    else:
+        typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
 
@@ -76,6 +83,22 @@ class OutputFormat(StrEnum):
     table = "table"
     csv = "csv"
     json = "json"
+
+
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+def _log_format(value: LogFormat) -> LogFormat:
+    os.environ[LOG_FORMAT_ENV] = value.value  # before anything logs; every role the spawner starts inherits it
+    return value
+
+
+LogFormatOpt = Annotated[LogFormat, typer.Option(
+    "--log-format", callback=_log_format, envvar=LOG_FORMAT_ENV,
+    help="text, or json: one JSON object a line (time, level, role, message, exchange, channel, symbol), in every "
+         "role's log too")]
 
 
 def load_config_or_exit(config: Path | None) -> Config:
@@ -127,6 +150,7 @@ def run(
     config: ConfigOpt = None,
     duration: DurationOpt = None,
     status: Annotated[bool, typer.Option(help="live status table (when stdout is a terminal)")] = True,
+    log_format: LogFormatOpt = LogFormat.text,
 ) -> None:
     """Run the whole pipeline (simulator, collectors, aggregator, featurizer) until Ctrl-C or --duration."""
     _run_pipeline(load_config_or_exit(config), duration, status, _source(config))
@@ -138,6 +162,7 @@ def record(
     config: ConfigOpt = None,
     duration: DurationOpt = None,
     status: Annotated[bool, typer.Option(help="live status table (when stdout is a terminal)")] = True,
+    log_format: LogFormatOpt = LogFormat.text,
 ) -> None:
     """Run the pipeline and also record every exchange's raw session (REST, websocket frames) for replay."""
     from data_feed.recorder import recording_config
@@ -165,7 +190,7 @@ def _run_pipeline(cfg: Config, duration: float | None, status: bool, source: str
         logging.getLogger("data_feed.spawner").error("start-up failed: %s", err)
         spawner.stop()
         raise typer.Exit(1) from None
-    if status and sys.stdout.isatty():
+    if status and sys.stdout.isatty() and current_log_format() != "json":
         _run_with_live_status(spawner, duration)
     else:
         spawner.run(duration, on_tick=_StatusLog(spawner))
@@ -223,6 +248,10 @@ def _run_with_live_status(spawner: Spawner, duration: float | None) -> None:
 
 
 def _print_summary(summary: dict[str, dict[str, int]]) -> None:
+    """The table of what landed; with ``--log-format json`` one log line holding it (the output is all JSON)."""
+    if current_log_format() == "json":
+        logging.getLogger("data_feed.spawner").info("landed this run: %s", json.dumps(summary, sort_keys=True))
+        return
     table = Table(title="landed this run")
     for col in ("channel", "rows", "files", "bytes"):
         table.add_column(col, justify="left" if col == "channel" else "right")
@@ -267,6 +296,7 @@ def replay(
     speed: Annotated[str, typer.Option(help="X times the recorded pace, or 'max'", callback=_speed)] = "max",
     lake: Annotated[Path | None, typer.Option(help="lake directory (default: lake.root of the config)")] = None,
     config: ConfigOpt = None,
+    log_format: LogFormatOpt = LogFormat.text,
 ) -> None:
     """Serve recorded sessions through the whole pipeline into the lake; return once all of it has landed."""
     from data_feed.replay import replay_config, run_replay
@@ -288,7 +318,11 @@ def replay(
         logging.getLogger("data_feed.replay").error("replay failed: %s", err)
         raise typer.Exit(1) from None
     for exchange, st in sorted(served.items()):
-        console.print(f"{exchange}: served {st.get('frames_sent', 0):,} of {st.get('frames_total', 0):,} frames")
+        served_line = f"{exchange}: served {st.get('frames_sent', 0):,} of {st.get('frames_total', 0):,} frames"
+        if current_log_format() == "json":
+            logging.getLogger("data_feed.replay").info("exchange=%s", served_line)
+        else:
+            console.print(served_line)
     _print_summary(summary)
 
 

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     name = role_name(args.role, args.arg, args.shard, cfg.aggregator.shards)
     setproctitle(f"data-feed: {name}")
-    setup_logging(name.replace(" ", "-"))
+    setup_logging(name.replace(" ", "-"), exchange=args.arg if args.role == "collector" else None)
     status = RoleStatus(name, cfg.redis.url if args.role in NEEDS_REDIS else None)
     status.serve(args.http_port, args.http_host)
     try:

@@ -36,6 +36,7 @@ from types import FrameType
 from typing import IO, Any
 
 import redis
+from prometheus_client.registry import Collector
 
 from data_feed import metrics
 from data_feed.cache import AGGREGATOR_WRITTEN_KEY, configured_streams, health_key, stream_lag
@@ -44,6 +45,7 @@ from data_feed.db import make_engine, save_effective_config
 from data_feed.redis_server import PrivateRedis, RedisServerError, free_port
 from data_feed.roles import role_name
 from data_feed.runtime import SIM_CERT_NAME, SIM_READY_NAME, RunDir, Runtime, die_with_parent
+from data_feed.scrape import RedisAges
 from data_feed.simctl import SIM_ACCOUNT_FILE, SimulatorControl
 from data_feed.status import serve_http
 
@@ -99,6 +101,7 @@ class Spawner:
         self.started = time.time()
         self.written_at_start: dict[str, int] = {}
         self.summary: dict[str, dict[str, int]] = {}  # what landed, computed at stop
+        self.redis_ages: Collector | None = None  # read from Redis at each scrape (data_feed.scrape)
 
     # -- start -----------------------------------------------------------------------------
 
@@ -107,6 +110,7 @@ class Spawner:
         LOG.info("config %s saved as config_history row %d", self.cfg.config_hash()[:12], row)
         redis_url = self._start_redis()
         self.client = redis.Redis.from_url(redis_url)
+        self.redis_ages = RedisAges(self.cfg, redis_url, self.started)
         self.written_at_start = self.written_totals()
         self._derive(redis={"url": redis_url})
         if self.cfg.served():
@@ -401,7 +405,8 @@ class Spawner:
             body = self.health()
             return (200 if body["status"] == "ok" else 503), body
 
-        self.http = serve_http("127.0.0.1", self.cfg.spawner.http_port, health)
+        self.http = serve_http("127.0.0.1", self.cfg.spawner.http_port, health,
+                               lambda: [self.redis_ages] if self.redis_ages is not None else [])
         port = self.http.server_address[1]
         state = {"pid": os.getpid(), "http_port": port, "started_at": self.started}
         self.run_dir.spawner_file.write_text(json.dumps(state))

@@ -102,18 +102,20 @@ class RoleStatus:
 Health = Callable[[], tuple[int, dict[str, Any]]]  # (HTTP code, JSON body) of /health
 
 
-def serve_http(host: str, port: int, health: Health) -> ThreadingHTTPServer:
-    """/health (``health()``) and /metrics (every role's, in multiprocess mode) in a daemon thread."""
-    server = ThreadingHTTPServer((host, port), _handler(health))
+def serve_http(host: str, port: int, health: Health,
+               extra: Callable[[], list[Any]] | None = None) -> ThreadingHTTPServer:
+    """/health (``health()``) and /metrics (every role's, in multiprocess mode, and what the ``extra()``
+    collectors compute at the scrape) in a daemon thread."""
+    server = ThreadingHTTPServer((host, port), _handler(health, extra or (lambda: [])))
     threading.Thread(target=server.serve_forever, name="status-http", daemon=True).start()
     return server
 
 
-def _handler(health: Health) -> type[BaseHTTPRequestHandler]:
+def _handler(health: Health, extra: Callable[[], list[Any]]) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path == "/metrics":
-                self._send(200, metrics.render_latest(), "text/plain; version=0.0.4")
+                self._send(200, metrics.render_latest(*extra()), "text/plain; version=0.0.4")
             elif self.path == "/health":
                 code, body = health()
                 self._send(code, json.dumps(body).encode(), "application/json")

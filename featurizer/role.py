@@ -69,6 +69,7 @@ UNSEEN = -1  # complete_from of a symbol the featurizer saw from its first recor
 GAP_COLUMNS = batch_columns(GAPS_CHANNEL)
 GAP_FROM_COLUMN, GAP_TO_COLUMN = GAP_COLUMNS.index("missing_from_ts"), GAP_COLUMNS.index("missing_to_ts")
 GAP_REASON_COLUMN = GAP_COLUMNS.index("reason")
+RECV_COLUMN = batch_columns("trades").index("ts_recv")  # of trades and l2_book rows alike
 MAX_WINDOWS_PER_SYMBOL = 1000  # the newest kept: older ones lie before every slice still open
 
 
@@ -93,6 +94,7 @@ class Featurizer:
         self.bad_batches = 0
         self.suppressed = 0  # slices not emitted: their key is already in the cache
         self.records_in = 0  # market-data records taken from the bus
+        self.newest_recv: dict[str, float] = {}  # per exchange: receive time of the newest record read
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -184,7 +186,7 @@ class Featurizer:
                 break
             msg = self.subscriber.recv(0)
         for ex, fx in self.exchanges.items():
-            self.emit(ex, fx.closed())
+            self.emit(ex, fx.closed(), live=True)
         self.sink.write()
         return n
 
@@ -213,6 +215,8 @@ class Featurizer:
         try:
             data = decode_rows(payload)
             self.records_in += len(data)
+            if data:  # rows of a batch are in receive order
+                self.newest_recv[exchange] = float(data[-1][RECV_COLUMN])  # type: ignore[arg-type]
             late = fx.trade_rows(data) if channel == Channel.TRADES else fx.book_rows(data)
         except (ValueError, TypeError, IndexError, msgpack.UnpackException) as err:
             self._bad(topic.decode(), err)
@@ -275,7 +279,9 @@ class Featurizer:
 
     # -- output ------------------------------------------------------------------------------
 
-    def emit(self, exchange: str, closed: list[Closed]) -> None:
+    def emit(self, exchange: str, closed: list[Closed], live: bool = False) -> None:
+        """Publish and cache ``closed``; ``live``: closed by the input's watermark (not a stop's flush), so the
+        frame-to-feature latency is measured."""
         now = time.time()
         for batch in closed:
             keep = self._not_yet_emitted(exchange, batch)
@@ -289,6 +295,9 @@ class Featurizer:
             metrics.FEATURE_SLICES.labels(exchange, batch.interval).inc(len(out))
             end_ns = int(slices["start"][-1]) + interval_ns(batch.interval)
             metrics.FEATURE_LATENCY.labels(exchange).set(now - end_ns / NS_PER_SECOND)
+            if live and exchange in self.newest_recv:
+                metrics.FEATURE_FRAME_LATENCY.labels(exchange, batch.interval).observe(
+                    max(0.0, time.time() - self.newest_recv[exchange]))
 
     def _not_yet_emitted(self, exchange: str, batch: Closed) -> npt.NDArray[np.bool_]:
         """Which slices of ``batch`` are not already in the cache (an earlier run stopped inside them)."""

@@ -27,6 +27,7 @@ import redis
 from data_feed import metrics
 from data_feed.cache import (
     EMITTED_KEY,
+    ENTRY_COUNT_FIELD,
     ENTRY_PAYLOAD_FIELD,
     EntryIds,
     StreamTakenOver,
@@ -34,6 +35,7 @@ from data_feed.cache import (
     encode_batch,
     last_generated_id,
     parse_entry_id,
+    parse_stream_key,
     refused_as_old,
     stream_key,
 )
@@ -204,6 +206,7 @@ class FeatureSink:
                 self.spill.pop(key)
         done = {id(b) for b in direct}
         self.memory = [b for b in self.memory if id(b) not in done]
+        _count_cached(spilled, direct)
         if any(self.lengths.get(k, 0) >= self.cfg.stream_maxlen for k in watched) and len(self.memory) > 1:
             self._to_spill(self.memory)  # the aggregator is behind: keep memory small, the spill holds the rest
             self.memory = []
@@ -234,3 +237,15 @@ class FeatureSink:
                 self.client.xadd(stream_key(batch.exchange, GAPS_CHANNEL), encode_batch(GAPS_CHANNEL, rows))  # type: ignore[arg-type]
             except (redis.RedisError, OSError) as err:
                 LOG.error("exchange=%s: the overflow gap could not be written either (%s)", batch.exchange, err)
+
+
+def _count_cached(spilled: list[tuple[str, list[tuple[str, dict[bytes, bytes]]]]], direct: list[FeatureBatch]) -> None:
+    """Feature rows (and entries) now in Redis, like a collector's records."""
+    for batch in direct:
+        metrics.RECORDS_CACHED.labels(batch.exchange, FEATURES_CHANNEL).inc(len(batch.rows))
+        metrics.ENTRIES_CACHED.labels(batch.exchange, FEATURES_CHANNEL).inc()
+    for key, entries in spilled:
+        exchange = parse_stream_key(key)[0]
+        metrics.RECORDS_CACHED.labels(exchange, FEATURES_CHANNEL).inc(
+            sum(int(fields.get(ENTRY_COUNT_FIELD, b"0")) for _, fields in entries))
+        metrics.ENTRIES_CACHED.labels(exchange, FEATURES_CHANNEL).inc(len(entries))

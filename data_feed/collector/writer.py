@@ -74,7 +74,7 @@ from data_feed.collector.callbacks import (
     TickerCallback,
     TradeCallback,
 )
-from data_feed.collector.gaps import GapRow, GapTracker, Mark, summarize
+from data_feed.collector.gaps import EVENT_INDEX, RECV_INDEX, GapRow, GapTracker, Mark, summarize
 from data_feed.config import GAPS_CHANNEL, RedisConfig
 from data_feed.schemas import GapReason
 from data_feed.spill import Spill
@@ -139,6 +139,7 @@ class StreamWriter:
         self.lengths: dict[str, int] = {}  # entries per stream at the last write
         self.failed: BaseException | None = None  # an unexpected flusher error: the process exits non-zero
         self._last_recv: dict[str, float] = {}
+        self._frames_seen = 0
         self._lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
         self._kick = asyncio.Event()
@@ -212,10 +213,13 @@ class StreamWriter:
         return ts
 
     def _add_gap_rows(self, rows: list[GapRow]) -> None:
-        for row in rows:
-            metrics.GAPS.labels(self.exchange, row[3], row[4]).inc()
+        self._count_gaps(rows)
         self.buffers[GAPS_CHANNEL].extend(rows)
         self.count(len(rows))
+
+    def _count_gaps(self, rows: list[GapRow]) -> None:
+        for _, _, _, channel, reason, _, _, _, missing_from, missing_to in rows:
+            metrics.count_gap(self.exchange, channel, reason, missing_from, missing_to)
 
     # -- cryptofeed backend protocol: start(loop, multiprocess) / stop() ---------------------
 
@@ -362,6 +366,7 @@ class StreamWriter:
             if not await self._ensure_prepared():
                 return
             frames = (self.frames_received, self.frames_open())
+            self._note_frames(frames[0])
             if not self.pending and frames == self.frames_reported and not self.spill.backlogged():
                 return
             taken = self._take()
@@ -378,11 +383,26 @@ class StreamWriter:
         for channel, rows in taken.items():
             if channel != GAPS_CHANNEL:
                 closed += self.tracker.observe(channel, rows)
+                self._sample_latency(channel, rows)
         if closed:
-            for row in closed:
-                metrics.GAPS.labels(self.exchange, row[3], row[4]).inc()
+            self._count_gaps(closed)
             taken.setdefault(GAPS_CHANNEL, []).extend(closed)
         return taken
+
+    def _sample_latency(self, channel: str, rows: list[tuple[Any, ...]]) -> None:
+        """Exchange-to-receipt latency of a few of a flush's rows, evenly spread: the callbacks stay as cheap
+        as they are, and a flush costs a handful of observations whatever its size."""
+        histogram = metrics.RECEIPT_LATENCY.labels(self.exchange, channel)
+        step = -(-len(rows) // metrics.RECEIPT_SAMPLES_PER_FLUSH)
+        for row in rows[::step]:
+            histogram.observe(max(0.0, row[RECV_INDEX] - row[EVENT_INDEX]))
+
+    def _note_frames(self, frames: int) -> None:
+        """When frames last arrived: the exchange's silence (``data_feed_exchange_silence_seconds``) counts
+        from here, whether or not Redis takes what they held."""
+        if frames != self._frames_seen:
+            self._frames_seen = frames
+            metrics.LAST_FRAME.labels(self.exchange).set(time.time())
 
     def _encode(self, taken: dict[str, list[tuple[Any, ...]]]) -> list[Batch]:
         out = []

@@ -1,0 +1,84 @@
+"""The lake as the aggregator sees it, in metrics: what each commit landed and where the lake's newest
+slice ends (lake freshness is now minus that end, computed at scrape time), and, from the catalog every
+``STATS_INTERVAL_SECONDS``, files, partitions and the files of the fullest partition (small-file debt).
+
+The catalog is re-read rather than counted at commit because compaction and retention, other processes,
+change it too.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from data_feed import metrics
+from data_feed.cache import parse_stream_key
+from data_feed.catalog import Catalog, LocalCatalog, PartitionStats
+from data_feed.config import GAPS_CHANNEL
+from data_feed.lake import SliceKey
+from data_feed.schemas import NS_PER_SECOND
+
+LOG = logging.getLogger("data_feed.aggregator")
+
+STATS_INTERVAL_SECONDS = 30.0  # a local catalog: one grouped SQLite query
+S3_STATS_INTERVAL_SECONDS = 300.0  # a catalog on S3 lists every object of the channel
+STATS_ERRORS = (OSError, sqlite3.Error, BotoCoreError, ClientError)
+
+
+class LakeMetrics:
+    def __init__(self, catalog: Catalog, streams: Iterable[str], width_ns: int) -> None:
+        self.catalog = catalog
+        self.keys = sorted({(ch, ex) for ex, ch in map(parse_stream_key, streams)})
+        self.width_ns = width_ns
+        self.newest: dict[tuple[str, str, str], int] = {}  # slice end (ns) per (channel, exchange, symbol)
+        self.interval = STATS_INTERVAL_SECONDS if isinstance(catalog, LocalCatalog) else S3_STATS_INTERVAL_SECONDS
+        self._next_refresh = 0.0
+
+    def landed(self, sk: SliceKey, rows: int) -> None:
+        """A committed file of ``rows`` rows of slice ``sk``."""
+        if sk.channel == GAPS_CHANNEL:  # gap rows come and go with outages: no freshness to speak of
+            return
+        key = (sk.channel, sk.exchange, sk.symbol)
+        metrics.SYMBOL_ROWS.labels(*key).inc(rows)
+        end = sk.start_ns + self.width_ns
+        if end > self.newest.get(key, 0):  # a late part of an older slice does not make the lake older
+            self.newest[key] = end
+            metrics.LAKE_NEWEST_END.labels(*key).set(end / NS_PER_SECOND)
+
+    def maybe_refresh(self) -> None:
+        """``refresh`` once every ``self.interval`` seconds."""
+        now = time.monotonic()
+        if now >= self._next_refresh:
+            self._next_refresh = now + self.interval
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Files, partitions and the fullest partition of every (channel, exchange), from the catalog."""
+        try:
+            stats = self.partition_stats()
+        except STATS_ERRORS as err:
+            LOG.warning("lake metrics: could not read the catalog (%s: %s); retrying in %.0fs", type(err).__name__,
+                        err, self.interval)
+            return
+        for channel, exchange in self.keys:
+            found = stats.get((channel, exchange), PartitionStats(0, 0, 0))
+            metrics.LAKE_FILES.labels(channel, exchange).set(found.files)
+            metrics.LAKE_PARTITIONS.labels(channel, exchange).set(found.partitions)
+            metrics.LAKE_PARTITION_FILES_MAX.labels(channel, exchange).set(found.max_files)
+
+    def partition_stats(self) -> dict[tuple[str, str], PartitionStats]:
+        if isinstance(self.catalog, LocalCatalog):
+            return self.catalog.partition_stats()
+        out = {}
+        for channel, exchange in self.keys:
+            per_partition: dict[tuple[str, str], int] = {}
+            for f in self.catalog.files(channel, exchange):
+                per_partition[(f.symbol, f.date)] = per_partition.get((f.symbol, f.date), 0) + 1
+            if per_partition:
+                counts = per_partition.values()
+                out[(channel, exchange)] = PartitionStats(sum(counts), len(counts), max(counts))
+        return out
