@@ -56,6 +56,8 @@ SUPERVISE_INTERVAL_SECONDS = 0.5
 STABLE_AFTER_SECONDS = 60.0  # a role up this long has its backoff reset
 READY_TIMEOUT_SECONDS = 60.0  # the simulator, the bus and the featurizer, at start
 ROLE_HEALTH_TIMEOUT_SECONDS = 1.0
+REDIS_TIMEOUT_SECONDS = 5.0  # the supervisor's own Redis calls (status, summary, simulator control)
+GUARD_LOG_INTERVAL_SECONDS = 30.0
 
 
 @dataclass
@@ -102,6 +104,7 @@ class Spawner:
         self.written_at_start: dict[str, int] = {}
         self.summary: dict[str, dict[str, int]] = {}  # what landed, computed at stop
         self.redis_ages: Collector | None = None  # read from Redis at each scrape (data_feed.scrape)
+        self._guard_logged: dict[str, float] = {}  # supervision step -> when its last error was logged
 
     # -- start -----------------------------------------------------------------------------
 
@@ -109,7 +112,9 @@ class Spawner:
         row = save_effective_config(make_engine(self.cfg.database.url), self.cfg)
         LOG.info("config %s saved as config_history row %d", self.cfg.config_hash()[:12], row)
         redis_url = self._start_redis()
-        self.client = redis.Redis.from_url(redis_url)
+        # bounded waits: a stopped or restarting Redis must not hang the supervision loop's status calls
+        self.client = redis.Redis.from_url(redis_url, socket_timeout=REDIS_TIMEOUT_SECONDS,
+                                           socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
         self.redis_ages = RedisAges(self.cfg, redis_url, self.started)
         self.written_at_start = self.written_totals()
         self._derive(redis={"url": redis_url})
@@ -242,12 +247,24 @@ class Spawner:
             while not self.stop_requested.is_set():
                 if deadline is not None and time.monotonic() >= deadline:
                     break
-                self.supervise_once()
+                self._guarded("supervise the roles", self.supervise_once)
                 if on_tick is not None:
-                    on_tick(self)
+                    self._guarded("show the status", lambda: on_tick(self))
                 self.stop_requested.wait(SUPERVISE_INTERVAL_SECONDS)
         finally:
             self.stop()
+
+    def _guarded(self, what: str, step: Any) -> None:
+        """Run one step of the supervision loop; an error in it (Redis restarting under a status line, a
+        failed fork) is logged, at most once per ``GUARD_LOG_INTERVAL_SECONDS`` per step, and supervision
+        goes on: the supervisor is the one process that must outlive every fault of the others."""
+        try:
+            step()
+        except Exception as err:
+            now = time.monotonic()
+            if now - self._guard_logged.get(what, -GUARD_LOG_INTERVAL_SECONDS) >= GUARD_LOG_INTERVAL_SECONDS:
+                self._guard_logged[what] = now
+                LOG.warning("could not %s (%s: %s); supervision goes on", what, type(err).__name__, err)
 
     def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
         self.stop_requested.set()

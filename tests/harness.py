@@ -80,14 +80,28 @@ class Run:
 
     def start(self, wait_for_lake: bool = True) -> Run:
         self.config_path.write_text(yaml.safe_dump(self.config))
-        proc = self.proc = subprocess.Popen([CLI, "run", "--config", str(self.config_path), "--no-status",
-                                             *self.extra_args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                            text=True)
+        # files, not pipes: a long run's log must never fill a pipe nobody reads and block the spawner
+        with self.out_path.open("w") as out, self.err_path.open("w") as err:
+            proc = self.proc = subprocess.Popen([CLI, "run", "--config", str(self.config_path), "--no-status",
+                                                 *self.extra_args], stdout=out, stderr=err, text=True)
         wait_for(lambda: self.port() is not None or proc.poll() is not None, 90, "the spawner's status port")
         assert proc.poll() is None, self.communicate()
         if wait_for_lake:
             wait_for(lambda: self.landed("trades") > 0, 90, "the first trades slice")
         return self
+
+    @property
+    def out_path(self) -> Path:
+        return self.tmp / "spawner.out"
+
+    @property
+    def err_path(self) -> Path:
+        return self.tmp / "spawner.err"
+
+    def output(self) -> tuple[str, str]:
+        """What the spawner printed so far: (stdout, stderr)."""
+        return (self.out_path.read_text(errors="replace") if self.out_path.exists() else "",
+                self.err_path.read_text(errors="replace") if self.err_path.exists() else "")
 
     def redis_url(self) -> str:
         url: str = json.loads((self.run_dir / "runtime.json").read_text())["redis_url"]
@@ -147,13 +161,15 @@ class Run:
         assert self.proc is not None
         started = time.monotonic()
         self.proc.send_signal(sig)
-        self.out, self.err = self.proc.communicate(timeout=timeout)
+        self.proc.wait(timeout=timeout)
+        self.out, self.err = self.output()
         self.stopped_in = time.monotonic() - started
         return self.proc.returncode
 
     def communicate(self) -> str:
         assert self.proc is not None
-        out, err = self.proc.communicate(timeout=60)
+        self.proc.wait(timeout=60)
+        out, err = self.output()
         return out + err
 
     def logs(self) -> str:

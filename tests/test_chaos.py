@@ -48,7 +48,14 @@ NOT_COMPARED = {*FEATURE_KEY, "ts_recv", "complete"}
 def kill_redis(run: Run) -> None:
     old = run.redis_pid()
     os.kill(old, signal.SIGKILL)
-    wait_for(lambda: _other_redis(run, old), 60, "redis-server restarted by the spawner")
+    try:
+        wait_for(lambda: _other_redis(run, old), 60, "redis-server restarted by the spawner")
+    except AssertionError as err:
+        redis_log = run.run_dir / "redis" / "redis.log"
+        tail = redis_log.read_text(errors="replace")[-3000:] if redis_log.exists() else "(no redis.log)"
+        alive = run.proc is not None and run.proc.poll() is None
+        raise AssertionError(f"{err}; spawner alive: {alive}\nspawner stderr:\n{run.output()[1][-4000:]}\n"
+                             f"redis.log:\n{tail}") from None
 
 
 def _other_redis(run: Run, old: int) -> bool:

@@ -68,3 +68,43 @@ def test_a_killed_spawner_takes_its_children_and_the_next_run_recovers(tmp_path:
     assert set(restarts["exchange"]) == {"BINANCE", "COINBASE"}  # the downtime is in the lake
     assert {"trades", "l2_book", "ticker"} <= set(restarts["channel"])
     assert os.path.exists(again.run_dir / "spawner.lock")
+
+
+def test_the_supervision_loop_outlives_a_redis_outage_under_its_status_line(tmp_path: Path,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """Redis restarting (SIGKILLed, reloading its AOF) while the status line reads it must not end the run:
+    the CI chaos run once lost its whole pipeline this way, the status tick's HGETALL raising out of the loop."""
+    import logging
+
+    import redis as redis_lib
+
+    from data_feed.cli import _StatusLog
+    from data_feed.config import parse_config
+    from data_feed.redis_server import PrivateRedis
+    from data_feed.runtime import RunDir
+    from data_feed.spawner import Spawner
+
+    cfg = parse_config(pipeline_config(tmp_path), "test")
+    spawner = Spawner(cfg, RunDir(tmp_path / "run"))
+    server = PrivateRedis(tmp_path / "redis").start()
+    spawner.client = redis_lib.Redis.from_url(server.url, socket_timeout=2, socket_connect_timeout=2)
+    status = _StatusLog(spawner)
+    status.INTERVAL_SECONDS = 0.0  # a status line at every tick
+    ticks = []
+
+    def tick(sp: Spawner) -> None:
+        ticks.append(time.monotonic())
+        if len(ticks) == 3:
+            assert server.proc is not None
+            server.proc.kill()  # Redis gone between two status lines
+            server.proc.wait()
+        status(sp)
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="data_feed.spawner"):
+            spawner.run(duration=3.0, on_tick=tick)  # raised ConnectionError out of run() before the guard
+    finally:
+        server.stop()
+    assert len(ticks) >= 5, "the loop stopped ticking once Redis was gone"
+    assert any("could not show the status" in r.getMessage() and "ConnectionError" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
