@@ -25,7 +25,7 @@ from typing import Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_feed.schemas import NS_PER_SECOND, schema_for
+from data_feed.schemas import NS_PER_SECOND, parquet_write_options, schema_for
 
 TMP_PREFIX = ".tmp-"
 COMPACT_TAG = "c"  # marks a compacted file's name: {first slice}-{last slice}-c{digest}.parquet
@@ -79,7 +79,7 @@ def write_slice(root: Path, key: SliceKey, table: pa.Table, first_entry_id: str,
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f"{TMP_PREFIX}{final.name}.{os.getpid()}"
     try:
-        pq.write_table(table, tmp, compression="zstd", compression_level=compression_level)
+        pq.write_table(table, tmp, **parquet_write_options(key.channel, compression_level))
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         tmp.replace(final)
@@ -140,7 +140,7 @@ def write_merged(root: Path, relpath: str, channel: str, sources: list[str], com
     schema = schema_for(channel)
     final = root / relpath
     tmp = final.parent / f"{TMP_PREFIX}{final.name}.{os.getpid()}"
-    with pq.ParquetWriter(tmp, schema, compression="zstd", compression_level=compression_level) as writer:
+    with pq.ParquetWriter(tmp, schema, **parquet_write_options(channel, compression_level)) as writer:
         for source in sources:
             writer.write_table(pq.read_table(root / source, schema=schema))
     with open(tmp, "rb") as fh:

@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 from data_feed.catalog import CatalogFile, Snapshot
 from data_feed.config import S3LakeConfig
 from data_feed.lake import STAMP_FORMAT, SliceKey, is_compacted, partition_dir, partition_relpath, slice_relpath
-from data_feed.schemas import CHANNEL_SCHEMAS, NS_PER_SECOND, PARTITION_KEYS, schema_for
+from data_feed.schemas import CHANNEL_SCHEMAS, NS_PER_SECOND, PARTITION_KEYS, parquet_write_options, schema_for
 
 LOG = logging.getLogger("data_feed.s3")
 
@@ -187,8 +187,8 @@ class S3Store:
             str, int]:
         """PUT one slice; returns its path relative to the lake root and its size."""
         buf = io.BytesIO()
-        pq.write_table(table.cast(schema_for(key.channel)), buf, compression="zstd",
-                       compression_level=compression_level)
+        options = parquet_write_options(key.channel, compression_level)
+        pq.write_table(table.cast(schema_for(key.channel)), buf, **options)
         relpath = slice_relpath(key, first_entry_id)
         body = buf.getvalue()
         self.client.put_object(Bucket=self.cfg.bucket, Key=self.key(relpath), Body=body)
@@ -220,7 +220,7 @@ class S3Store:
         schema = schema_for(channel)
         buf = io.BytesIO()
         read = 0
-        with pq.ParquetWriter(buf, schema, compression="zstd", compression_level=compression_level) as writer:
+        with pq.ParquetWriter(buf, schema, **parquet_write_options(channel, compression_level)) as writer:
             for source in sources:
                 table = self.read(source, schema)
                 read += table.num_rows

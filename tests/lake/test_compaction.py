@@ -218,3 +218,36 @@ def test_retention_drops_whole_expired_partitions_of_that_channel_only(tmp_path:
     assert df["d"].tolist() == ["2023-11-16"]
     assert not list((lake / "trades").glob("*/*/date=2023-11-14/*.parquet"))
     assert LocalCatalog(lake).partitions("trades") == [("BINANCE", s, "2023-11-16") for s in SYMBOLS]
+
+
+def _encodings(path: Path) -> dict[str, set[str]]:
+    meta = pq.ParquetFile(path).metadata
+    out: dict[str, set[str]] = {}
+    for rg in range(meta.num_row_groups):
+        for c in range(meta.num_columns):
+            col = meta.row_group(rg).column(c)
+            out.setdefault(col.path_in_schema, set()).update(col.encodings)
+    return out
+
+
+def test_slices_and_compacted_files_are_encoded_for_size_and_read_back_equal(tmp_path: Path, redis_url: str) -> None:
+    """Instants and ids delta-encoded, prices and sides dictionary-encoded, in the aggregator's slices and in the
+    files compaction merges them into; the rows read back (pyarrow and DuckDB) are the rows landed."""
+    cfg = _config(tmp_path, compaction_target_mb=64)
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    rows, ids = _land_trades(cfg, client, seconds=5)
+    before = _truth(cfg)
+    files = channel_files(Path(cfg.lake.root), "trades")
+    assert files
+    for path in files:
+        enc = _encodings(path)
+        for col in ("ts_event", "ts_recv", "id"):
+            assert "DELTA_BINARY_PACKED" in enc[col], (path.name, col, enc[col])
+        for col in ("price", "side"):
+            assert enc[col] & {"RLE_DICTIONARY", "PLAIN_DICTIONARY"}, (path.name, col, enc[col])
+    compact(cfg.lake.root, cfg.lake, older_than_seconds=0, now_ns=int((T0 + 3600) * NS_PER_SECOND))
+    merged = channel_files(Path(cfg.lake.root), "trades")
+    assert len(merged) < len(files)
+    assert all("DELTA_BINARY_PACKED" in _encodings(p)["ts_event"] for p in merged)
+    assert _truth(cfg) == before == (rows, rows, ids, before[3])
