@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ def _truth(cfg: Config) -> tuple[int, int, int, float]:
 
 
 def test_queries_during_compaction_see_every_row_exactly_once_and_file_count_drops(
-        tmp_path: Path, redis_url: str) -> None:
+        tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = _config(tmp_path)
     n, ids = _land_trades(cfg, redis.Redis.from_url(redis_url))
     lake = Path(cfg.lake.root)
@@ -71,11 +72,26 @@ def test_queries_during_compaction_see_every_row_exactly_once_and_file_count_dro
     size = max(f.bytes for f in LocalCatalog(lake).files("trades"))
     seen: list[tuple[int, int, int, float]] = []
     stop = threading.Event()
+    swaps = 0
 
     def query_loop() -> None:
         while not stop.is_set():
             seen.append(_truth(cfg))
 
+    def replace_then_wait_for_a_reader(self: LocalCatalog, *args: Any, **kwargs: Any) -> Any:
+        """Every catalog swap is followed by a query that started after it: the readers see each state the
+        compaction passes through, however slow the machine (a condition, not a count per second)."""
+        nonlocal swaps
+        out = real_replace(self, *args, **kwargs)
+        swaps += 1
+        asked = len(seen)
+        deadline = time.monotonic() + 60
+        while len(seen) < asked + 2 and time.monotonic() < deadline:  # the query in flight, then a new one
+            time.sleep(0.005)
+        return out
+
+    real_replace = LocalCatalog.replace
+    monkeypatch.setattr(LocalCatalog, "replace", replace_then_wait_for_a_reader)
     readers = [threading.Thread(target=query_loop) for _ in range(2)]
     for t in readers:
         t.start()
@@ -87,8 +103,8 @@ def test_queries_during_compaction_see_every_row_exactly_once_and_file_count_dro
         stop.set()
         for t in readers:
             t.join()
-    print(f"{len(seen)} queries during compaction of {files_before} files")
-    assert len(seen) > 10, "the readers must overlap the compaction"
+    print(f"{len(seen)} queries during {swaps} swaps compacting {files_before} files")
+    assert swaps > 10 and len(seen) >= 2 * swaps, "every swap is followed by queries"
     assert set(seen) == {truth}, [s for s in seen if s != truth][:3]
     assert report.files_before == files_before and report.files_after < files_before / 3
     assert report2.files_after == len(SYMBOLS)  # one partition per symbol, far below 128 MiB
