@@ -31,6 +31,7 @@ test-chaos: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check data_feed featurizer tests bench
 	$(BIN)/mypy data_feed featurizer
+	$(BIN)/lint-imports
 
 ## dashboards: regenerate observability/ (Grafana dashboards, Prometheus rules) from data_feed/observability
 dashboards: $(STAMP)

@@ -17,14 +17,15 @@ import urllib.error
 import urllib.request
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from data_feed.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
-from data_feed.logs import LOG_FORMAT_ENV, JsonFormatter, setup_logging
+from data_feed.config import DEFAULT_CONFIG_PATH, Config, ConfigError
+from data_feed.exits import EXIT_USAGE, fail, load_config_or_exit
+from data_feed.logs import LOG_FORMAT_ENV, setup_logging
 from data_feed.logs import log_format as current_log_format
 from data_feed.runtime import RunDir, RunDirBusy, RunDirLock
 from data_feed.schemas import LAKE_CHANNELS
@@ -38,19 +39,6 @@ err_console = Console(stderr=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (default: the embedded one)")]
 TABLE_MAX_ROWS = 1000  # rows of table output shown by default
-EXIT_USAGE = 2  # a bad argument, config or environment: nothing was started
-EXIT_FAILED = 1
-
-
-def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
-    """``error: message`` on stderr, unwrapped (messages hold paths and keys), then exit ``code``; a JSON log
-    line instead with ``--log-format json``."""
-    if current_log_format() == "json":
-        record = logging.LogRecord("data_feed.cli", logging.ERROR, __file__, 0, message, None, None)
-        typer.echo(JsonFormatter("cli").format(record), err=True)
-    else:
-        typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def _positive_seconds(value: float | None) -> float | None:
@@ -99,14 +87,6 @@ LogFormatOpt = Annotated[LogFormat, typer.Option(
     "--log-format", callback=_log_format, envvar=LOG_FORMAT_ENV,
     help="text, or json: one JSON object a line (time, level, role, message, exchange, channel, symbol), in every "
          "role's log too")]
-
-
-def load_config_or_exit(config: Path | None) -> Config:
-    """The config, or exit code 2 with every bad key's path on stderr (before anything starts)."""
-    try:
-        return load_config(config)
-    except ConfigError as err:
-        fail(str(err), EXIT_USAGE)
 
 
 def _exit_on_unoffered(cfg: Config, source: str) -> None:
@@ -299,8 +279,8 @@ def replay(
     log_format: LogFormatOpt = LogFormat.text,
 ) -> None:
     """Serve recorded sessions through the whole pipeline into the lake; return once all of it has landed."""
+    from data_feed.capture import SessionError
     from data_feed.replay import replay_config, run_replay
-    from data_feed.sim.session import SessionError
 
     try:
         pace = None if speed == "max" else float(speed)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,6 +62,19 @@ class SimulatedMarketConfig(_Frozen):
     trades_per_second: float = Field(default=20.0, gt=0, description="mean trade rate per symbol")
     book_updates_per_second: float = Field(default=50.0, gt=0, description="mean level-change rate per symbol")
     levels: int = Field(default=50, gt=0, le=5000, description="price levels per side in the synthetic book")
+
+
+class Fault(StrEnum):
+    """What the simulator can inject (``data_feed.sim.faults``); the label values of
+    ``data_feed_sim_faults_total``, here so the metrics need not import the simulator."""
+
+    DISCONNECT = "disconnect"
+    SEQUENCE_GAP = "sequence_gap"
+    MALFORMED = "malformed"
+    TRUNCATED = "truncated"
+    STALL = "stall"
+    SNAPSHOT_DELAY = "snapshot_delay"
+    SNAPSHOT_FAILURE = "snapshot_failure"
 
 
 class FaultConfig(_Frozen):

@@ -283,6 +283,7 @@ def _export_lake(cfg: Any, started: float) -> None:
 
 
 def _export_writers(cfg: Any) -> None:
+    from data_feed.config import Fault
     from data_feed.schemas import Channel
 
     for exchange in cfg.exchanges:
@@ -301,8 +302,6 @@ def _export_writers(cfg: Any) -> None:
     for channel in (Channel.TRADES, Channel.L2_BOOK, Channel.GAPS):
         BUS_DROPPED.labels(channel).inc(0)
     if cfg.simulated():
-        from data_feed.sim.faults import Fault
-
         for exchange in cfg.simulated():
             for fault in Fault:
                 SIM_FAULTS.labels(exchange, fault.value).inc(0)

@@ -2,7 +2,7 @@
 
 It is cryptofeed's raw-data hook (``Connection.raw_data_callback``): every connection calls it with what
 it sent, received or fetched, and the local time. Records follow the capture format of
-`data_feed.sim.session` (header, http, connect, send, recv), so `data-feed replay` serves them back.
+`data_feed.capture` (header, http, connect, send, recv), so `data-feed replay` serves them back.
 The hook is class-level state in cryptofeed; a collector process serves one exchange, so one recorder
 per process is exact.
 """
@@ -19,9 +19,9 @@ from typing import IO, Any, Final
 
 import zstandard
 
+from data_feed.capture import header_record
 from data_feed.config import Config, parse_config
 from data_feed.lake import STAMP_FORMAT
-from data_feed.sim.session import header_record
 
 LOG = logging.getLogger("data_feed.collector")
 

@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from data_feed.capture import load_session
 from data_feed.config import Config, parse_config
 from data_feed.schemas import MARKET_CHANNELS, NS_PER_SECOND
-from data_feed.sim.session import load_session
 
 LOG = logging.getLogger("data_feed.replay")
 

@@ -19,12 +19,13 @@ from pathlib import Path
 from setproctitle import setproctitle
 
 from data_feed.config import Config, ConfigError, load_config
+from data_feed.exits import EXIT_FAILED, EXIT_USAGE
 from data_feed.logs import setup_logging
 from data_feed.status import RoleStatus
 
 ROLES = ("simulator", "bus", "collector", "aggregator", "featurizer")
 NEEDS_REDIS = ("collector", "aggregator", "featurizer")
-EXIT_FAILED, EXIT_USAGE = 1, 2
+
 LOG = logging.getLogger("data_feed")
 
 

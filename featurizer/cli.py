@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from data_feed.catalog import NoLake, require_lake
-from data_feed.cli import EXIT_USAGE, fail, load_config_or_exit
+from data_feed.exits import EXIT_USAGE, fail, load_config_or_exit
 from data_feed.instants import format_instant, parse_instant
 from featurizer.backfill import Period, backfill, not_whole_in_lake
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import zstandard
 
+from data_feed.capture import header_record
 from data_feed.config import SimulatedMarketConfig
 from data_feed.sim.market import ASK, BID, MarketEvent, SymbolMarket, price_str, size_str
-from data_feed.sim.session import header_record
 
 HUOBI_WS = "wss://api.huobi.pro/ws"
 HUOBI_SYMBOLS_URL = "https://api.huobi.pro/v1/common/symbols"

@@ -27,6 +27,7 @@ from cryptofeed.defines import L2_BOOK, TRADES
 from cryptofeed.symbols import Symbols
 from cryptofeed.types import OrderBook, Trade
 
+from data_feed.capture import Session, load_session
 from data_feed.collector.callbacks import CRYPTOFEED_CHANNEL
 from data_feed.collector.exchanges import EXCHANGE_MODULES, Endpoints, feed_config
 from data_feed.collector.exchanges.replay import base_class
@@ -34,7 +35,7 @@ from data_feed.config import load_config
 from data_feed.query import run_query
 from data_feed.replay import replay_config
 from data_feed.sim.replay import ExchangeReplay
-from data_feed.sim.session import Session, best_by_address, closest_by_sends, http_candidates, load_session
+from data_feed.sim.session import best_by_address, closest_by_sends, http_candidates
 from tests.conftest import CAPTURES, ROOT, default_config_dict
 from tests.replay_recordings import huobi_session, rename_rest_path
 from tests.test_pipeline import rebuild_book, top

@@ -14,23 +14,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Final
 
 from data_feed import metrics
-from data_feed.config import FaultConfig
+from data_feed.config import Fault, FaultConfig
 
 MALFORMED_FRAME: Final = '{"this is": not json'
-
-
-class Fault(StrEnum):
-    DISCONNECT = "disconnect"
-    SEQUENCE_GAP = "sequence_gap"
-    MALFORMED = "malformed"
-    TRUNCATED = "truncated"
-    STALL = "stall"
-    SNAPSHOT_DELAY = "snapshot_delay"
-    SNAPSHOT_FAILURE = "snapshot_failure"
 
 
 @dataclass

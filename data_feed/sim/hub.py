@@ -20,8 +20,8 @@ from typing import Any, ClassVar, Final
 
 from aiohttp import web
 
-from data_feed.config import ExchangeConfig
-from data_feed.sim.faults import MALFORMED_FRAME, Fault, FaultInjector
+from data_feed.config import ExchangeConfig, Fault
+from data_feed.sim.faults import MALFORMED_FRAME, FaultInjector
 from data_feed.sim.market import BID, PRICE_SCALE, SIZE_SCALE, LevelChange, MarketEvent, SymbolMarket, Trade
 
 START_GRACE_SECONDS: Final = 0.25  # lets a client finish subscribing before the first event

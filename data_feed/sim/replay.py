@@ -38,10 +38,16 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from data_feed.sim.session import (
+from data_feed.capture import (
+    ENVELOPE_HEADER,
+    REPLAY_PATH_PREFIX,
     HttpRecord,
     Session,
     WsRecord,
+    parse_ack,
+    wrap_frame,
+)
+from data_feed.sim.session import (
     best_by_address,
     closest_by_sends,
     http_candidates,
@@ -50,7 +56,6 @@ from data_feed.sim.session import (
 
 LOG = logging.getLogger(__name__)
 
-PREFIX: Final = "/replay"
 # A connection has finished subscribing once its client sent as many frames as the recording holds, or
 # nothing more for SUBSCRIBE_SETTLE_SECONDS. START_GATE_TIMEOUT_SECONDS bounds the wait for recorded
 # connections the client never opens (their frames are then not served, and the stats say so).
@@ -66,46 +71,6 @@ GATE_POLL_SECONDS: Final = 0.02
 PAUSE_POLL_SECONDS: Final = 0.05
 UNANSWERED_LISTED: Final = 20
 RECORDED_LISTED: Final = 8
-
-# The envelope: a client sending this header gets every frame as MARK + "<recorded ts> <index> <ack 0|1>" +
-# MARK + frame (bytes for binary frames), and acknowledges with a text frame MARK + "ack <index>".
-ENVELOPE_HEADER: Final = "X-Data-Feed-Replay-Envelope"
-ENVELOPE_MARK: Final = "\x1e"
-ACK_WORD: Final = "ack"
-
-
-def replay_prefix(exchange: str) -> str:
-    return f"{PREFIX}/{exchange}"
-
-
-# -- the envelope (one definition for the server and data-feed's collectors) --------------------------
-
-
-def wrap_frame(data: str | bytes, recorded_ts: float, index: int, ack: bool) -> str | bytes:
-    head = f"{ENVELOPE_MARK}{recorded_ts!r} {index} {int(ack)}{ENVELOPE_MARK}"
-    return head + data if isinstance(data, str) else head.encode() + data
-
-
-def unwrap_frame(frame: str | bytes) -> tuple[str | bytes, float, int, bool] | None:
-    """(frame, recorded ts, index, ack wanted) of an enveloped frame; None for a frame without an envelope."""
-    mark: Any = ENVELOPE_MARK if isinstance(frame, str) else ENVELOPE_MARK.encode()
-    if frame[:1] != mark:
-        return None
-    end = frame.find(mark, 1)
-    head = frame[1:end]
-    ts, index, ack = (head if isinstance(head, str) else head.decode()).split()
-    return frame[end + 1 :], float(ts), int(index), ack == "1"
-
-
-def ack_frame(index: int) -> str:
-    return f"{ENVELOPE_MARK}{ACK_WORD} {index}"
-
-
-def parse_ack(frame: str | bytes) -> int | None:
-    if isinstance(frame, str) and frame.startswith(ENVELOPE_MARK + ACK_WORD + " "):
-        return int(frame.split()[1])
-    return None
-
 
 # -- one session --------------------------------------------------------------------------------------
 
@@ -343,7 +308,7 @@ class ReplayServer:
         self.paused = False
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get(PREFIX + "/{exchange}{tail:(/.*)?}", self._handle)]
+        return [web.get(REPLAY_PATH_PREFIX + "/{exchange}{tail:(/.*)?}", self._handle)]
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["exchange"]

@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from data_feed.capture import Session, load_session
 from data_feed.config import Config
 from data_feed.runtime import SIM_READY_NAME
 from data_feed.sim.binance import BinanceProtocol
@@ -32,7 +33,6 @@ from data_feed.sim.kraken import KrakenProtocol
 from data_feed.sim.ledger import LEDGER_FILE_NAME, IdLedger
 from data_feed.sim.okx import OkxProtocol
 from data_feed.sim.replay import ReplayServer
-from data_feed.sim.session import Session, load_session
 from data_feed.sim.tls import server_context, write_self_signed
 from data_feed.status import RoleStatus
 

@@ -13,19 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from data_feed.recorder import SessionRecorder
-from data_feed.sim.replay import ack_frame, parse_ack, unwrap_frame, wrap_frame
-from data_feed.sim.session import (
+from data_feed.capture import (
     HttpRecord,
     Session,
     SessionError,
     WsRecord,
-    best_by_address,
-    closest_by_sends,
-    http_candidates,
+    ack_frame,
     load_session,
+    parse_ack,
     read_exchange,
+    unwrap_frame,
+    wrap_frame,
 )
+from data_feed.recorder import SessionRecorder
+from data_feed.sim.session import best_by_address, closest_by_sends, http_candidates
 
 
 def session(http: Sequence[str] = (), connections: Sequence[WsRecord] = ()) -> Session:
