@@ -11,7 +11,9 @@ A slice is never presented as whole when it is not: its ``complete`` column is F
 - it had no book to apply deltas to: after a restart it asks the collectors for a full snapshot
   of every book (``cache.BOOK_SNAPSHOT_REQUEST_KEY``) and slices up to the snapshot's are incomplete;
 - bus batches of its symbol were lost while it was open, or a collector's gaps row (on the bus
-  before the data that ends it) says records of its time are missing;
+  before the data that ends it) says records of its time are missing; an outage the collector
+  announced open (``collector.gaps.open_notice``: a restart, a reconnect, a stall) holds every slice
+  from its start incomplete until the row that ends it arrives, whatever other symbols' data do;
 - a stop closed it before the watermark passed it.
 A feature key already in the cache (an earlier run closed it at its stop) is not emitted again.
 
@@ -46,7 +48,7 @@ from data_feed.bus import (
     parse_market_topic,
 )
 from data_feed.cache import BOOK_SNAPSHOT_REQUEST_KEY, collector_state_key, parse_mark_field
-from data_feed.collector.gaps import Mark
+from data_feed.collector.gaps import OPEN_NOTICE, Mark
 from data_feed.config import GAPS_CHANNEL, Config
 from data_feed.schemas import NS_PER_SECOND, Channel, GapReason, batch_columns
 from data_feed.spill import Spill
@@ -69,6 +71,8 @@ UNSEEN = -1  # complete_from of a symbol the featurizer saw from its first recor
 GAP_COLUMNS = batch_columns(GAPS_CHANNEL)
 GAP_FROM_COLUMN, GAP_TO_COLUMN = GAP_COLUMNS.index("missing_from_ts"), GAP_COLUMNS.index("missing_to_ts")
 GAP_REASON_COLUMN = GAP_COLUMNS.index("reason")
+GAP_DETAIL_COLUMN = GAP_COLUMNS.index("detail")
+OPEN_END = 2**63 - 1  # the end of an outage still open: every later slice touches it
 RECV_COLUMN = batch_columns("trades").index("ts_recv")  # of trades and l2_book rows alike
 MAX_WINDOWS_PER_SYMBOL = 1000  # the newest kept: older ones lie before every slice still open
 
@@ -89,6 +93,8 @@ class Featurizer:
         self.awaiting_book: set[tuple[str, str]] = set()  # symbols whose book needs a snapshot first
         self.tainted: set[tuple[str, str]] = set()  # symbols whose bus batches were lost just now
         self.windows: dict[tuple[str, str], list[tuple[int, int]]] = {}  # exchange time with data missing (ns)
+        # (exchange, symbol, channel) -> start (ns) of an outage a collector announced open (gaps.open_notice)
+        self.open_windows: dict[tuple[str, str, str], int] = {}
         self.stopping = False
         self.prepared = False
         self.bad_batches = 0
@@ -254,6 +260,13 @@ class Featurizer:
             symbol, channel, reason = row[0], row[3], row[GAP_REASON_COLUMN]
             if channel not in INPUT_CHANNELS or reason == GapReason.STOPPED:  # a stop: the flush marks the rest
                 continue
+            if str(row[GAP_DETAIL_COLUMN]).startswith(OPEN_NOTICE):  # open: incomplete from its start, until closed
+                start = row[GAP_FROM_COLUMN]
+                opened = int(start) if start is not None else gap_window(row)[0]
+                key3 = (exchange, symbol, channel)
+                self.open_windows[key3] = min(opened, self.open_windows.get(key3, opened))
+                continue
+            self.open_windows.pop((exchange, symbol, channel), None)  # the row that ends it
             windows = self.windows.setdefault((exchange, symbol), [])
             windows.append(gap_window(row))
             del windows[:-MAX_WINDOWS_PER_SYMBOL]
@@ -268,6 +281,9 @@ class Featurizer:
         except ValueError:
             return
         self.tainted.add((exchange, symbol))
+        if channel == GAPS_CHANNEL:  # the row ending an open outage may be among them: taint instead of waiting
+            for key in [k for k in self.open_windows if k[:2] == (exchange, symbol)]:
+                del self.open_windows[key]
         if channel == Channel.L2_BOOK:  # the book missed updates: wrong until a full snapshot
             self.awaiting_book.add((exchange, symbol))
             self.client.set(BOOK_SNAPSHOT_REQUEST_KEY, repr(time.time()))
@@ -318,7 +334,9 @@ class Featurizer:
             return np.zeros(len(starts), dtype=bool)
         complete = np.broadcast_to(np.asarray(batch.complete), starts.shape) & (
             starts >= self.complete_from.get(key, UNSEEN))
-        return complete & ~overlaps(starts, interval_ns(batch.interval), self.windows.get(key, []))
+        windows = [*self.windows.get(key, []), *((lo, OPEN_END) for (ex, sym, _), lo in self.open_windows.items()
+                                                 if (ex, sym) == key)]
+        return complete & ~overlaps(starts, interval_ns(batch.interval), windows)
 
 
 def gap_window(row: Sequence[Any]) -> tuple[int, int]:

@@ -9,6 +9,12 @@ that arrives after it, and becomes a ``gaps`` row whose ``first_missing`` /
 ``last_missing`` bound the trade ids that may be missing (the mark's id + 1 to the
 first new id - 1) and whose detail gives the time range without data.
 
+Live consumers learn of an outage when it opens, not only when its row closes it: ``open_notice`` is a
+gaps row without an end (``missing_to_ts`` null, detail starting ``OPEN_NOTICE``) that the writer
+publishes on the bus at once (never cached: the closing row is the one the lake keeps). The featurizer
+holds every slice from its start as incomplete until the closing row comes, so data of other symbols
+moving the exchange's watermark cannot close a slice of this one as whole in the meantime.
+
 Rows arrive in buffers that the writer flushes whole. A gap opened while a buffer
 holds rows from before the outage remembers the buffer position (``boundary``):
 rows before it are the outage's past, rows after it its future.
@@ -29,6 +35,7 @@ EVENT_INDEX, RECV_INDEX = 1, 2
 # (symbol, ts_event, ts_recv, channel, reason, first_missing, last_missing, detail, missing_from_ts, missing_to_ts)
 GapRow = tuple[str, float, float, str, str, int | None, int | None, str, int | None, int | None]
 Key = tuple[str, str]  # (channel, symbol)
+OPEN_NOTICE = "open, not yet ended: "  # detail prefix of a bus-only notice of an open gap (``open_notice``)
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,14 @@ class GapTracker:
         detail = f"{gap.detail}; no data from {since} to {until}" if gap.detail else f"no data from {since} to {until}"
         return (symbol, gap.detected, gap.detected, channel, gap.reason.value, first_missing, last_missing, detail,
                 _ns(gap.since_event), _ns(resumed_event))
+
+    def open_notice(self, channel: str, symbol: str) -> GapRow:
+        """The bus-only row announcing the newest open gap of (channel, symbol): from the mark's exchange time
+        (else its receive time, else the detection time), no end yet."""
+        gap = self.open[(channel, symbol)][-1]
+        start = gap.since_event or gap.since or gap.detected
+        return (symbol, gap.detected, gap.detected, channel, gap.reason.value, None, None,
+                f"{OPEN_NOTICE}{gap.detail}", _ns(start), None)
 
     def close_all(self, now: float, stopping: Sequence[Key]) -> list[GapRow]:
         """At a clean stop: every open gap (with no end) and a ``stopped`` row for each of ``stopping``."""

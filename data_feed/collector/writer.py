@@ -201,6 +201,13 @@ class StreamWriter:
         boundary = len(self.buffers.get(channel, ()))
         self.tracker.open_gap(channel, symbol, GapReason(reason), self._gap_time(channel, symbol, when), detail,
                               boundary)
+        self._announce_open([(channel, symbol)])
+
+    def _announce_open(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Open gaps on the bus at once (``gaps.open_notice``): live consumers hold the slices they touch as
+        incomplete before any later record of another symbol can close them."""
+        if self.bus is not None and keys:
+            self.bus.publish_batches(self.exchange, {GAPS_CHANNEL: [self.tracker.open_notice(*k) for k in keys]})
 
     def _gap_time(self, channel: str, symbol: str, when: float | None) -> float:
         """Detection times strictly increasing per (channel, symbol), a microsecond apart at least: two outages
@@ -356,6 +363,7 @@ class StreamWriter:
         for channel, symbol in self._stopping_keys():
             self.tracker.open_gap(channel, symbol, GapReason.RESTART, now, "collector not running",
                                   since=float(previous))
+        self._announce_open(self._stopping_keys())
         LOG.info("exchange=%s: previous collector started at %s; its downtime becomes restart gaps",
                  self.exchange, previous)
 

@@ -219,3 +219,51 @@ def test_an_unexpected_flusher_error_is_logged_and_stops_the_collector_non_zero(
     writer = asyncio.run(scenario())
     assert signals == [signal.SIGTERM]  # cryptofeed's handler stops the feed; the collector then exits 1
     assert isinstance(writer.failed, RuntimeError)
+
+
+def test_restart_and_reconnect_gaps_are_announced_on_the_bus_when_they_open(tmp_path: Path, redis_url: str) -> None:
+    """Live consumers hear of an outage at once (``GapTracker.open_notice``, bus only, never cached), from the
+    last cached record on: a restart at the writer's start, before any record, and a reconnect as detected."""
+    from data_feed.bus import Proxy, Publisher, Subscriber, decode_rows, endpoints
+    from data_feed.collector.gaps import OPEN_NOTICE
+    from tests.conftest import make_config
+
+    cfg = make_config(tmp_path)
+    Path(cfg.spawner.run_dir).mkdir(parents=True, exist_ok=True)
+    proxy = Proxy(cfg).start()
+    pub_ep, sub_ep = endpoints(cfg)
+    listener = Subscriber(sub_ep, [b"gaps."], 10_000)
+
+    def notices() -> list[list[Any]]:
+        out: list[list[Any]] = []
+        while (msg := listener.recv(500)) is not None:
+            out += [r for r in decode_rows(msg[1]) if str(r[7]).startswith(OPEN_NOTICE)]
+        return out
+
+    async def first() -> None:
+        writer = _writer(redis_url, tmp_path)
+        await _trades(writer, 1, 10)
+        await writer.flush()
+
+    async def second() -> list[list[Any]]:
+        writer = _writer(redis_url, tmp_path)
+        writer.bus = Publisher(pub_ep, 10_000)
+        try:
+            await writer.flush()  # the start-up: previous marks read, restart gaps opened, nothing to write
+            at_start = notices()
+            writer.open_gap("BTC-USDT", "trades", "disconnect", "no frames")
+            return [*at_start, *notices()]
+        finally:
+            writer.bus.close()
+
+    try:
+        asyncio.run(first())
+        got = asyncio.run(second())
+    finally:
+        listener.close()
+        proxy.stop()
+    assert [(r[0], r[3], r[4], r[9]) for r in got] == [("BTC-USDT", "trades", "restart", None),
+                                                       ("BTC-USDT", "trades", "disconnect", None)]
+    last_cached_ns = round((T0 + 10 / 1000) * 1e6) * 1000  # trade 10's exchange time, as the mark holds it
+    assert [r[8] for r in got] == [last_cached_ns, last_cached_ns]
+    assert not [r for r in _gap_rows(redis_url) if str(r[7]).startswith(OPEN_NOTICE)], "notices are never cached"

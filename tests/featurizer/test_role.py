@@ -133,3 +133,39 @@ def test_features_are_kept_while_redis_is_unreachable_and_written_once_it_answer
     time.sleep(REDIS_RETRY_SECONDS)
     pump(fz, 1)
     assert not fz.pending and rig["client"].xlen(stream_key("BINANCE", "features")) > 0
+
+
+def test_an_outage_announced_open_keeps_its_symbols_slices_incomplete_until_its_row_ends_it(
+        rig: dict[str, Any]) -> None:
+    """The chaos run's race: a collector restarts, its first records are another symbol's and move the
+    exchange's watermark past slices of a symbol whose restart gap is only written with that symbol's next
+    record. The collector announces the gap open at once (``GapTracker.open_notice``, bus only); every slice
+    of the symbol from the outage's start stays incomplete until the row that ends it, and only those."""
+    from data_feed.collector.gaps import GapTracker, Mark
+    from data_feed.schemas import GapReason
+
+    fz, pub = rig["fz"], rig["collector"]
+    tracker = GapTracker()
+    tracker.marks[("trades", "ETH-USDT")] = Mark(T0 + 1.5, 7, T0 + 1.5)  # the last ETH trade that reached Redis
+    pub.publish(b"trades.BINANCE.ETH-USDT", encode_rows([trade("ETH-USDT", T0 + 0.2, 10.0, 1.0),
+                                                         trade("ETH-USDT", T0 + 1.2, 10.0, 1.0)]))
+    pub.publish(b"trades.BINANCE.BTC-USDT", encode_rows([trade("BTC-USDT", T0 + 0.3, 100.0, 1.0)]))
+    tracker.open_gap("trades", "ETH-USDT", GapReason.RESTART, T0 + 4.0, "collector not running")
+    pub.publish(b"gaps.BINANCE.ETH-USDT", encode_rows([tracker.open_notice("trades", "ETH-USDT")]))
+    # BTC resumes first, well after the restart was detected (4.0): the watermark closes ETH's slices up to 5
+    pub.publish(b"trades.BINANCE.BTC-USDT", encode_rows([trade("BTC-USDT", T0 + 7.0, 100.0, 1.0)]))
+    pump(fz)
+    (ended,) = tracker.observe("trades", [("ETH-USDT", T0 + 7.6, T0 + 7.601, 9, None, "buy", 10.0, 1.0)])
+    pub.publish(b"gaps.BINANCE.ETH-USDT", encode_rows([ended]))
+    pub.publish(b"trades.BINANCE.ETH-USDT", encode_rows([trade("ETH-USDT", T0 + 7.6, 10.0, 1.0)]))
+    pub.publish(b"trades.BINANCE.BTC-USDT", encode_rows([trade("BTC-USDT", T0 + 10.5, 100.0, 1.0)]))
+    pump(fz)
+    got = received(rig["consumer"])
+    complete = {sym: {round(r[1] - T0): r[-1] for r in got[f"features.1s.BINANCE.{sym}".encode()]}
+                for sym in ("ETH-USDT", "BTC-USDT")}
+    # ETH: slice 0 before the outage's start (the mark at 1.5) is whole; 1 to 7 touch the outage (7 holds its
+    # end, 7.6; 5 and 6 lie after its detection at 4.0 and closed before its row came); 8 is after it.
+    assert complete["ETH-USDT"] == {0: True, 1: False, 2: False, 3: False, 4: False, 5: False, 6: False, 7: False,
+                                    8: True}
+    assert all(complete["BTC-USDT"].values()), complete["BTC-USDT"]
+    assert fz.open_windows == {}
