@@ -162,6 +162,7 @@ class Subscriber:
         self.missing = 0
         self.started_ns = time.time_ns()  # a publisher started after this whose first batch is not 1 lost some
         self.on_loss: Callable[[bytes, int], None] | None = None  # (topic, batches lost): e.g. mark slices
+        self.last_sequence = b""  # the sequence frame of the batch recv() returned last (the gateway passes it on)
 
     def recv(self, timeout_ms: int) -> tuple[bytes, bytes] | None:
         """(topic, payload) of the next batch, or None after ``timeout_ms`` without one."""
@@ -172,6 +173,7 @@ class Subscriber:
             raise ValueError(f"bus message with {len(frames)} frames, expected topic, payload, sequence")
         topic, payload, seq_frame = frames
         self._check_sequence(topic, *SEQUENCE.unpack(seq_frame))
+        self.last_sequence = seq_frame
         return topic, payload
 
     def _check_sequence(self, topic: bytes, publisher: int, publisher_started_ns: int, seq: int) -> None:
