@@ -3,8 +3,9 @@
 Roles: ``simulator``, ``bus`` (the ZMQ proxy), ``collector EXCHANGE``, ``aggregator [--shard I]``,
 ``featurizer`` and ``gateway`` (signal access, ``data_feed.gateway``). Each reads the one YAML config,
 reaches Redis at ``redis.url`` and the bus at ``bus.publish_endpoint`` / ``bus.subscribe_endpoint``,
-serves ``/health`` and ``/metrics`` on ``--http-port`` (``data_feed.status``), stops cleanly on SIGTERM and exits non-zero on a fatal error, so
-any supervisor (docker-compose, Kubernetes, the spawner) can restart it. The spawner runs these same
+serves ``/health`` and ``/metrics`` on ``--http-port`` (``data_feed.status``), stops cleanly on SIGTERM
+and exits non-zero on a fatal error, so any supervisor (docker-compose, Kubernetes, the spawner) can
+restart it. The spawner runs these same
 commands, with a config it derived from the user's: the private Redis's URL, the simulator's port.
 """
 
