@@ -32,6 +32,9 @@ CONTROL = "control"
 COLUMNS = batch_columns(FEATURES_CHANNEL)  # symbol, ts_event, ts_recv, interval, statistics..., complete
 VALUE_NAMES = COLUMNS[4:-1]
 WILDCARDS = "*?["
+RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 0.25, 5.0  # after a refused handshake (libzmq does not retry those)
+HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | \
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 
 
 class AccessDenied(RuntimeError):
@@ -95,6 +98,9 @@ class Client:
         self.missing = 0  # batches missing from a publisher's sequence (loss between bus and here)
         self.control: list[dict[str, Any]] = []
         self._last: dict[tuple[str, int], int] = {}
+        self.handshake_failures = 0
+        self._retry_in = RETRY_FIRST_SECONDS
+        self._retry_at: float | None = None
         self.sock, self.monitor = self._connect()
 
     def _prefix(self, rest: str) -> bytes:
@@ -104,7 +110,8 @@ class Client:
         sock: zmq.Socket[Any] = self.ctx.socket(zmq.SUB)
         sock.linger = 0
         sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = self.keys
-        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILED)
+        self.connected = False
         sock.connect(self.endpoint)
         sock.setsockopt(zmq.SUBSCRIBE, self._prefix(CONTROL))
         for pattern in self.patterns:
@@ -121,6 +128,7 @@ class Client:
         self.monitor.close(linger=0)
         self.sock.close(linger=0)
         self.sock, self.monitor = self._connect()
+        self._retry_at = None
         self.reconnects += 1
         LOG.warning("client %s: disconnected from %s; reconnected and subscribed again (%d so far)",
                     self.consumer, self.endpoint, self.reconnects)
@@ -132,9 +140,11 @@ class Client:
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.monitor, zmq.POLLIN)
         while (left := deadline - time.monotonic()) > 0:
+            if self._retry_at is not None:
+                left = min(left, max(0.0, self._retry_at - time.monotonic()))
             ready = dict(poller.poll(max(1, int(left * 1000))))
-            if self.monitor in ready:
-                recv_monitor_message(self.monitor)
+            due = self._retry_at is not None and time.monotonic() >= self._retry_at
+            if due or (self.monitor in ready and self._lost_connection()):
                 self._reconnect()
                 poller = zmq.Poller()
                 poller.register(self.sock, zmq.POLLIN)
@@ -145,6 +155,23 @@ class Client:
                 if got is not None:
                     deadline = time.monotonic() + timeout
                     yield got
+
+    def _lost_connection(self) -> bool:
+        """Whether the monitor says an established connection went away. A refused handshake (a key the
+        gateway does not know yet, or any more) is tried again later, with a backoff."""
+        event = recv_monitor_message(self.monitor)["event"]
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self.connected = True
+            self._retry_in, self._retry_at = RETRY_FIRST_SECONDS, None
+            return False
+        if event & HANDSHAKE_FAILED:
+            self.handshake_failures += 1
+            self._retry_at = time.monotonic() + self._retry_in
+            self._retry_in = min(self._retry_in * 2, RETRY_MAX_SECONDS)
+            LOG.warning("client %s: handshake with %s refused; trying again in %.2fs", self.consumer,
+                        self.endpoint, self._retry_at - time.monotonic())
+            return False
+        return bool(event == zmq.EVENT_DISCONNECTED and self.connected)
 
     def __iter__(self) -> Iterator[FeatureSlice]:
         for _, slices in self.batches(float("inf")):

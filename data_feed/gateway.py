@@ -123,6 +123,7 @@ class Gateway:
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self.zap: ZapHandler | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -154,7 +155,7 @@ class Gateway:
 
     def run(self, status: Any = None) -> None:
         refresher = Refresher(self.engine, self.cfg.refresh_seconds).start()
-        zap = ZapHandler(self.ctx, self.cfg.zap_domain, lambda: refresher.current).start()
+        zap = self.zap = ZapHandler(self.ctx, self.cfg.zap_domain, lambda: refresher.current).start()
         xpub = self._bind()
         bus = Subscriber(self.bus_endpoint, [channel_prefix(FEATURES_CHANNEL)], self.bus_hwm, self.ctx)
         LOG.info("gateway: serving %s (CURVE, ZAP domain %s) from the bus at %s", self.cfg.endpoint,
@@ -188,8 +189,8 @@ class Gateway:
         poller = zmq.Poller()
         poller.register(xpub, zmq.POLLIN)
         poller.register(bus.sock, zmq.POLLIN)
-        snap: Snapshot | None = None
-        checked = 0.0
+        snap, checked = refresher.current, time.monotonic()
+        self._entitle(xpub, snap)
         while not self._stop.is_set():
             ready = dict(poller.poll(POLL_MS))
             if xpub in ready:

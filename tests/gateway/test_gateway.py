@@ -1,0 +1,138 @@
+"""The gateway against a real bus, real CURVE sockets and the permission table: who gets what, and when it stops."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import zmq
+
+from data_feed.access import store
+from data_feed.access.tables import Status
+from data_feed.client import Client, FeatureSlice
+from data_feed.db import make_engine
+from tests.gateway.harness import Stack, start_stack
+from tests.harness import wait_for
+
+
+@pytest.fixture()
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'access.db'}")
+    s = start_stack(tmp_path, engine)
+    yield s
+    s.close()
+
+
+def collect(client: Client, seconds: float) -> list[tuple[float, str, list[FeatureSlice]]]:
+    """(receipt time, topic, slices) of every batch for ``seconds``."""
+    out = []
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        for topic, slices in client.batches(left):
+            out.append((time.time(), topic, slices))
+            if time.monotonic() > end:
+                break
+    return out
+
+
+def test_unknown_key_fails_the_handshake_and_is_counted(stack: Stack) -> None:
+    public, secret = zmq.curve_keypair()
+    stranger = Client(stack.endpoint, stack.gateway.public_key, public, secret, "stranger", on_control=print)
+    stack.clients.append(stranger)
+    stranger.subscribe("features.")
+    assert stack.gateway.zap is not None
+    wait_for(lambda: stack.gateway.zap.failures >= 1, 10, "the ZAP handler to refuse the key")  # type: ignore[union-attr]
+    assert collect(stranger, 0.5) == [] and stranger.control == []
+
+
+def test_consumer_without_grant_receives_only_the_control_denial(stack: Stack) -> None:
+    made = stack.consumer("nogrant")
+    told: list[dict[str, Any]] = []
+    client = stack.client(made, on_control=told.append)
+    client.subscribe("features.1s.BINANCE.*")
+    assert collect(client, 1.5) == []
+    assert [(m["type"], m["subscription"]) for m in told] == [("denied", "features.1s.BINANCE.")]
+    assert "no GRANTED" in told[0]["reason"]
+
+
+def test_subscription_under_another_consumers_prefix_is_refused(stack: Stack) -> None:
+    stack.consumer("bob", ("binance-1s", "*"))
+    mallory = stack.consumer("mallory")
+    told: list[dict[str, Any]] = []
+    client = stack.client(mallory, on_control=told.append)
+    client.sock.setsockopt(zmq.SUBSCRIBE, b"c/bob/features.")  # a raw attempt to read bob's copy
+    client.sock.setsockopt(zmq.SUBSCRIBE, b"features.")  # or the bare bus topics
+    assert collect(client, 1.5) == []
+    assert [m["type"] for m in told] == ["denied", "denied"]
+
+
+def test_granted_consumer_receives_exactly_its_scope_even_subscribing_to_everything(stack: Stack) -> None:
+    made = stack.consumer("alice", ("features-1s", "features.*.BINANCE.BTC-*"))
+    told: list[dict[str, Any]] = []
+    client = stack.client(made, on_control=told.append)
+    client.subscribe("features.")
+    got = wait_for(lambda: collect(client, 0.5), 10, "alice's first batches")
+    got += collect(client, 1.0)
+    assert {topic for _, topic, _ in got} == {"features.1s.BINANCE.BTC-USDT"}
+    first = got[0][2][0]
+    assert (first.exchange, first.symbol, first.interval) == ("BINANCE", "BTC-USDT", "1s")
+    assert isinstance(first.ts_event, int) and first.ts_event % 1_000_000_000 == 0
+    assert first.trade_count == 3 and first.volume == 2.5 and first.vwap == pytest.approx(first.close)
+    assert told[0]["type"] == "subscribed" and told[0]["narrowed_to"] == ["features-1s:features.*.BINANCE.BTC-*"]
+    assert client.missing == 0
+    assert stack.gateway.deliveries["alice"] >= len(got)
+
+
+def _change(stack: Stack, how: str, engine: sa.Engine) -> float:
+    """Take alice's data away; the time of the change."""
+    if how == "revoke":
+        store.transition(engine, "alice", "binance-1s", Status.REVOKED, "boss", reason="test")
+    elif how == "disable":
+        store.set_disabled(engine, "alice", True, "boss", "test")
+    else:
+        expires = datetime.now(UTC) + timedelta(seconds=0.5)
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE permissions SET expires_at = :e"), {"e": expires})
+        time.sleep(0.6)  # the change happens at the expiry itself
+        return expires.timestamp()
+    return time.time()
+
+
+def run_revocation(stack: Stack, how: str) -> float:
+    alice = stack.client(stack.consumer("alice", ("binance-1s", "*")), on_control=lambda m: None)
+    bob = stack.client(stack.consumer("bob", ("binance-1s", "*")), on_control=lambda m: None)
+    for client in (alice, bob):
+        client.subscribe("features.1s.BINANCE.*")
+    for client in (alice, bob):
+        wait_for(lambda c=client: collect(c, 0.3), 10, f"{client.consumer}'s first batches")  # type: ignore[misc]
+    changed = _change(stack, how, stack.engine)
+    alice_after = collect(alice, 2.0)
+    bob_after = collect(bob, 0.5)
+    last = max((t for t, _, _ in alice_after), default=changed)
+    lag = last - changed
+    assert lag < 1.0, f"{how}: alice's last batch came {lag:.3f}s after the change"
+    assert alice_after == [] or max(t for t, _, _ in alice_after) < changed + 1.0
+    assert len(bob_after) > 10 and bob.missing == 0, f"bob: {len(bob_after)} batches after, {bob.missing} missing"
+    assert any(m["type"] == "revoked" for m in alice.control)
+    return lag
+
+
+@pytest.mark.parametrize("how", ["revoke", "expire", "disable"])
+def test_revoke_expire_or_disable_stops_data_within_a_second_while_others_keep_receiving(stack: Stack,
+                                                                                        how: str) -> None:
+    lag = run_revocation(stack, how)
+    print(f"revocation ({how}): last delivery {lag:.3f}s after the change")
+
+
+def test_gateway_restarted_client_reconnects_and_resumes_by_itself(stack: Stack) -> None:
+    alice = stack.client(stack.consumer("alice", ("binance-1s", "*")), on_control=lambda m: None)
+    alice.subscribe("features.1s.BINANCE.BTC-USDT")
+    wait_for(lambda: collect(alice, 0.3), 10, "alice's first batches")
+    stack.restart_gateway()
+    wait_for(lambda: collect(alice, 0.3) and alice.reconnects >= 1, 15, "alice to reconnect and receive again")
+    assert {topic for _, topic, _ in collect(alice, 0.5)} == {"features.1s.BINANCE.BTC-USDT"}
