@@ -29,6 +29,7 @@ from data_feed.schemas import NS_PER_SECOND, batch_columns
 LOG = logging.getLogger("data_feed.client")
 
 CONTROL = "control"
+PREVIEW = "preview/"
 COLUMNS = batch_columns(FEATURES_CHANNEL)  # symbol, ts_event, ts_recv, interval, statistics..., complete
 VALUE_NAMES = COLUMNS[4:-1]
 WILDCARDS = "*?["
@@ -123,6 +124,11 @@ class Client:
         self.patterns.append(pattern)
         self.sock.setsockopt(zmq.SUBSCRIBE, self._prefix(subscription_prefix(pattern)))
 
+    def subscribe_preview(self, pattern: str) -> None:
+        """The declared preview of datasets covering ``pattern`` (down-sampled, delayed, maybe normalized);
+        its batches come with topics ``preview/features....``."""
+        self.subscribe(PREVIEW + pattern)
+
     def _reconnect(self) -> None:
         self.sock.disable_monitor()
         self.monitor.close(linger=0)
@@ -186,7 +192,7 @@ class Client:
             return None
         if len(frames) == 3:
             self._check_sequence(topic, frames[2])
-        return topic, decode_slices(topic, frames[1])
+        return topic, decode_slices(topic.removeprefix(PREVIEW), frames[1])
 
     def _check_sequence(self, topic: str, frame: bytes) -> None:
         publisher, _started, seq = SEQUENCE.unpack(frame)

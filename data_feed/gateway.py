@@ -41,6 +41,7 @@ from sqlalchemy import Engine
 from data_feed import metrics
 from data_feed.access import store
 from data_feed.access.patterns import covered, may_overlap
+from data_feed.access.preview import PREVIEW, Previewer, PreviewSpec, spec_for, specs
 from data_feed.access.store import Grant, Snapshot
 from data_feed.access.zap import ZapHandler, server_keys
 from data_feed.bus import Subscriber, channel_prefix, endpoints
@@ -116,6 +117,9 @@ class Gateway:
         self.subscriptions: dict[str, Counter[str]] = {}  # consumer -> applied prefix (after c/<consumer>/) -> n
         self.effective: dict[str, tuple[Grant, ...]] = {}
         self.routes: dict[bytes, list[tuple[str, bytes, int | None]]] = {}
+        self.preview_routes: dict[str, list[bytes]] = {}  # bus topic -> the preview topics of its subscribers
+        self.previews: list[PreviewSpec] = []
+        self.previewer = Previewer()
         self.last_delivery: dict[str, float] = {}
         self.delivered: Counter[str] = Counter()  # not yet in the metric
         self.deliveries: Counter[str] = Counter()  # since the start, per consumer
@@ -201,6 +205,7 @@ class Gateway:
                 self.flush_metrics()
             if bus.sock in ready:
                 self._drain_bus(xpub, bus)
+            self._send_previews(xpub)
 
     # -- subscriptions -------------------------------------------------------------------------------------
 
@@ -224,12 +229,19 @@ class Gateway:
         xpub.setsockopt(zmq.SUBSCRIBE, data[1:])  # decided before the next receive: it applies to this peer
         refresher.seen.add(user)
         self.subscriptions.setdefault(user, Counter())[parsed[1]] += 1
-        self.routes.clear()
+        self._invalidate()
         metrics.GATEWAY_CONNECTED.set(len(self.subscriptions))
         if parsed[1] != CONTROL:
             self._tell_subscription(xpub, user, parsed[1])
 
+    def _invalidate(self) -> None:
+        self.routes.clear()
+        self.preview_routes.clear()
+
     def _tell_subscription(self, xpub: zmq.Socket[Any], user: str, prefix: str) -> None:
+        if prefix.startswith(PREVIEW):
+            self._tell_preview(xpub, user, prefix)
+            return
         grants = [g for g in self.effective.get(user, ()) if may_overlap(prefix, g.pattern)
                   and may_overlap(prefix, g.scope)]
         if not grants:
@@ -237,6 +249,15 @@ class Gateway:
             return
         scopes = sorted({f"{g.dataset}:{g.scope}" for g in grants})
         self._control(xpub, user, {"type": "subscribed", "subscription": prefix, "narrowed_to": scopes})
+
+    def _tell_preview(self, xpub: zmq.Socket[Any], user: str, prefix: str) -> None:
+        offered = [p for p in self.previews if may_overlap(prefix[len(PREVIEW):], p.pattern)]
+        if not offered:
+            self._deny(xpub, user, prefix, "no dataset declares a preview covering it")
+            return
+        self._control(xpub, user, {"type": "subscribed", "subscription": prefix, "previews": [
+            {"dataset": p.dataset, "interval_seconds": p.interval_seconds, "delay_seconds": p.delay_seconds,
+             "normalized": p.normalize} for p in offered]})
 
     def _unsubscribe(self, xpub: zmq.Socket[Any], parsed: tuple[str, str] | None, live: bool) -> None:
         if parsed is None:
@@ -252,7 +273,7 @@ class Gateway:
             del counts[prefix]
         if not counts:
             del self.subscriptions[consumer]
-        self.routes.clear()
+        self._invalidate()
         metrics.GATEWAY_CONNECTED.set(len(self.subscriptions))
 
     def _deny(self, xpub: zmq.Socket[Any], user: str | None, what: str, why: str) -> None:
@@ -270,6 +291,10 @@ class Gateway:
     def _entitle(self, xpub: zmq.Socket[Any], snap: Snapshot) -> None:
         """Recompute who gets what now; tell and count each entitlement lost since the last time."""
         at = datetime.now(UTC)
+        previews = specs(snap.datasets)
+        if previews != self.previews:
+            self.previews = previews
+            self._invalidate()
         effective = {name: tuple(snap.grants_of(name, at)) for name in snap.known}
         if effective == self.effective:
             return
@@ -278,7 +303,7 @@ class Gateway:
             for grant in lost:
                 self._revoked(xpub, snap, name, grant, at)
         self.effective = effective
-        self.routes.clear()
+        self._invalidate()
 
     def _revoked(self, xpub: zmq.Socket[Any], snap: Snapshot, name: str, grant: Grant, at: datetime) -> None:
         if name in snap.disabled:
@@ -299,7 +324,7 @@ class Gateway:
         text = topic.decode()
         out = []
         for name, prefixes in self.subscriptions.items():
-            if not any(text.startswith(p) for p in prefixes if p != CONTROL):
+            if not any(text.startswith(p) for p in prefixes if p != CONTROL and not p.startswith(PREVIEW)):
                 continue
             grants = [g for g in self.effective.get(name, ()) if covered(text, g.pattern, g.scope)]
             if grants:
@@ -308,6 +333,17 @@ class Gateway:
                 out.append((name, consumer_topic(name, text), deadline))
         self.routes[topic] = out
         return out
+
+    def _preview_route(self, topic: str) -> list[bytes]:
+        out = [consumer_topic(name, PREVIEW + topic) for name, prefixes in self.subscriptions.items()
+               if any(p.startswith(PREVIEW) and topic.startswith(p[len(PREVIEW):]) for p in prefixes)]
+        self.preview_routes[topic] = out
+        return out
+
+    def _send_previews(self, xpub: zmq.Socket[Any]) -> None:
+        for topic, body in self.previewer.due(time.time()):
+            for out in self.preview_routes.get(topic) or self._preview_route(topic):
+                xpub.send_multipart([out, body])
 
     # -- fan-out -------------------------------------------------------------------------------------------
 
@@ -320,6 +356,8 @@ class Gateway:
             self._fan_out(xpub, topic, payload, bus.last_sequence)
 
     def _fan_out(self, xpub: zmq.Socket[Any], topic: bytes, payload: bytes, seq: bytes) -> None:
+        if self.previews:
+            self._offer_preview(topic.decode(), payload)
         routes = self.routes.get(topic)
         if routes is None:
             routes = self._route(topic)
@@ -333,6 +371,14 @@ class Gateway:
             self.delivered[name] += 1
             self.deliveries[name] += 1
             self.last_delivery[name] = now_ns / 1e9
+
+    def _offer_preview(self, topic: str, payload: bytes) -> None:
+        routes = self.preview_routes.get(topic)
+        if routes is None:
+            routes = self._preview_route(topic)
+        spec = spec_for(topic, self.previews) if routes else None
+        if spec is not None:
+            self.previewer.offer(topic, payload, spec, time.time())
 
     def flush_metrics(self) -> None:
         """Deliveries per consumer into the counter (batched: one inc per consumer, not per batch)."""

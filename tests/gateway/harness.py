@@ -26,6 +26,7 @@ from tests.harness import wait_for
 TOPICS = [("BINANCE", "BTC-USDT"), ("BINANCE", "ETH-USDT"), ("KRAKEN", "BTC-USDT")]
 PUBLISH_EVERY_SECONDS = 0.005
 T0_NS = 1_700_000_000 * NS_PER_SECOND
+PREVIEW_INTERVAL_SECONDS, PREVIEW_DELAY_SECONDS = 0.5, 0.5  # of the dataset features-1s
 
 
 def feature_payload(symbol: str, start_ns: int, close: float) -> bytes:
@@ -126,7 +127,8 @@ def gateway_config(tmp_path: Path, engine: sa.Engine, **gateway: Any) -> Config:
 def start_stack(tmp_path: Path, engine: sa.Engine, **gateway: Any) -> Stack:
     cfg = gateway_config(tmp_path, engine, **gateway)
     store.add_dataset(engine, "features-1s", "features.1s.*.*", "ops",
-                      preview_interval_seconds=1.0, preview_delay_seconds=5.0)
+                      preview_interval_seconds=PREVIEW_INTERVAL_SECONDS, preview_delay_seconds=PREVIEW_DELAY_SECONDS,
+                      preview_normalize=True)
     store.add_dataset(engine, "binance-1s", "features.1s.BINANCE.*", "ops")
     proxy = Proxy(cfg).start()
     gateway_ = Gateway(cfg, engine).start()

@@ -16,7 +16,7 @@ from data_feed.access import store
 from data_feed.access.tables import Status
 from data_feed.client import Client, FeatureSlice
 from data_feed.db import make_engine
-from tests.gateway.harness import Stack, start_stack
+from tests.gateway.harness import PREVIEW_DELAY_SECONDS, PREVIEW_INTERVAL_SECONDS, Stack, start_stack
 from tests.harness import wait_for
 
 
@@ -136,3 +136,22 @@ def test_gateway_restarted_client_reconnects_and_resumes_by_itself(stack: Stack)
     stack.restart_gateway()
     wait_for(lambda: collect(alice, 0.3) and alice.reconnects >= 1, 15, "alice to reconnect and receive again")
     assert {topic for _, topic, _ in collect(alice, 0.5)} == {"features.1s.BINANCE.BTC-USDT"}
+
+
+def test_consumer_without_grant_gets_the_declared_preview_never_the_dataset(stack: Stack) -> None:
+    peek = stack.client(stack.consumer("peek"), on_control=lambda m: None)
+    peek.subscribe("features.1s.BINANCE.*")
+    peek.subscribe_preview("features.1s.BINANCE.*")
+    got = collect(peek, 2.6)
+    topics = {topic for _, topic, _ in got}
+    assert topics == {"preview/features.1s.BINANCE.BTC-USDT", "preview/features.1s.BINANCE.ETH-USDT"}
+    per_topic = len(got) / len(topics)
+    assert 2 <= per_topic <= 2.6 / PREVIEW_INTERVAL_SECONDS + 1  # down-sampled: ~200 batches/s on the bus
+    for received, _, slices in got:
+        (s,) = slices
+        assert received - s.ts_recv / 1e9 >= PREVIEW_DELAY_SECONDS - 0.05  # delayed
+        assert s.volume is None and s.notional is None and s.trade_count == 3  # sizes withheld
+    first_close = got[0][2][0].close
+    assert first_close == pytest.approx(100.0)  # prices as an index of the first previewed close
+    types = [m["type"] for m in peek.control]
+    assert types == ["denied", "subscribed"] and peek.control[1]["previews"][0]["dataset"] == "features-1s"
