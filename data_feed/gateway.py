@@ -37,13 +37,14 @@ from typing import Any
 
 import zmq
 from sqlalchemy import Engine
+from zmq.utils.monitor import recv_monitor_message
 
 from data_feed import metrics
 from data_feed.access import store
 from data_feed.access.patterns import covered, may_overlap
 from data_feed.access.preview import PREVIEW, Previewer, PreviewSpec, spec_for, specs
 from data_feed.access.store import Grant, Snapshot
-from data_feed.access.zap import ZapHandler, server_keys
+from data_feed.access.zap import Refresher, ZapHandler, server_keys
 from data_feed.bus import Subscriber, channel_prefix, endpoints
 from data_feed.config import FEATURES_CHANNEL, Config
 
@@ -52,9 +53,9 @@ LOG = logging.getLogger("data_feed.gateway")
 CONSUMER_PREFIX = "c/"
 CONTROL = "control"
 POLL_MS = 20
-TOUCH_SECONDS = 10.0  # how often consumers' last_seen is written
 START_TIMEOUT_SECONDS = 10.0
 SUBSCRIBE, UNSUBSCRIBE = 1, 0
+HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 
 
 def consumer_topic(consumer: str, topic: str) -> bytes:
@@ -67,41 +68,6 @@ def split_consumer_topic(topic: str) -> tuple[str, str] | None:
         return None
     consumer, rest = topic[len(CONSUMER_PREFIX):].split("/", 1)
     return consumer, rest
-
-
-class Refresher:
-    """Re-reads the permission table every ``refresh_seconds`` into ``current`` (in a thread of its own)."""
-
-    def __init__(self, engine: Engine, refresh_seconds: float) -> None:
-        self.engine = engine
-        self.refresh_seconds = refresh_seconds
-        self.current: Snapshot = store.snapshot(engine)
-        self.loaded = time.monotonic()
-        self.seen: set[str] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="gateway-refresh", daemon=True)
-
-    def start(self) -> Refresher:
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        touched = time.monotonic()
-        while not self._stop.wait(self.refresh_seconds):
-            try:
-                self.current = store.snapshot(self.engine)
-                self.loaded = time.monotonic()
-                if time.monotonic() - touched > TOUCH_SECONDS:
-                    seen, self.seen = self.seen, set()
-                    store.touch(self.engine, seen)
-                    touched = time.monotonic()
-            except Exception as err:  # the database away: keep the last snapshot, say so, retry
-                LOG.error("gateway: permission table not re-read (%s: %s); deciding from the one of %.1fs ago",
-                          type(err).__name__, err, time.monotonic() - self.loaded)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
 
 
 class Gateway:
@@ -161,6 +127,7 @@ class Gateway:
         refresher = Refresher(self.engine, self.cfg.refresh_seconds).start()
         zap = self.zap = ZapHandler(self.ctx, self.cfg.zap_domain, lambda: refresher.current).start()
         xpub = self._bind()
+        monitor = xpub.get_monitor_socket(HANDSHAKE_FAILED)
         bus = Subscriber(self.bus_endpoint, [channel_prefix(FEATURES_CHANNEL)], self.bus_hwm, self.ctx)
         LOG.info("gateway: serving %s (CURVE, ZAP domain %s) from the bus at %s", self.cfg.endpoint,
                  self.cfg.zap_domain, self.bus_endpoint)
@@ -168,9 +135,11 @@ class Gateway:
         if status is not None:
             status.ready()
         try:
-            self._loop(xpub, bus, refresher)
+            self._loop(xpub, bus, refresher, monitor)
         finally:
             LOG.info("gateway: stopping")
+            xpub.disable_monitor()
+            monitor.close(linger=0)
             bus.close()
             xpub.close(linger=0)
             zap.stop()
@@ -189,16 +158,18 @@ class Gateway:
         xpub.bind(self.cfg.endpoint)
         return xpub
 
-    def _loop(self, xpub: zmq.Socket[Any], bus: Subscriber, refresher: Refresher) -> None:
+    def _loop(self, xpub: zmq.Socket[Any], bus: Subscriber, refresher: Refresher, monitor: zmq.Socket[Any]) -> None:
         poller = zmq.Poller()
-        poller.register(xpub, zmq.POLLIN)
-        poller.register(bus.sock, zmq.POLLIN)
+        for sock in (xpub, bus.sock, monitor):
+            poller.register(sock, zmq.POLLIN)
         snap, checked = refresher.current, time.monotonic()
         self._entitle(xpub, snap)
         while not self._stop.is_set():
             ready = dict(poller.poll(POLL_MS))
             if xpub in ready:
                 self._subscription(xpub, xpub.recv(copy=False), refresher)
+            if monitor in ready:
+                self._handshake_failed(recv_monitor_message(monitor))
             if refresher.current is not snap or time.monotonic() - checked > self.cfg.refresh_seconds:
                 snap, checked = refresher.current, time.monotonic()
                 self._entitle(xpub, snap)
@@ -206,6 +177,14 @@ class Gateway:
             if bus.sock in ready:
                 self._drain_bus(xpub, bus)
             self._send_previews(xpub)
+
+    def _handshake_failed(self, event: Any) -> None:
+        """CURVE failures the ZAP handler never saw (a client with the wrong server key, garbage); the ZAP
+        handler counts its own refusals."""
+        if event["event"] != zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            metrics.GATEWAY_HANDSHAKE_FAILURES.labels("protocol").inc()
+            LOG.warning("gateway: handshake failed from %s (%s)", event.get("endpoint", b"").decode(errors="replace"),
+                        zmq.Event(event["event"]).name)
 
     # -- subscriptions -------------------------------------------------------------------------------------
 

@@ -97,10 +97,12 @@ def migrate(engine: Engine) -> None:
 
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugin chatter; the outcome is logged below
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
     _migrated.add(key)
+    LOG.info("access: permission table at the newest revision on %s", engine.url.render_as_string())
 
 
 def forget_migrations() -> None:

@@ -1,4 +1,5 @@
-"""Authentication for the gateway: a ZAP handler over a snapshot of the consumers table, and the server keys.
+"""Authentication for the gateway: a ZAP handler over a snapshot of the consumers table, the thread that
+keeps that snapshot fresh, and the server keys.
 
 libzmq asks the handler at ``inproc://zeromq.zap.01`` (ZAP, RFC 27) about every CURVE handshake. The
 handler answers from the newest ``store.Snapshot`` in memory (never the database, so a handshake never
@@ -12,14 +13,17 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import zmq
+from sqlalchemy import Engine
 from zmq.utils import z85
 
 from data_feed import metrics
+from data_feed.access import store
 from data_feed.access.store import Snapshot
 
 LOG = logging.getLogger("data_feed.gateway")
@@ -28,6 +32,7 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_VERSION = b"1.0"
 POLL_MS = 100
 KEY_FILE_MODE = 0o600
+TOUCH_SECONDS = 10.0  # how often consumers' last_seen is written
 
 
 def server_keys(path: Path) -> tuple[bytes, bytes]:
@@ -94,3 +99,38 @@ class ZapHandler:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(POLL_MS * 5 / 1000)
+
+
+class Refresher:
+    """Re-reads the permission table every ``refresh_seconds`` into ``current`` (in a thread of its own)."""
+
+    def __init__(self, engine: Engine, refresh_seconds: float) -> None:
+        self.engine = engine
+        self.refresh_seconds = refresh_seconds
+        self.current: Snapshot = store.snapshot(engine)
+        self.loaded = time.monotonic()
+        self.seen: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gateway-refresh", daemon=True)
+
+    def start(self) -> Refresher:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        touched = time.monotonic()
+        while not self._stop.wait(self.refresh_seconds):
+            try:
+                self.current = store.snapshot(self.engine)
+                self.loaded = time.monotonic()
+                if time.monotonic() - touched > TOUCH_SECONDS:
+                    seen, self.seen = self.seen, set()
+                    store.touch(self.engine, seen)
+                    touched = time.monotonic()
+            except Exception as err:  # the database away: keep the last snapshot, say so, retry
+                LOG.error("gateway: permission table not re-read (%s: %s); deciding from the one of %.1fs ago",
+                          type(err).__name__, err, time.monotonic() - self.loaded)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import zmq
+from prometheus_client import REGISTRY
 
 from data_feed.access import store
 from data_feed.access.tables import Status
@@ -18,6 +19,8 @@ from data_feed.client import Client, FeatureSlice
 from data_feed.db import make_engine
 from tests.gateway.harness import PREVIEW_DELAY_SECONDS, PREVIEW_INTERVAL_SECONDS, Stack, start_stack
 from tests.harness import wait_for
+
+HANDSHAKE_FAILURES = "data_feed_gateway_handshake_failures_total"
 
 
 @pytest.fixture()
@@ -48,6 +51,19 @@ def test_unknown_key_fails_the_handshake_and_is_counted(stack: Stack) -> None:
     assert stack.gateway.zap is not None
     wait_for(lambda: stack.gateway.zap.failures >= 1, 10, "the ZAP handler to refuse the key")  # type: ignore[union-attr]
     assert collect(stranger, 0.5) == [] and stranger.control == []
+
+
+def test_wrong_server_key_fails_the_handshake_and_is_counted(stack: Stack) -> None:
+    made = stack.consumer("alice", ("binance-1s", "*"))
+    before = REGISTRY.get_sample_value(HANDSHAKE_FAILURES, {"reason": "protocol"}) or 0.0
+    impostor_server, _ = zmq.curve_keypair()  # alice was given a forged gateway key
+    alice = Client(stack.endpoint, impostor_server, made.public_key, made.secret_key, "alice", on_control=print)
+    stack.clients.append(alice)
+    alice.subscribe("features.")
+    got = collect(alice, 1.0)
+    assert got == [] and alice.handshake_failures >= 1
+    wait_for(lambda: (REGISTRY.get_sample_value(HANDSHAKE_FAILURES, {"reason": "protocol"}) or 0.0) > before, 10,
+             "the gateway to count a failed handshake")
 
 
 def test_consumer_without_grant_receives_only_the_control_denial(stack: Stack) -> None:
