@@ -15,9 +15,16 @@ from prometheus_client import REGISTRY
 
 from data_feed.access import store
 from data_feed.access.tables import Status
+from data_feed.bus import Proxy, endpoints
 from data_feed.client import Client, FeatureSlice
 from data_feed.db import make_engine
-from tests.gateway.harness import PREVIEW_DELAY_SECONDS, PREVIEW_INTERVAL_SECONDS, Stack, start_stack
+from tests.gateway.harness import (
+    PREVIEW_DELAY_SECONDS,
+    PREVIEW_INTERVAL_SECONDS,
+    FeaturePublisher,
+    Stack,
+    start_stack,
+)
 from tests.harness import wait_for
 
 HANDSHAKE_FAILURES = "data_feed_gateway_handshake_failures_total"
@@ -171,3 +178,15 @@ def test_consumer_without_grant_gets_the_declared_preview_never_the_dataset(stac
     assert first_close == pytest.approx(100.0)  # prices as an index of the first previewed close
     types = [m["type"] for m in peek.control]
     assert types == ["denied", "subscribed"] and peek.control[1]["previews"][0]["dataset"] == "features-1s"
+
+
+def test_bus_restarted_the_gateway_resumes_delivering(stack: Stack) -> None:
+    alice = stack.client(stack.consumer("alice", ("binance-1s", "*")), on_control=lambda m: None)
+    alice.subscribe("features.1s.BINANCE.BTC-USDT")
+    wait_for(lambda: collect(alice, 0.3), 10, "alice's first batches")
+    stack.publisher.stop()
+    stack.proxy.stop()
+    collect(alice, 0.3)  # what was in flight
+    stack.proxy = Proxy(stack.cfg).start()
+    stack.publisher = FeaturePublisher(endpoints(stack.cfg)[0]).start()
+    wait_for(lambda: collect(alice, 0.3), 15, "batches through the restarted bus")
