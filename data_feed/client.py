@@ -119,8 +119,10 @@ class Client:
             sock.setsockopt(zmq.SUBSCRIBE, self._prefix(subscription_prefix(pattern)))
         return sock, monitor
 
-    def subscribe(self, pattern: str) -> None:
-        """Features whose topic matches ``pattern`` (``features.1s.BINANCE.*``; a plain prefix also works)."""
+    def subscribe(self, dataset_or_pattern: str) -> None:
+        """Features of a dataset by name (``binance-1s``: what of it is granted), or whose topic matches a
+        pattern (``features.1s.BINANCE.*``; a plain prefix also works)."""
+        pattern = dataset_or_pattern if TOPIC_SEPARATOR in dataset_or_pattern else f"@{dataset_or_pattern}/"
         self.patterns.append(pattern)
         self.sock.setsockopt(zmq.SUBSCRIBE, self._prefix(subscription_prefix(pattern)))
 
@@ -192,7 +194,9 @@ class Client:
             return None
         if len(frames) == 3:
             self._check_sequence(topic, frames[2])
-        return topic, decode_slices(topic.removeprefix(PREVIEW), frames[1])
+        bus_topic = topic.removeprefix(PREVIEW).split("/", 1)[1] if topic.startswith("@") else \
+            topic.removeprefix(PREVIEW)
+        return topic, decode_slices(bus_topic, frames[1])
 
     def _check_sequence(self, topic: str, frame: bytes) -> None:
         publisher, _started, seq = SEQUENCE.unpack(frame)

@@ -52,6 +52,7 @@ LOG = logging.getLogger("data_feed.gateway")
 
 CONSUMER_PREFIX = "c/"
 CONTROL = "control"
+DATASET = "@"  # c/<consumer>/@<dataset>/: that dataset's granted topics, by name
 POLL_MS = 20
 START_TIMEOUT_SECONDS = 10.0
 SUBSCRIBE, UNSUBSCRIBE = 1, 0
@@ -221,12 +222,23 @@ class Gateway:
         if prefix.startswith(PREVIEW):
             self._tell_preview(xpub, user, prefix)
             return
+        if prefix.startswith(DATASET):
+            self._tell_dataset(xpub, user, prefix)
+            return
         grants = [g for g in self.effective.get(user, ()) if may_overlap(prefix, g.pattern)
                   and may_overlap(prefix, g.scope)]
         if not grants:
             self._deny(xpub, user, prefix, "no GRANTED, unexpired permission of this consumer covers it")
             return
         scopes = sorted({f"{g.dataset}:{g.scope}" for g in grants})
+        self._control(xpub, user, {"type": "subscribed", "subscription": prefix, "narrowed_to": scopes})
+
+    def _tell_dataset(self, xpub: zmq.Socket[Any], user: str, prefix: str) -> None:
+        dataset = prefix[1:-1]
+        scopes = sorted({g.scope for g in self.effective.get(user, ()) if g.dataset == dataset})
+        if not prefix.endswith("/") or not scopes:
+            self._deny(xpub, user, prefix, f"dataset {dataset!r} is not granted to this consumer (GRANTED, unexpired)")
+            return
         self._control(xpub, user, {"type": "subscribed", "subscription": prefix, "narrowed_to": scopes})
 
     def _tell_preview(self, xpub: zmq.Socket[Any], user: str, prefix: str) -> None:
@@ -299,17 +311,19 @@ class Gateway:
         self._control(xpub, name, {"type": "revoked", "dataset": grant.dataset, "scope": grant.scope, "reason": why})
 
     def _route(self, topic: bytes) -> list[tuple[str, bytes, int | None]]:
-        """(consumer, its topic, deadline ns or None) for every consumer subscribed to and entitled to it."""
+        """(consumer, its topic, deadline ns or None) for every consumer subscribed to and entitled to it: by
+        topic prefix (``c/<consumer>/features...``) or by dataset name (``c/<consumer>/@<dataset>/``)."""
         text = topic.decode()
         out = []
         for name, prefixes in self.subscriptions.items():
-            if not any(text.startswith(p) for p in prefixes if p != CONTROL and not p.startswith(PREVIEW)):
-                continue
             grants = [g for g in self.effective.get(name, ()) if covered(text, g.pattern, g.scope)]
-            if grants:
-                expiries = [g.expires_at for g in grants]
-                deadline = None if None in expiries else max(int(e.timestamp() * 1e9) for e in expiries if e)
-                out.append((name, consumer_topic(name, text), deadline))
+            if not grants:
+                continue
+            if any(text.startswith(p) for p in prefixes if _is_topic_prefix(p)):
+                out.append((name, consumer_topic(name, text), _deadline(grants)))
+            for p in prefixes:
+                if p.startswith(DATASET) and (mine := [g for g in grants if g.dataset == p[1:-1]]):
+                    out.append((name, consumer_topic(name, p + text), _deadline(mine)))
         self.routes[topic] = out
         return out
 
@@ -364,6 +378,16 @@ class Gateway:
         for name, n in self.delivered.items():
             metrics.GATEWAY_DELIVERIES.labels(name).inc(n)
         self.delivered.clear()
+
+
+def _is_topic_prefix(prefix: str) -> bool:
+    return prefix != CONTROL and not prefix.startswith((PREVIEW, DATASET))
+
+
+def _deadline(grants: list[Grant]) -> int | None:
+    """Until when (ns) any of ``grants`` lasts; None for ever."""
+    expiries = [g.expires_at for g in grants]
+    return None if None in expiries else max(int(e.timestamp() * 1e9) for e in expiries if e)
 
 
 def store_engine(cfg: Config) -> Engine:

@@ -190,3 +190,17 @@ def test_bus_restarted_the_gateway_resumes_delivering(stack: Stack) -> None:
     stack.proxy = Proxy(stack.cfg).start()
     stack.publisher = FeaturePublisher(endpoints(stack.cfg)[0]).start()
     wait_for(lambda: collect(alice, 0.3), 15, "batches through the restarted bus")
+
+
+def test_subscribing_to_a_dataset_by_name_gives_its_granted_scope_and_an_ungranted_one_is_denied(
+        stack: Stack) -> None:
+    made = stack.consumer("alice", ("binance-1s", "features.*.*.ETH-*"))
+    told: list[dict[str, Any]] = []
+    alice = stack.client(made, on_control=told.append)
+    alice.subscribe("binance-1s")
+    alice.subscribe("features-1s")
+    got = wait_for(lambda: collect(alice, 0.5), 10, "alice's dataset batches")
+    assert {topic for _, topic, _ in got} == {"@binance-1s/features.1s.BINANCE.ETH-USDT"}
+    assert got[0][2][0].symbol == "ETH-USDT"
+    assert sorted(m["type"] for m in told) == ["denied", "subscribed"]
+    assert next(m for m in told if m["type"] == "denied")["subscription"] == "@features-1s/"
