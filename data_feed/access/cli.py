@@ -129,16 +129,20 @@ def dataset_list(config: ConfigOpt = None) -> None:
 
 
 def _expiry(expires: str | None, for_seconds: float | None) -> datetime | None:
-    from data_feed.cli import EXIT_USAGE, fail
-
     if for_seconds is not None:
         return datetime.now(UTC) + timedelta(seconds=for_seconds)
-    if expires is None:
+    return _time(expires)
+
+
+def _time(text: str | None) -> datetime | None:
+    from data_feed.cli import EXIT_USAGE, fail
+
+    if text is None:
         return None
     try:
-        return store.utc(datetime.fromisoformat(expires))
+        return store.utc(datetime.fromisoformat(text))
     except ValueError:
-        fail(f"--expires {expires!r}: expected an ISO time such as 2027-01-31T00:00:00Z", EXIT_USAGE)
+        fail(f"{text!r}: expected an ISO time such as 2027-01-31T00:00:00Z", EXIT_USAGE)
 
 
 def _decide(to: Status) -> Callable[..., None]:
@@ -149,11 +153,14 @@ def _decide(to: Status) -> Callable[..., None]:
         expires: Annotated[str | None, typer.Option(help="grant: ends at this ISO time (UTC)")] = None,
         for_seconds: Annotated[float | None, typer.Option("--for", help="grant: ends this many seconds from now")]
         = None,
+        window_from: Annotated[str | None, typer.Option("--from", help="grant: lake rows from this ISO time "
+                                                        "(exchange time) on, for query --as")] = None,
+        window_to: Annotated[str | None, typer.Option("--to", help="grant: lake rows before this ISO time")] = None,
         reason: ReasonOpt = "", by: ByOpt = None, config: ConfigOpt = None,
     ) -> None:
         with _engine(config) as engine:
             store.transition(engine, consumer, dataset, to, _actor(by), reason, scope,
-                             _expiry(expires, for_seconds))
+                             _expiry(expires, for_seconds), (_time(window_from), _time(window_to)))
         typer.echo(f"{consumer} on {dataset}: {to}")
 
     command.__doc__ = f"Move a permission to {to} (only where the state machine allows it)."

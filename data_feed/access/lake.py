@@ -2,7 +2,8 @@
 
 Each lake table the query names is replaced (sqlglot) by a view of it filtered to the consumer's grants
 covering that channel: ``exchange GLOB ... AND symbol GLOB ...`` (and ``interval`` for features), one
-disjunct per grant, with both the dataset's pattern and the permission's scope. A query outside the
+disjunct per grant, with both the dataset's pattern and the permission's scope, and the grant's time
+window over ``ts_event`` when it has one. A query outside the
 grants is an error naming the consumer and what is not granted, never an empty result: a table no grant
 covers, a literal exchange/symbol/interval the query asks for that no grant covers, and anything that
 reads past the views (files, table functions, other relations).
@@ -20,7 +21,7 @@ from sqlglot import exp
 from data_feed.access.patterns import WHOLE, Parts, split
 from data_feed.access.store import Grant
 from data_feed.query import Dialect, QueryError, _relation, session, to_duckdb
-from data_feed.schemas import LAKE_CHANNELS
+from data_feed.schemas import LAKE_CHANNELS, NS_PER_SECOND
 
 GRANTED_VIEW = "_granted_{}"
 SCOPED_COLUMNS = ("exchange", "symbol", "interval")
@@ -42,13 +43,24 @@ def _grant_parts(grant: Grant) -> list[Parts]:
     return [split(p) for p in (grant.pattern, grant.scope) if p != WHOLE]
 
 
+def _window(grant: Grant) -> list[str]:
+    """The grant's time window over exchange time (int64 ns ``ts_event``)."""
+    out = []
+    if grant.window_start is not None:
+        out.append(f"ts_event >= {int(grant.window_start.timestamp() * NS_PER_SECOND)}")
+    if grant.window_end is not None:
+        out.append(f"ts_event < {int(grant.window_end.timestamp() * NS_PER_SECOND)}")
+    return out
+
+
 def channel_filter(channel: str, grants: list[Grant]) -> str | None:
     """The WHERE of ``channel``'s granted view, or None if no grant covers that channel."""
     disjuncts = []
     for grant in grants:
         parts = _grant_parts(grant)
         if parts and all(_glob(p.channel, channel) for p in parts):
-            disjuncts.append("(" + " AND ".join(c for p in parts for c in _clauses(p)) + ")")
+            clauses = [c for p in parts for c in _clauses(p)] + _window(grant)
+            disjuncts.append("(" + " AND ".join(clauses) + ")")
     return " OR ".join(disjuncts) if disjuncts else None
 
 

@@ -75,6 +75,8 @@ class Grant:
     scope: str
     expires_at: datetime | None
     updated_at: datetime
+    window_start: datetime | None = None  # lake rows (ts_event) query --as may read: [start, end)
+    window_end: datetime | None = None
 
 
 def utc(value: datetime | None) -> datetime | None:
@@ -87,7 +89,7 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def migrate(engine: Engine) -> None:
+def migrate(engine: Engine, revision: str = "head") -> None:
     """Bring the permission table to the newest Alembic revision (once per engine URL and process)."""
     key = engine.url.render_as_string(hide_password=False)
     if key in _migrated:
@@ -100,7 +102,9 @@ def migrate(engine: Engine) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugin chatter; the outcome is logged below
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, revision)
+    if revision != "head":
+        return
     _migrated.add(key)
     LOG.info("access: permission table at the newest revision on %s", engine.url.render_as_string())
 
@@ -229,7 +233,8 @@ def datasets(engine: Engine) -> list[dict[str, Any]]:
 # -- permissions: the state machine ------------------------------------------------------------------------
 
 def transition(engine: Engine, consumer: str, dataset: str, to: Status, actor: str, reason: str = "",
-               scope: str | None = None, expires_at: datetime | None = None) -> None:
+               scope: str | None = None, expires_at: datetime | None = None,
+               window: tuple[datetime | None, datetime | None] = (None, None)) -> None:
     """Move (consumer, dataset)'s permission to ``to`` if ``TRANSITIONS`` allows it; audit it."""
     migrate(engine)
     with engine.begin() as conn:
@@ -241,7 +246,7 @@ def transition(engine: Engine, consumer: str, dataset: str, to: Status, actor: s
             allowed = ", ".join(sorted(TRANSITIONS[current])) or "none"
             raise AccessError(f"{consumer} on {dataset}: {current or 'no permission'} -> {to} is not allowed "
                               f"(from {current or 'no permission'}: {allowed})")
-        values = _changed_values(to, actor, scope, expires_at)
+        values = _changed_values(to, actor, scope, expires_at, window)
         if perm is None:
             values.setdefault("scope", WHOLE_DATASET)
             perm_id = conn.execute(sa.insert(PERMISSIONS).values(
@@ -255,7 +260,8 @@ def transition(engine: Engine, consumer: str, dataset: str, to: Status, actor: s
              f" ({reason})" if reason else "")
 
 
-def _changed_values(to: Status, actor: str, scope: str | None, expires_at: datetime | None) -> dict[str, Any]:
+def _changed_values(to: Status, actor: str, scope: str | None, expires_at: datetime | None,
+                    window: tuple[datetime | None, datetime | None]) -> dict[str, Any]:
     from data_feed.access.patterns import check_pattern
 
     values: dict[str, Any] = {"status": to.value, "updated_at": now()}
@@ -266,13 +272,15 @@ def _changed_values(to: Status, actor: str, scope: str | None, expires_at: datet
         values["scope"] = scope
     if to is Status.GRANTED:
         values["expires_at"] = expires_at
+        values["window_start"], values["window_end"] = window
     return values
 
 
 def permissions(engine: Engine, consumer: str | None = None) -> list[dict[str, Any]]:
     migrate(engine)
     query = (sa.select(CONSUMERS.c.name.label("consumer"), DATASETS.c.name.label("dataset"), PERMISSIONS.c.scope,
-                       PERMISSIONS.c.status, PERMISSIONS.c.expires_at, PERMISSIONS.c.decided_by,
+                       PERMISSIONS.c.status, PERMISSIONS.c.expires_at, PERMISSIONS.c.window_start,
+                       PERMISSIONS.c.window_end, PERMISSIONS.c.decided_by,
                        PERMISSIONS.c.requested_at, PERMISSIONS.c.updated_at)
              .join(CONSUMERS, CONSUMERS.c.id == PERMISSIONS.c.consumer_id)
              .join(DATASETS, DATASETS.c.id == PERMISSIONS.c.dataset_id)
@@ -321,15 +329,16 @@ class Snapshot:
 def snapshot(engine: Engine) -> Snapshot:
     migrate(engine)
     grant_query = (sa.select(CONSUMERS.c.name, DATASETS.c.name.label("dataset"), DATASETS.c.pattern,
-                             PERMISSIONS.c.scope, PERMISSIONS.c.expires_at, PERMISSIONS.c.updated_at)
+                             PERMISSIONS.c.scope, PERMISSIONS.c.expires_at, PERMISSIONS.c.updated_at,
+                             PERMISSIONS.c.window_start, PERMISSIONS.c.window_end)
                    .join(CONSUMERS, CONSUMERS.c.id == PERMISSIONS.c.consumer_id)
                    .join(DATASETS, DATASETS.c.id == PERMISSIONS.c.dataset_id)
                    .where(PERMISSIONS.c.status == Status.GRANTED.value))
     with engine.connect() as conn:
         rows = conn.execute(sa.select(CONSUMERS.c.name, CONSUMERS.c.public_key, CONSUMERS.c.disabled,
                                       CONSUMERS.c.updated_at)).all()
-        grants = tuple(Grant(r.name, r.dataset, r.pattern, r.scope, utc(r.expires_at), utc(r.updated_at) or now())
-                       for r in conn.execute(grant_query))
+        grants = tuple(Grant(r.name, r.dataset, r.pattern, r.scope, utc(r.expires_at), utc(r.updated_at) or now(),
+                             utc(r.window_start), utc(r.window_end)) for r in conn.execute(grant_query))
         sets = tuple(dict(r._mapping) for r in conn.execute(sa.select(DATASETS)))
         changes = conn.execute(sa.select(CONSUMERS.c.name, DATASETS.c.name.label("dataset"), PERMISSIONS.c.updated_at)
                                .join(CONSUMERS, CONSUMERS.c.id == PERMISSIONS.c.consumer_id)

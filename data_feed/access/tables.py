@@ -1,8 +1,9 @@
 """The permission table's schema: consumers, datasets, permissions and their append-only audit.
 
-One definition, used by the Alembic migrations (``data_feed/access/migrations``), the store and the
-gateway. Times are stored as UTC; backends that drop the zone (SQLite, MariaDB) give them back naive and
-``store.utc`` puts it back.
+One definition, used by the store and the gateway; the Alembic migrations
+(``data_feed/access/migrations/versions``) spell out each revision's change, so a database at any
+revision reaches this schema. Times are stored as UTC; backends that drop the zone (SQLite, MariaDB)
+give them back naive and ``store.utc`` puts it back.
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ PERMISSIONS = Table(
     Column("scope", String(PATTERN_LENGTH), nullable=False),
     Column("status", String(16), nullable=False),
     Column("expires_at", DateTime(timezone=True)),
+    # the lake rows query --as may read, by exchange time (ts_event) [start, end); null: unbounded (rev. 0002)
+    Column("window_start", DateTime(timezone=True)),
+    Column("window_end", DateTime(timezone=True)),
     Column("decided_by", String(NAME_LENGTH)),
     Column("requested_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 
 from data_feed.cli import app
 from tests.conftest import default_config_dict, make_config
-from tests.lakes import land, trade_rows
+from tests.lakes import T0, land, trade_rows
 
 runner = CliRunner()
 
@@ -123,3 +124,18 @@ def test_query_as_answers_granted_rows_only_and_refuses_the_rest(tmp_path: Path,
     assert code == 2 and "consumer carol has no GRANTED" in out
     code, out = query_as(cfg, "SELECT 1 FROM trades", "nobody")
     assert code == 2 and "unknown consumer 'nobody'" in out
+
+
+def test_query_as_keeps_to_the_grants_time_window(tmp_path: Path, lake: Path) -> None:
+    cfg = _config(tmp_path, lake)
+    access(cfg, "consumer", "add", "bob")
+    access(cfg, "dataset", "add", "binance-trades", "trades.BINANCE.*")
+    access(cfg, "request", "bob", "binance-trades")
+    start, end = (datetime.fromtimestamp(T0 + s, UTC).isoformat() for s in (0.0, 0.195))
+    code, out = access(cfg, "grant", "bob", "binance-trades", "--from", start, "--to", end)
+    assert code == 0, out
+    code, out = query_as(cfg, "SELECT symbol, count(*) AS n, min(ts_event) AS lo FROM trades GROUP BY 1 ORDER BY 1",
+                         "bob")
+    assert code == 0, out
+    assert out.strip().splitlines() == ["symbol,n,lo", f"BTC-USDT,20,{int(T0) * 10**9}",
+                                        f"ETH-USDT,20,{int(T0) * 10**9}"]

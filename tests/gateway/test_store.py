@@ -24,7 +24,19 @@ def test_first_use_applies_the_alembic_migration(access_engine: sa.Engine) -> No
     names = set(sa.inspect(access_engine).get_table_names())
     assert set(METADATA.tables) | {VERSION_TABLE} <= names
     with access_engine.connect() as conn:
-        assert conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == "0001"
+        assert conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == "0002"
+
+
+def test_a_database_at_revision_0001_is_upgraded_keeping_its_rows(access_engine: sa.Engine) -> None:
+    store.migrate(access_engine, "0001")
+    assert "window_start" not in {c["name"] for c in sa.inspect(access_engine).get_columns("permissions")}
+    with access_engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO datasets (name, pattern, description, preview_delay_seconds, "
+                             "preview_normalize, created_at) VALUES ('old', 'trades.*.*', '', 0, false, "
+                             "'2026-01-01 00:00:00')"))
+    store.migrate(access_engine)
+    assert "window_start" in {c["name"] for c in sa.inspect(access_engine).get_columns("permissions")}
+    assert [d["name"] for d in store.datasets(access_engine)] == ["old"]
 
 
 def test_only_legal_transitions_and_every_one_audited_with_who_and_when(access_engine: sa.Engine) -> None:
