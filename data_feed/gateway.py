@@ -7,7 +7,9 @@ How access is enforced, step by step:
 
 1. A handshake succeeds only for an enabled consumer's public key; the ZAP handler sets the connection's
    User-Id to the consumer's name.
-2. A consumer subscribes under its own prefix, ``c/<consumer>/features....`` (and ``c/<consumer>/control``).
+2. A consumer subscribes under its own prefix: ``c/<consumer>/features....`` by topic, ``c/<consumer>/@<dataset>/``
+   by dataset name, ``c/<consumer>/preview/features....`` for previews (``access.preview``), and
+   ``c/<consumer>/control``.
    With ``XPUB_MANUAL`` every subscription frame comes here first; its User-Id is read and a subscription
    outside the consumer's own prefix is refused (never applied). One inside it is applied: only the gateway
    publishes under that prefix, and only what is granted.
@@ -374,7 +376,7 @@ class Gateway:
             self.previewer.offer(topic, payload, spec, time.time())
 
     def flush_metrics(self) -> None:
-        """Deliveries per consumer into the counter (batched: one inc per consumer, not per batch)."""
+        """Deliveries per consumer into the counter: one inc per consumer and refresh, not per batch."""
         for name, n in self.delivered.items():
             metrics.GATEWAY_DELIVERIES.labels(name).inc(n)
         self.delivered.clear()
