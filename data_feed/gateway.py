@@ -292,9 +292,10 @@ class Gateway:
         if effective == self.effective:
             return
         for name, before in self.effective.items():
-            lost = [g for g in before if g not in effective.get(name, ())]
-            for grant in lost:
-                self._revoked(xpub, snap, name, grant, at)
+            kept = {g.dataset for g in effective.get(name, ())}  # a grant changed in place (its expiry) is kept
+            for grant in before:
+                if grant.dataset not in kept:
+                    self._revoked(xpub, snap, name, grant, at)
         self.effective = effective
         self._invalidate()
 
