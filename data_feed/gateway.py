@@ -296,6 +296,10 @@ class Gateway:
             for grant in before:
                 if grant.dataset not in kept:
                     self._revoked(xpub, snap, name, grant, at)
+        for name in self.subscriptions.keys() & effective.keys():
+            had = {g.dataset for g in self.effective.get(name, ())}
+            for grant in (g for g in effective[name] if g.dataset not in had):
+                self._control(xpub, name, {"type": "granted", "dataset": grant.dataset, "scope": grant.scope})
         self.effective = effective
         self._invalidate()
 

@@ -203,3 +203,13 @@ def test_subscribing_to_a_dataset_by_name_gives_its_granted_scope_and_an_ungrant
     assert got[0][2][0].symbol == "ETH-USDT"
     assert sorted(m["type"] for m in told) == ["denied", "subscribed"]
     assert next(m for m in told if m["type"] == "denied")["subscription"] == "@features-1s/"
+
+
+def test_a_grant_given_while_subscribed_starts_data_without_resubscribing(stack: Stack) -> None:
+    late = stack.client(stack.consumer("late"), on_control=lambda m: None)
+    late.subscribe("features.1s.BINANCE.*")
+    assert collect(late, 0.5) == []
+    store.transition(stack.engine, "late", "binance-1s", Status.REQUESTED, "late")
+    store.transition(stack.engine, "late", "binance-1s", Status.GRANTED, "boss")
+    wait_for(lambda: collect(late, 0.3), 10, "data once granted")
+    assert [m["type"] for m in late.control] == ["denied", "granted"]
