@@ -131,8 +131,34 @@ def scope_sql(sql: str, consumer: str, grants: list[Grant]) -> tuple[str, dict[s
         if not any(_value_granted(ch, column, value, grants) for ch in filters):
             raise QueryError(f"consumer {consumer} is not granted {column} = {value!r} in "
                              f"{', '.join(filters) or 'any table'}")
+    _check_time_bounds(tree, consumer, [g for g in grants if any(channel_filter(ch, [g]) for ch in filters)])
     _to_granted_views(tree, filters)
     return tree.sql("duckdb"), filters
+
+
+_LOWER, _UPPER = (exp.GT, exp.GTE), (exp.LT, exp.LTE)
+
+
+def _check_time_bounds(tree: exp.Expr, consumer: str, grants: list[Grant]) -> None:
+    """A query whose own ``ts_event`` bounds (int ns literals) lie outside every grant's window is refused."""
+    lo, hi = -(2**63), 2**63 - 1
+    for node in tree.find_all(*_LOWER, *_UPPER):
+        if not (isinstance(node.this, exp.Column) and node.this.name == "ts_event"
+                and isinstance(node.expression, exp.Literal) and not node.expression.is_string):
+            continue
+        value = int(float(node.expression.this))
+        if isinstance(node, _LOWER):
+            lo = max(lo, value)
+        else:
+            hi = min(hi, value)
+    for grant in grants:
+        start = int(grant.window_start.timestamp() * NS_PER_SECOND) if grant.window_start else -(2**63)
+        end = int(grant.window_end.timestamp() * NS_PER_SECOND) if grant.window_end else 2**63 - 1
+        if lo < end and hi >= start:
+            return
+    if grants:
+        raise QueryError(f"consumer {consumer} is not granted ts_event in [{lo}, {hi}]: outside every grant's "
+                         "time window")
 
 
 def _to_granted_views(tree: exp.Expr, filters: dict[str, str]) -> None:

@@ -139,3 +139,5 @@ def test_query_as_keeps_to_the_grants_time_window(tmp_path: Path, lake: Path) ->
     assert code == 0, out
     assert out.strip().splitlines() == ["symbol,n,lo", f"BTC-USDT,20,{int(T0) * 10**9}",
                                         f"ETH-USDT,20,{int(T0) * 10**9}"]
+    code, out = query_as(cfg, f"SELECT * FROM trades WHERE ts_event >= {int(T0 + 1) * 10**9}", "bob")
+    assert code != 0 and "consumer bob is not granted ts_event in" in out
