@@ -51,6 +51,27 @@ def endpoints(cfg: Config) -> tuple[str, str]:
     return publish, subscribe
 
 
+# The gateway's topics for signal consumers (``data_feed.gateway``, ``data_feed.client``): everything for a
+# consumer is under its own prefix c/<consumer>/: the features topics themselves, @<dataset>/<topic> (a
+# dataset by name), preview/<topic> (previews) and control (JSON notes: denied, granted, revoked).
+CONSUMER_PREFIX = "c/"
+CONTROL = "control"
+DATASET = "@"
+PREVIEW = "preview/"
+
+
+def consumer_topic(consumer: str, topic: str) -> bytes:
+    return f"{CONSUMER_PREFIX}{consumer}/{topic}".encode()
+
+
+def split_consumer_topic(topic: str) -> tuple[str, str] | None:
+    """(consumer, rest) of ``c/<consumer>/<rest>``, or None."""
+    if not topic.startswith(CONSUMER_PREFIX) or "/" not in topic[len(CONSUMER_PREFIX):]:
+        return None
+    consumer, rest = topic[len(CONSUMER_PREFIX):].split("/", 1)
+    return consumer, rest
+
+
 def market_topic(channel: str, exchange: str, symbol: str) -> bytes:
     return TOPIC_SEPARATOR.join((channel, exchange, symbol)).encode()
 

@@ -22,14 +22,12 @@ import msgpack
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from data_feed.bus import SEQUENCE, TOPIC_SEPARATOR
+from data_feed.bus import CONTROL, DATASET, PREVIEW, SEQUENCE, TOPIC_SEPARATOR, consumer_topic
 from data_feed.config import FEATURES_CHANNEL
 from data_feed.schemas import NS_PER_SECOND, batch_columns
 
 LOG = logging.getLogger("data_feed.client")
 
-CONTROL = "control"
-PREVIEW = "preview/"
 COLUMNS = batch_columns(FEATURES_CHANNEL)  # symbol, ts_event, ts_recv, interval, statistics..., complete
 VALUE_NAMES = COLUMNS[4:-1]
 WILDCARDS = "*?["
@@ -105,7 +103,7 @@ class Client:
         self.sock, self.monitor = self._connect()
 
     def _prefix(self, rest: str) -> bytes:
-        return f"c/{self.consumer}/{rest}".encode()
+        return consumer_topic(self.consumer, rest)
 
     def _connect(self) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
         sock: zmq.Socket[Any] = self.ctx.socket(zmq.SUB)
@@ -122,7 +120,7 @@ class Client:
     def subscribe(self, dataset_or_pattern: str) -> None:
         """Features of a dataset by name (``binance-1s``: what of it is granted), or whose topic matches a
         pattern (``features.1s.BINANCE.*``; a plain prefix also works)."""
-        pattern = dataset_or_pattern if TOPIC_SEPARATOR in dataset_or_pattern else f"@{dataset_or_pattern}/"
+        pattern = dataset_or_pattern if TOPIC_SEPARATOR in dataset_or_pattern else f"{DATASET}{dataset_or_pattern}/"
         self.patterns.append(pattern)
         self.sock.setsockopt(zmq.SUBSCRIBE, self._prefix(subscription_prefix(pattern)))
 
@@ -194,7 +192,7 @@ class Client:
             return None
         if len(frames) == 3:
             self._check_sequence(topic, frames[2])
-        bus_topic = topic.removeprefix(PREVIEW).split("/", 1)[1] if topic.startswith("@") else \
+        bus_topic = topic.removeprefix(PREVIEW).split("/", 1)[1] if topic.startswith(DATASET) else \
             topic.removeprefix(PREVIEW)
         return topic, decode_slices(bus_topic, frames[1])
 

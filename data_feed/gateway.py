@@ -44,33 +44,28 @@ from zmq.utils.monitor import recv_monitor_message
 from data_feed import metrics
 from data_feed.access import store
 from data_feed.access.patterns import covered, may_overlap
-from data_feed.access.preview import PREVIEW, Previewer, PreviewSpec, spec_for, specs
+from data_feed.access.preview import Previewer, PreviewSpec, spec_for, specs
 from data_feed.access.store import Grant, Snapshot
 from data_feed.access.zap import Refresher, ZapHandler, server_keys
-from data_feed.bus import Subscriber, channel_prefix, endpoints
+from data_feed.bus import (
+    CONSUMER_PREFIX,
+    CONTROL,
+    DATASET,
+    PREVIEW,
+    Subscriber,
+    channel_prefix,
+    consumer_topic,
+    endpoints,
+    split_consumer_topic,
+)
 from data_feed.config import FEATURES_CHANNEL, Config
 
 LOG = logging.getLogger("data_feed.gateway")
 
-CONSUMER_PREFIX = "c/"
-CONTROL = "control"
-DATASET = "@"  # c/<consumer>/@<dataset>/: that dataset's granted topics, by name
 POLL_MS = 20
 START_TIMEOUT_SECONDS = 10.0
 SUBSCRIBE, UNSUBSCRIBE = 1, 0
 HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-
-
-def consumer_topic(consumer: str, topic: str) -> bytes:
-    return f"{CONSUMER_PREFIX}{consumer}/{topic}".encode()
-
-
-def split_consumer_topic(topic: str) -> tuple[str, str] | None:
-    """(consumer, rest) of ``c/<consumer>/<rest>``, or None."""
-    if not topic.startswith(CONSUMER_PREFIX) or "/" not in topic[len(CONSUMER_PREFIX):]:
-        return None
-    consumer, rest = topic[len(CONSUMER_PREFIX):].split("/", 1)
-    return consumer, rest
 
 
 class Gateway:

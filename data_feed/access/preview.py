@@ -21,7 +21,6 @@ from data_feed.access.patterns import covered
 from data_feed.config import FEATURES_CHANNEL
 from data_feed.schemas import batch_columns
 
-PREVIEW = "preview/"
 COLUMNS = batch_columns(FEATURES_CHANNEL)
 PRICES = frozenset({"open", "high", "low", "close", "vwap", "twap_mid", "microprice"})
 KEPT = PRICES | {"symbol", "ts_event", "ts_recv", "interval", "trade_count", "book_updates", "mean_spread_bps",
