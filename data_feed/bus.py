@@ -51,6 +51,27 @@ def endpoints(cfg: Config) -> tuple[str, str]:
     return publish, subscribe
 
 
+# The gateway's topics for signal consumers (``data_feed.gateway``, ``data_feed.client``): everything for a
+# consumer is under its own prefix c/<consumer>/: the features topics themselves, @<dataset>/<topic> (a
+# dataset by name), preview/<topic> (previews) and control (JSON notes: denied, granted, revoked).
+CONSUMER_PREFIX = "c/"
+CONTROL = "control"
+DATASET = "@"
+PREVIEW = "preview/"
+
+
+def consumer_topic(consumer: str, topic: str) -> bytes:
+    return f"{CONSUMER_PREFIX}{consumer}/{topic}".encode()
+
+
+def split_consumer_topic(topic: str) -> tuple[str, str] | None:
+    """(consumer, rest) of ``c/<consumer>/<rest>``, or None."""
+    if not topic.startswith(CONSUMER_PREFIX) or "/" not in topic[len(CONSUMER_PREFIX):]:
+        return None
+    consumer, rest = topic[len(CONSUMER_PREFIX):].split("/", 1)
+    return consumer, rest
+
+
 def market_topic(channel: str, exchange: str, symbol: str) -> bytes:
     return TOPIC_SEPARATOR.join((channel, exchange, symbol)).encode()
 
@@ -162,6 +183,7 @@ class Subscriber:
         self.missing = 0
         self.started_ns = time.time_ns()  # a publisher started after this whose first batch is not 1 lost some
         self.on_loss: Callable[[bytes, int], None] | None = None  # (topic, batches lost): e.g. mark slices
+        self.last_sequence = b""  # the sequence frame of the batch recv() returned last (the gateway passes it on)
 
     def recv(self, timeout_ms: int) -> tuple[bytes, bytes] | None:
         """(topic, payload) of the next batch, or None after ``timeout_ms`` without one."""
@@ -172,6 +194,7 @@ class Subscriber:
             raise ValueError(f"bus message with {len(frames)} frames, expected topic, payload, sequence")
         topic, payload, seq_frame = frames
         self._check_sequence(topic, *SEQUENCE.unpack(seq_frame))
+        self.last_sequence = seq_frame
         return topic, payload
 
     def _check_sequence(self, topic: bytes, publisher: int, publisher_started_ns: int, seq: int) -> None:

@@ -324,6 +324,9 @@ def query(
     config: ConfigOpt = None,
     live: Annotated[bool, typer.Option("--live", help="also the records still in the running pipeline's cache "
                                        "(open slices): data within a second of its arrival")] = False,
+    as_consumer: Annotated[str | None, typer.Option("--as", help="only the lake tables and rows this consumer "
+                                                    "is granted (data-feed access); anything else is an error")]
+    = None,
 ) -> None:
     """Run SQL over the lake with DuckDB, or on Athena."""
     from data_feed.catalog import NoLake
@@ -332,7 +335,10 @@ def query(
     from data_feed.query import QueryError
 
     try:
-        table = _query(sql, lake, engine, dialect, config, live)
+        if as_consumer is not None:
+            table = _query_as(sql, lake, engine, dialect, config, live, as_consumer)
+        else:
+            table = _query(sql, lake, engine, dialect, config, live)
     except (NoLake, NoCache) as err:
         fail(str(err), EXIT_USAGE)
     except QueryError as err:
@@ -360,6 +366,30 @@ def _query(sql: str, lake: Path | None, engine: Engine, dialect: Engine | None, 
         fail("--live reads a local lake with the cache in front of it; lake.s3 is set", EXIT_USAGE)
     return query_table(root, sql, "athena" if dialect is Engine.athena else "duckdb",
                        s3=cfg.lake.s3 if cfg and not live else None, live=cfg if live else None)
+
+
+def _query_as(sql: str, lake: Path | None, engine: Engine, dialect: Engine | None, config: Path | None,
+              live: bool, consumer: str) -> Any:
+    """The result of ``sql`` over ``consumer``'s granted rows of the local lake."""
+    from data_feed.access import store
+    from data_feed.access.lake import query_table_as
+    from data_feed.db import make_engine
+
+    cfg = load_config_or_exit(config)
+    if engine is Engine.athena or live or (lake is None and cfg.lake.s3 is not None):
+        fail("--as reads a local lake with DuckDB (no --engine athena, --live or lake.s3)", EXIT_USAGE)
+    db = make_engine(cfg.database.url)
+    try:
+        grants = store.entitlements(db, consumer)
+    except store.AccessError as err:
+        fail(str(err), EXIT_USAGE)
+    finally:
+        db.dispose()
+    if not grants:
+        fail(f"consumer {consumer} has no GRANTED, unexpired permission (data-feed access list --consumer "
+             f"{consumer})", EXIT_USAGE)
+    return query_table_as(lake or Path(cfg.lake.root), sql, consumer, grants,
+                          "athena" if dialect is Engine.athena else "duckdb")
 
 
 @app.command()
@@ -400,6 +430,14 @@ def book(
     note = f"book as of {format_instant(view.as_of_ns)}, {format_age(at_ns - view.as_of_ns)} before the requested time"
     typer.echo(note + (" (the lake's l2_book data for it ends there)" if view.beyond_data else ""))
 
+
+def _add_access_app() -> None:
+    from data_feed.access.cli import app as access_app
+
+    app.add_typer(access_app, name="access", help="Signal access: consumers, datasets, permissions, audit.")
+
+
+_add_access_app()
 
 lake_app = typer.Typer(no_args_is_help=True, help="Lake maintenance: compaction, retention, catalog repair.")
 app.add_typer(lake_app, name="lake")

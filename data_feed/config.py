@@ -274,6 +274,21 @@ class FeaturizerConfig(_Frozen):
         return value
 
 
+class GatewayConfig(_Frozen):
+    """Signal access: the gateway re-publishes the bus's features to consumers the permission table entitles,
+    over CURVE-encrypted, ZAP-authenticated ZMQ (``data_feed.gateway``)."""
+
+    enabled: bool = Field(default=False, description="the spawner runs the gateway role (needs bus.enabled)")
+    endpoint: str = Field(default="tcp://127.0.0.1:5598", description="where consumers connect (XPUB, CURVE server)")
+    server_key_file: str | None = Field(default=None, description="the gateway's CURVE key pair (Z85, created at "
+                                        "the first start, mode 0600); null = spawner.run_dir/gateway.key")
+    zap_domain: str = Field(default="data-feed", min_length=1, description="ZAP domain; handshakes in another "
+                            "domain are refused")
+    refresh_seconds: float = Field(default=0.25, gt=0, le=1.0, description="how often the permission table is "
+                                   "re-read: revocation, expiry and disabling take effect within this")
+    high_water_mark: int = Field(default=10_000, gt=0, description="batches queued per consumer before ZMQ drops")
+
+
 class Config(_Frozen):
     exchanges: dict[str, ExchangeConfig] = Field(min_length=1)
     redis: RedisConfig = RedisConfig()
@@ -286,11 +301,14 @@ class Config(_Frozen):
     bus: BusConfig = BusConfig()
     featurizer: FeaturizerConfig = FeaturizerConfig()
     aggregator: AggregatorConfig = AggregatorConfig()
+    gateway: GatewayConfig = GatewayConfig()
 
     @model_validator(mode="after")
     def _featurizer_needs_bus(self) -> Config:
         if self.featurizer.enabled and not self.bus.enabled:
             raise ValueError("featurizer.enabled needs bus.enabled")
+        if self.gateway.enabled and not self.bus.enabled:
+            raise ValueError("gateway.enabled needs bus.enabled")
         return self
 
     @field_validator("exchanges")
@@ -316,6 +334,9 @@ class Config(_Frozen):
         """(https base, wss base) collectors reach the simulator at (``simulator.public_host`` and ``port``)."""
         where = f"{self.simulator.public_host}:{self.simulator.port}"
         return f"https://{where}", f"wss://{where}"
+
+    def gateway_key_file(self) -> Path:
+        return Path(self.gateway.server_key_file or Path(self.spawner.run_dir) / "gateway.key")
 
     def spill_root(self) -> Path:
         """Where writer processes keep batches Redis could not take (``redis.spill_dir``)."""

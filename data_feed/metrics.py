@@ -115,6 +115,24 @@ FEATURE_FRAME_LATENCY = Histogram(
     "From the receipt of the newest record read when a slice closed (the frame that closed it) to its publication",
     ["exchange", "interval"], buckets=FEATURE_LATENCY_BUCKETS)
 
+# The gateway (signal access): who is connected, what each consumer got, what was refused
+GATEWAY_CONNECTED = Gauge("data_feed_gateway_connected_consumers", "Consumers with a CURVE connection to the gateway",
+                          [], multiprocess_mode="livemax")
+GATEWAY_DELIVERIES = Counter("data_feed_gateway_deliveries_total", "Feature batches sent to a consumer", ["consumer"])
+GATEWAY_DENIALS = Counter("data_feed_gateway_denials_total",
+                          "Subscriptions refused or narrowed (each told on the consumer's control topic)",
+                          ["consumer"])
+GATEWAY_HANDSHAKE_FAILURES = Counter("data_feed_gateway_handshake_failures_total",
+                                     "CURVE handshakes refused by the ZAP handler (unknown or disabled key, domain)",
+                                     ["reason"])
+GATEWAY_REVOCATIONS = Counter("data_feed_gateway_revocations_total",
+                              "Entitlements a consumer lost on a live connection (revoked, expired, disabled)",
+                              ["consumer"])
+GATEWAY_REVOCATION_LAG = Histogram(
+    "data_feed_gateway_revocation_to_last_delivery_seconds",
+    "From a revocation (its time in the permission table) to the consumer's last delivery before the gateway "
+    "applied it", buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0))
+
 # The deployment's bounds, so that alert rules compare with them instead of repeating the config
 WATCHDOG_SECONDS = Gauge("data_feed_exchange_watchdog_seconds", "exchanges.<ID>.watchdog_seconds", ["exchange"],
                          multiprocess_mode="livemax")

@@ -1,10 +1,11 @@
 """Every role as a process of its own: ``data-feed role ROLE [ARG] --config FILE``.
 
-Roles: ``simulator``, ``bus`` (the ZMQ proxy), ``collector EXCHANGE``, ``aggregator [--shard I]`` and
-``featurizer``. Each reads the one YAML config, reaches Redis at ``redis.url`` and the bus at
-``bus.publish_endpoint`` / ``bus.subscribe_endpoint``, serves ``/health`` and ``/metrics`` on
-``--http-port`` (``data_feed.status``), stops cleanly on SIGTERM and exits non-zero on a fatal error, so
-any supervisor (docker-compose, Kubernetes, the spawner) can restart it. The spawner runs these same
+Roles: ``simulator``, ``bus`` (the ZMQ proxy), ``collector EXCHANGE``, ``aggregator [--shard I]``,
+``featurizer`` and ``gateway`` (signal access, ``data_feed.gateway``). Each reads the one YAML config,
+reaches Redis at ``redis.url`` and the bus at ``bus.publish_endpoint`` / ``bus.subscribe_endpoint``,
+serves ``/health`` and ``/metrics`` on ``--http-port`` (``data_feed.status``), stops cleanly on SIGTERM
+and exits non-zero on a fatal error, so any supervisor (docker-compose, Kubernetes, the spawner) can
+restart it. The spawner runs these same
 commands, with a config it derived from the user's: the private Redis's URL, the simulator's port.
 """
 
@@ -23,7 +24,7 @@ from data_feed.exits import EXIT_FAILED, EXIT_USAGE
 from data_feed.logs import setup_logging
 from data_feed.status import RoleStatus
 
-ROLES = ("simulator", "bus", "collector", "aggregator", "featurizer")
+ROLES = ("simulator", "bus", "collector", "aggregator", "featurizer", "gateway")
 NEEDS_REDIS = ("collector", "aggregator", "featurizer")
 
 LOG = logging.getLogger("data_feed")
@@ -58,7 +59,7 @@ def check(args: argparse.Namespace, cfg: Config) -> str | None:
     if args.role == "aggregator" and not 0 <= args.shard < cfg.aggregator.shards:
         last = cfg.aggregator.shards - 1
         return f"--shard {args.shard}: aggregator.shards is {cfg.aggregator.shards} (shards 0 to {last})"
-    if args.role in ("bus", "featurizer") and not cfg.bus.enabled:
+    if args.role in ("bus", "featurizer", "gateway") and not cfg.bus.enabled:
         return f"{args.role}: bus.enabled is false"
     return None
 
@@ -110,6 +111,10 @@ def run(args: argparse.Namespace, cfg: Config, status: RoleStatus) -> None:
         from featurizer.role import run as run_featurizer
 
         run_featurizer(cfg, status)
+    elif args.role == "gateway":
+        from data_feed.gateway import run as run_gateway
+
+        run_gateway(cfg, status)
     else:
         from data_feed.aggregator import run as run_aggregator
 

@@ -128,6 +128,8 @@ class Spawner:
             self._launch(self._add_role("aggregator", shard=shard))
         if self.cfg.featurizer.enabled:
             self._start_and_wait(self._add_role("featurizer"))  # subscribed before the first batch is sent
+        if self.cfg.gateway.enabled:
+            self._start_and_wait(self._add_role("gateway"))
         for exchange in self.cfg.exchanges:
             self._launch(self._add_role("collector", exchange))
         metrics.export_known(self.cfg, [*self.roles, *(["redis"] if self.redis is not None else [])])
@@ -286,6 +288,7 @@ class Spawner:
             ("pause the simulator", (lambda: sim.pause_and_catch_up(self.run_dir.sim_dir)) if sim else None),
             ("stop the collectors", lambda: self._stop_roles(self._named("collector"), together=True)),
             ("stop the featurizer", lambda: self._stop_roles(self._named("featurizer"))),
+            ("stop the gateway", lambda: self._stop_roles(self._named("gateway"))),
             ("stop the aggregators", lambda: self._stop_roles(self._named("aggregator"), together=True)),
             ("stop the simulator and the bus", lambda: self._stop_roles(self._named("simulator", "bus"))),
             ("kill what is left", self._kill_survivors),
