@@ -201,7 +201,9 @@ def test_subscribing_to_a_dataset_by_name_gives_its_granted_scope_and_an_ungrant
     got = wait_for(lambda: collect(alice, 0.5), 10, "alice's dataset batches")
     assert {topic for _, topic, _ in got} == {"@binance-1s/features.1s.BINANCE.ETH-USDT"}
     assert got[0][2][0].symbol == "ETH-USDT"
-    assert sorted(m["type"] for m in told) == ["denied", "subscribed"]
+    # a "granted" note too when the gateway's snapshot (refreshed every 0.25 s) took in the new grant only after
+    # alice subscribed: correct either way, so not counted
+    assert sorted(m["type"] for m in told if m["type"] != "granted") == ["denied", "subscribed"]
     assert next(m for m in told if m["type"] == "denied")["subscription"] == "@features-1s/"
 
 
