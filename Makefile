@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-chaos lint bench clean dashboards dashboards-check
+.PHONY: install run test test-chaos lint bench clean dashboards dashboards-check lock
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,3 +46,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .data-feed lake build *.egg-info
+
+## lock: regenerate requirements.lock (the Docker images' pinned dependencies) from the current venv
+lock: $(STAMP)
+	$(BIN)/pip freeze --exclude-editable > requirements.lock
