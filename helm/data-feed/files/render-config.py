@@ -1,8 +1,8 @@
 """The config init container of every data-feed pod: ``python render-config.py SOURCE TARGET [--set KEY=VALUE]
-[--set-env KEY=ENVVAR]``.
+[--set-file KEY=PATH]``.
 
 Reads the chart's config (the ConfigMap), sets this pod's own keys (the bus binds where the others connect)
-and the URLs that come from Secrets (so no secret is ever in a ConfigMap), validates the result with
+and the URLs that come from Secrets mounted as files (so no secret is ever in a ConfigMap or the environment), validates the result with
 data-feed's own ``load_config`` and writes it where the role reads it. A config the program rejects stops
 the pod here, with every bad key named, before the role starts.
 """
@@ -10,7 +10,6 @@ the pod here, with every bad key named, before the role starts.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,12 +29,16 @@ def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def overrides(sets: list[str], set_envs: list[str]) -> dict[str, Any]:
+def overrides(sets: list[str], set_files: list[str]) -> dict[str, Any]:
     found: dict[str, Any] = dict(_pairs(sets, "--set"))
-    for key, env in _pairs(set_envs, "--set-env"):
-        if not os.environ.get(env):
-            raise SystemExit(f"error: {key}: environment variable {env} is empty or unset (its Secret?)")
-        found[key] = os.environ[env]
+    for key, path in _pairs(set_files, "--set-file"):
+        try:
+            value = Path(path).read_text().strip()
+        except OSError as err:
+            raise SystemExit(f"error: {key}: cannot read {path} (its Secret?): {err.strerror}") from None
+        if not value:
+            raise SystemExit(f"error: {key}: {path} is empty (its Secret?)")
+        found[key] = value
     return found
 
 
@@ -44,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", type=Path)
     parser.add_argument("target", type=Path)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--set-env", action="append", default=[], metavar="KEY=ENVVAR")
+    parser.add_argument("--set-file", action="append", default=[], metavar="KEY=PATH")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.source, overrides(args.set, args.set_env))
+        cfg = load_config(args.source, overrides(args.set, args.set_file))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
