@@ -268,6 +268,23 @@ def test_chart_copies_and_values_schema_equal_what_the_code_generates(tmp_path: 
     assert "values.schema.json" in result.stderr and "alerts.yaml" in result.stderr
 
 
+def _value_paths(node: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    """Every chart value's dotted path in the values schema (resources, config: and exchangeDefaults: whole)."""
+    properties = node.get("properties")
+    if not properties or prefix.rsplit(".", 1)[-1] in ("resources", "config", "exchangeDefaults"):
+        yield prefix
+        return
+    for key, child in properties.items():
+        yield from _value_paths(child, f"{prefix}.{key}" if prefix else key)
+
+
+def test_chart_readme_documents_every_value() -> None:
+    readme = (CHART / "README.md").read_text()
+    paths = list(_value_paths(json.loads((CHART / "values.schema.json").read_text())))
+    assert len(paths) > 50
+    assert [p for p in paths if f"| `{p}` |" not in readme] == []
+
+
 def test_service_account_carries_the_irsa_role_and_every_pod_uses_it(rendered: dict[str, str]) -> None:
     docs = _docs(rendered["all-flags-on"])
     (account,) = _kind(docs, "ServiceAccount")
@@ -380,7 +397,7 @@ def test_config_init_container_fills_secrets_and_each_pods_own_keys(
 def test_config_init_container_stops_the_pod_when_its_secret_is_empty(
         rendered: dict[str, str], tmp_path: Path) -> None:
     docs = _docs(rendered["external-redis"])
-    with pytest.raises(AssertionError, match="redis.url: .* is empty"):
+    with pytest.raises(AssertionError, match=r"redis\.url: .* is empty"):
         _init_config(_component(docs, "collector")[0], docs, tmp_path, {"data-feed-redis": ""})
 
 

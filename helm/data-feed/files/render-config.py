@@ -2,8 +2,9 @@
 [--set-file KEY=PATH]``.
 
 Reads the chart's config (the ConfigMap), sets this pod's own keys (the bus binds where the others connect)
-and the URLs that come from Secrets mounted as files (so no secret is ever in a ConfigMap or the environment), validates the result with
-data-feed's own ``load_config`` and writes it where the role reads it. A config the program rejects stops
+and the URLs that come from Secrets mounted as files (so no secret is ever in a ConfigMap or the
+environment), validates the result with data-feed's own ``load_config`` and writes it where the role
+reads it. A config the program rejects stops
 the pod here, with every bad key named, before the role starts.
 """
 
