@@ -344,8 +344,9 @@ def test_external_redis_url_goes_straight_into_the_config(tmp_path: Path) -> Non
     assert not _component(docs, "redis")
 
 
-def _init_config(doc: dict[str, Any], docs: Docs, tmp: Path, secrets: dict[str, str]) -> Path:
-    """Run the pod's config init container's command here: the ConfigMap and Secret files laid under tmp."""
+def _init_config(doc: dict[str, Any], docs: Docs, tmp: Path, secrets: dict[str, str], *extra: str) -> Path:
+    """Run the pod's config init container's command here: the ConfigMap and Secret files laid under tmp;
+    ``extra`` arguments appended."""
     pod = _pod(doc)
     (init,) = pod["initContainers"]
     data = _config_map(docs)
@@ -362,7 +363,7 @@ def _init_config(doc: dict[str, Any], docs: Docs, tmp: Path, secrets: dict[str, 
     command = [arg.replace("/etc/data-feed/", f"{etc}/").replace(RENDERED_CONFIG, str(out))
                .replace("/run/secrets/data-feed/", f"{tmp}/") for arg in init["command"]]
     assert command[0] == "python"
-    result = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, *command[1:], *extra], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return out
 
@@ -414,8 +415,11 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def _http_ok(url: str) -> Callable[[], bool]:
+def _http_ok(url: str, proc: subprocess.Popen[str] | None = None) -> Callable[[], bool]:
+    """True once ``url`` answers 200, or once ``proc`` has exited (the caller then says why)."""
     def check() -> bool:
+        if proc is not None and proc.poll() is not None:
+            return True
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 return bool(response.status == 200)
@@ -424,18 +428,24 @@ def _http_ok(url: str) -> Callable[[], bool]:
     return check
 
 
+Start = Callable[..., subprocess.Popen[str]]
+
+
 @pytest.fixture()
-def process() -> Iterator[Callable[[list[str]], subprocess.Popen[str]]]:
+def process(tmp_path: Path) -> Iterator[Start]:
+    """``start(argv, name, cwd=None)``: a process logging to tmp_path/NAME.log, terminated at the end."""
     started: list[subprocess.Popen[str]] = []
 
-    def start(argv: list[str]) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    def start(argv: list[str], name: str, cwd: Path | None = None) -> subprocess.Popen[str]:
+        with (tmp_path / f"{name}.log").open("w") as log:
+            proc = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, text=True)
         started.append(proc)
         return proc
 
     yield start
     for proc in started:
         proc.terminate()
+    for proc in started:
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -444,13 +454,13 @@ def process() -> Iterator[Callable[[list[str]], subprocess.Popen[str]]]:
 
 
 def test_bus_pod_binds_the_ports_its_service_targets_and_passes_messages(
-        tmp_path: Path, process: Callable[[list[str]], subprocess.Popen[str]]) -> None:
+        tmp_path: Path, process: Start) -> None:
     pub, sub, http = _free_ports(3)
     docs = _render("--set", f"bus.publishPort={pub}", "--set", f"bus.subscribePort={sub}", "--set", f"httpPort={http}")
     (bus,) = _component(docs, "bus")
     config = _init_config(bus, docs, tmp_path, {})
     args = [str(config) if a == RENDERED_CONFIG else a for a in _pod(bus)["containers"][0]["args"]]
-    proc = process([str(ROOT / ".venv" / "bin" / "data-feed"), *args])
+    proc = process([str(ROOT / ".venv" / "bin" / "data-feed"), *args], "bus")
     wait_for(_http_ok(f"http://127.0.0.1:{http}/health"), 60, "the bus role's /health")
     ctx = zmq.Context()
     try:
@@ -471,8 +481,42 @@ def test_bus_pod_binds_the_ports_its_service_targets_and_passes_messages(
     assert proc.poll() is None
 
 
+def test_every_pod_but_the_collectors_starts_from_the_charts_config_and_reports_ok(
+        tmp_path: Path, redis_url: str, process: Start) -> None:
+    """The bus, aggregator, featurizer and gateway pods' init and main containers, run here against a real
+    Redis (collectors are left out: they dial live exchanges). Stand-ins for what Kubernetes provides: the
+    run dir and /data emptyDirs are directories under tmp, the bus Service's name is 127.0.0.1, and each pod
+    gets its own http port (pods have their own IPs)."""
+    pub, sub, gateway, *http = _free_ports(7)
+    docs = _render("--set", f"redis.external.url={redis_url}", "--set", f"bus.publishPort={pub}",
+                   "--set", f"bus.subscribePort={sub}", "--set", "gateway.enabled=true",
+                   "--set", f"gateway.port={gateway}", "--set", "aggregator.shards=2")
+    pods = [d for d in _kind(docs, "Deployment")
+            if d["metadata"]["labels"]["app.kubernetes.io/component"] != "collector"]
+    assert [d["metadata"]["name"] for d in pods] == ["t-bus", "t-aggregator-0", "t-aggregator-1", "t-featurizer",
+                                                     "t-gateway"]
+    health = []
+    for doc, port in zip(pods, http, strict=False):
+        name = doc["metadata"]["name"]
+        (tmp_path / name).mkdir()
+        stand_ins = ["--set", f"spawner.run_dir={tmp_path / name / 'run'}"]
+        if name != "t-bus":
+            stand_ins += ["--set", f"bus.publish_endpoint=tcp://127.0.0.1:{pub}",
+                          "--set", f"bus.subscribe_endpoint=tcp://127.0.0.1:{sub}"]
+        config = _init_config(doc, docs, tmp_path / name, {}, *stand_ins)
+        args = [str(config) if a == RENDERED_CONFIG else a for a in _pod(doc)["containers"][0]["args"]]
+        args[args.index("--http-port") + 1] = str(port)
+        proc = process([str(ROOT / ".venv" / "bin" / "data-feed"), *args], name, cwd=tmp_path / name)
+        health.append((name, port, proc))
+    for name, port, proc in health:
+        wait_for(_http_ok(f"http://127.0.0.1:{port}/health", proc), 180, f"{name}'s /health")
+        assert proc.poll() is None, (tmp_path / f"{name}.log").read_text()[-3000:]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+            assert json.load(response)["status"] == "ok", name
+
+
 def test_redis_statefulset_arguments_start_redis_append_only(
-        rendered: dict[str, str], tmp_path: Path, process: Callable[[list[str]], subprocess.Popen[str]]) -> None:
+        rendered: dict[str, str], tmp_path: Path, process: Start) -> None:
     (stateful,) = _kind(_docs(rendered["default"]), "StatefulSet")
     assert stateful["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
     (container,) = _pod(stateful)["containers"]
@@ -480,7 +524,7 @@ def test_redis_statefulset_arguments_start_redis_append_only(
     (port,) = _free_ports(1)
     args = [str(tmp_path) if a == "/data" else str(port) if a == "6379" else a for a in container["args"]]
     assert args[0] == "redis-server"
-    process([shutil.which("redis-server") or "redis-server", *args[1:], "--bind", "127.0.0.1"])
+    process([shutil.which("redis-server") or "redis-server", *args[1:], "--bind", "127.0.0.1"], "redis")
     client = redis.Redis(port=port)
 
     def pong() -> bool:
