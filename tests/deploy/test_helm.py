@@ -8,6 +8,7 @@ and rendered once per module; the tests read the rendered objects back.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -540,16 +541,28 @@ def test_redis_statefulset_arguments_start_redis_append_only(
 # -- checkov ------------------------------------------------------------------------------------------------------
 
 
-def test_checkov_passes_on_every_rendered_value_set_with_reasoned_skips(
+def test_checkov_passes_on_the_chart_and_every_rendered_value_set_with_reasoned_skips(
         rendered: dict[str, str], tmp_path: Path) -> None:
+    """checkov's helm framework on the chart (its own render: default values; chart-wide skips in the
+    commented helm/data-feed/.checkov.yaml) and its kubernetes framework on each value set's render; both
+    at once, they take most of this file's time."""
     for name, text in rendered.items():
         (tmp_path / f"{name}.yaml").write_text(text)
-    result = subprocess.run([tool("checkov"), "-d", str(tmp_path), "--framework", "kubernetes", "--quiet",
-                             "--compact"], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    env = dict(os.environ, PATH=f"{Path(tool('helm')).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    runs = {framework: subprocess.Popen([tool("checkov"), "-d", str(target), "--framework", framework, "--quiet",
+                                         "--compact"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        env=env)
+            for framework, target in (("helm", CHART), ("kubernetes", tmp_path))}
+    for framework, proc in runs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"{framework}: {out[-4000:]}{err[-2000:]}"
+        assert "Failed checks: 0" in out and "Passed checks: " in out, framework
     skips = [(key, value) for text in rendered.values() for doc in _docs(text)
              for key, value in (doc["metadata"].get("annotations") or {}).items() if key.startswith("checkov.io/skip")]
     assert skips
     for key, value in skips:
         check, _, reason = value.partition("=")
         assert check.startswith("CKV_K8S_") and len(reason) > 40, (key, value)
+    chart_wide = yaml.safe_load((CHART / ".checkov.yaml").read_text())["skip-check"]
+    commented = (CHART / ".checkov.yaml").read_text()
+    assert all(f"# {check} " in commented for check in chart_wide)
