@@ -13,8 +13,11 @@ Cost per record is measured at the margin: each point runs twice, for
 whole process tree (``getrusage(RUSAGE_CHILDREN)`` across the run: the spawner
 reaps every role and the private redis-server, so their time is included) and
 the rows landed in the lake (trades + l2_book parquet, read back) are differenced
-between the two runs. Start-up (imports, TLS, snapshots) and shutdown cancel out,
-leaving what each further second of data costs. CPU time, unlike wall time, does
+between the two runs. A least-squares line through the points splits the cost into
+a fixed part (CPU cores the pipeline's loops take with any data) and a per-record
+part; the fixed part is why CPU per record falls as feeds are added. Start-up
+(imports, TLS, snapshots) and shutdown cancel out, leaving what each further
+second of data costs. CPU time, unlike wall time, does
 not shrink when the machine is busy, but cache contention can still move it:
 ``--rounds`` repeats the curve, interleaved, and takes each point's median.
 
@@ -159,6 +162,12 @@ def main(argv: list[str] | None = None) -> None:
         spread = [f"{p.cpu_per_record_us:.1f}" for p in results[n]]
         print(f"{n:>5} {len(feeds(n)):>9} {rate:>11,.0f} {cores:>9.2f} {per:>14.1f} {per / base:>8.2f}"
               f"   rounds: {', '.join(spread)}")
+    if len(points) >= 2:  # cores = fixed + per-record cost x rate: what a second of the pipeline costs with no data
+        rates = [statistics.median(p.records_per_s for p in results[n]) for n in points]
+        cores = [statistics.median(p.cpu_cores for p in results[n]) for n in points]
+        slope, fixed = statistics.linear_regression(rates, cores)
+        print(f"least squares over the points: {fixed:.2f} CPU cores fixed (every role's own loops) + "
+              f"{slope * 1e6:.1f} us CPU per record landed")
     last = points[-1]
     print(f"RESULT scale_records_per_s_{last}x {statistics.median(p.records_per_s for p in results[last]):.0f}")
     print(f"RESULT scale_cpu_per_record_{last}x "
