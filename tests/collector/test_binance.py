@@ -156,3 +156,17 @@ def test_a_slow_snapshot_is_a_slow_snapshot_row_and_the_book_still_comes() -> No
             await f.http_conn.close()
 
     run(scenario)
+
+
+def test_an_update_already_applied_is_skipped_without_a_gap() -> None:
+    async def scenario() -> None:
+        async with rest_server(snapshots({"BTCUSDT": 100, "ETHUSDT": 200})) as server:
+            f, got, gaps = feed_at(server)
+            conn = Conn("c", {"depth": ["BTCUSDT"]})
+            await f.message_handler(depth("BTCUSDT", 101, 103), conn, 1.0)
+            await f.message_handler(depth("BTCUSDT", 104, 105), conn, 1.1)
+            await f.message_handler(depth("BTCUSDT", 101, 103), conn, 1.2)  # again, from before
+            assert gaps.rows == [] and len(got[L2_BOOK]) == 3 and len(server.requests) == 1
+            await f.http_conn.close()
+
+    run(scenario)
