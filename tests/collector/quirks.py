@@ -32,10 +32,15 @@ class Conn:
         self.subscription = subscription
         self.address = address
         self.is_open = True
-        self.written: list[Any] = []
+        self.sent: list[str] = []
 
     async def write(self, data: str) -> None:
-        self.written.append(json.loads(data))
+        self.sent.append(data)
+
+    @property
+    def written(self) -> list[Any]:
+        """What was sent, decoded from JSON."""
+        return [json.loads(data) for data in self.sent]
 
 
 @dataclass
@@ -111,13 +116,15 @@ class Got:
 
 
 def build(module: ModuleType, exchange: str, symbols: dict[str, str], channels: list[str],
-          types: dict[str, str], sim: Endpoints | None = None, **kwargs: Any) -> tuple[Any, Got, Gaps]:
-    """The module's collector class for ``symbols`` (standard -> exchange name) and ``channels``, its gaps
-    recorded; ``types`` gives each standard symbol's instrument type (spot, perpetual)."""
+          types: dict[str, str], sim: Endpoints | None = None, cls: type | None = None,
+          **kwargs: Any) -> tuple[Any, Got, Gaps]:
+    """The module's collector class (or ``cls``) for ``symbols`` (standard -> exchange name) and ``channels``,
+    its gaps recorded; ``types`` gives each standard symbol's instrument type (spot, perpetual)."""
     Symbols.set(exchange, symbols, {"tick_size": {}, "instrument_type": types})
     got = Got()
-    feed = module.feed_class(sim)(symbols=list(symbols), channels=channels, config=module.feed_config(sim),
-                                  callbacks={c: got.callback(c) for c in channels}, **kwargs)
+    feed_cls = module.feed_class(sim) if cls is None else cls
+    feed = feed_cls(symbols=list(symbols), channels=channels, config=module.feed_config(sim),
+                    callbacks={c: got.callback(c) for c in channels}, **kwargs)
     gaps = Gaps()
     feed.gap_writer = gaps
     return feed, got, gaps
