@@ -121,9 +121,6 @@ def test_open_interest_is_polled_over_rest_from_the_simulators_path() -> None:
     run(scenario)
 
 
-@pytest.mark.xfail(strict=True, reason="BinanceGaps._check_update_id writes sequence_gap (last u + 1, U - 1) whenever "
-                   "cryptofeed resets; futures' cryptofeed check resets on an update already applied (u < last u, "
-                   "pu != last u), so the row is (109, 94): bounds reversed, all books needlessly resynced")
 def test_an_old_repeated_depth_update_gives_no_gap_row_with_its_bounds_reversed() -> None:
     """Every gaps row's first_missing <= last_missing: the row bounds ids that may be missing. Spot skips such an
     update (cryptofeed's spot check); futures' check resets the books on it."""

@@ -98,9 +98,6 @@ def test_a_trade_has_no_id(feed: Any) -> None:
     assert trade.timestamp == pytest.approx(1549223326.971661) and gaps.rows == []
 
 
-@pytest.mark.xfail(strict=True, reason="the module claims checksums are always validated, but cryptofeed's Kraken "
-                   "looks for 'c' only in the frame's first dict: an update sent as two dicts (asks, then bids "
-                   "with 'c') is never checked, so a mismatch there is no checksum row")
 def test_a_mismatch_in_an_update_of_asks_and_bids_in_two_parts_is_a_checksum_row(feed: Any) -> None:
     f, _, gaps, conn = feed
     two_parts = frame([10001, {"a": [["65000.35000", "0.40000000", "1714564801.0"]]},

@@ -52,10 +52,14 @@ class BinanceGaps(LoggedGaps):
     def _check_update_id(self, std_pair: str, msg: dict[str, Any]) -> bool:
         """depthUpdate {"U": 157, "u": 160, ...}: U must be the last u + 1, or cryptofeed resets the books."""
         expected = self.last_update_id.get(std_pair)
+        if expected is not None and std_pair in self._l2_book and int(msg["u"]) < expected:
+            return True  # already applied (a repeat, or out of order): skipped as spot's check does; futures' resets
         books = list(self._l2_book)
         skip: bool = super()._check_update_id(std_pair, msg)  # type: ignore[misc]
         if std_pair in books and not self._l2_book and expected is not None:
-            self.gap(std_pair, BOOK, "sequence_gap", expected + 1, int(msg["U"]) - 1,
+            first, last = expected + 1, int(msg["U"]) - 1
+            known = first <= last  # else futures' pu broke the chain over ids it had: which are missing is unknown
+            self.gap(std_pair, BOOK, "sequence_gap", first if known else None, last if known else None,
                      detail=f"update {msg['U']} after {expected}; resynchronising from a snapshot")
             for other in books:
                 if other != std_pair:
