@@ -188,14 +188,18 @@ class _StatusLog:
     def __call__(self, spawner: Spawner) -> None:
         if time.monotonic() - self.last < self.INTERVAL_SECONDS:
             return
+        from data_feed.cache import STATE_FRAMES_FIELD
+
         self.last = time.monotonic()
-        frames = {ex: st.get("frames_received", "0") for ex, st in spawner.collector_states().items()}
+        frames = {ex: st.get(STATE_FRAMES_FIELD, "0") for ex, st in spawner.collector_states().items()}
         rows = {ch: v["rows"] for ch, v in spawner.run_summary().items()}
         logging.getLogger("data_feed.spawner").info("frames received %s; rows landed %s", frames, rows)
 
 
 def _run_with_live_status(spawner: Spawner, duration: float | None) -> None:
     from rich.live import Live
+
+    from data_feed.cache import STATE_FRAMES_FIELD, STATE_RECORDS_PREFIX
 
     rates: dict[str, tuple[float, int]] = {}
 
@@ -205,11 +209,11 @@ def _run_with_live_status(spawner: Spawner, duration: float | None) -> None:
             table.add_column(col, justify="right" if col != "exchange" else "left")
         health = spawner.health()
         for ex, st in spawner.collector_states().items():
-            frames = int(st.get("frames_received", 0))
+            frames = int(st.get(STATE_FRAMES_FIELD, 0))
             t0, f0 = rates.get(ex, (time.monotonic(), frames))
             rate = (frames - f0) / max(time.monotonic() - t0, 1e-9)
             rates[ex] = (time.monotonic(), frames)
-            cached = sum(int(v) for k, v in st.items() if k.startswith("records_"))
+            cached = sum(int(v) for k, v in st.items() if k.startswith(STATE_RECORDS_PREFIX))
             lag = sum(v for k, v in health["lag"].items() if f":{ex}:" in k)
             table.add_row(ex, f"{rate:,.0f}", f"{frames:,}", f"{cached:,}", f"{lag:,}")
         landed = ", ".join(f"{ch} {v['rows']:,}" for ch, v in sorted(spawner.run_summary().items())) or "-"

@@ -76,7 +76,7 @@ from data_feed.collector.callbacks import (
 )
 from data_feed.collector.gaps import EVENT_INDEX, RECV_INDEX, GapRow, GapTracker, Mark, summarize
 from data_feed.config import GAPS_CHANNEL, RedisConfig
-from data_feed.schemas import GapReason
+from data_feed.schemas import MS_PER_SECOND, GapReason
 from data_feed.spill import Spill
 
 LOG = logging.getLogger("data_feed.collector")
@@ -84,7 +84,6 @@ LOG = logging.getLogger("data_feed.collector")
 RETRY_DELAY_MAX_SECONDS = 5.0
 
 CHANNEL_OF_CALLBACK = OUR_CHANNEL
-MS_PER_SECOND = 1000
 BYTES_PER_MB = 1024 * 1024
 RECV_STEP_SECONDS = 1e-6  # book messages of one symbol get distinct receive times at least this far apart
 STOP_FLUSH_SECONDS = 30.0  # how long stop() keeps retrying Redis for what it still holds

@@ -21,7 +21,7 @@ from yapic import json
 
 from data_feed.collector.exchanges.base import CollectorFeedMixin, Endpoints, LoggedGaps
 from data_feed.collector.exchanges.replay import rehost
-from data_feed.schemas import Channel
+from data_feed.schemas import Channel, GapReason
 
 SIM_PATH = "/bybit"
 BOOK = Channel.L2_BOOK.value
@@ -55,7 +55,7 @@ class BybitWithGaps(LoggedGaps, Bybit):  # type: ignore[misc]
     async def _resync(self, msg: dict[str, Any], market: str, last: int, u: int) -> None:
         symbol = msg["data"]["s"] if market != "spot" else self.convert_to_spot_name(self, msg["data"]["s"])
         std = self.exchange_symbol_to_std_symbol(symbol)
-        self.gap(std, BOOK, "sequence_gap", last + 1, u - 1, detail=f"{msg['topic']}: u {u} after {last}; "
+        self.gap(std, BOOK, GapReason.SEQUENCE_GAP, last + 1, u - 1, detail=f"{msg['topic']}: u {u} after {last}; "
                  "resubscribed for a fresh snapshot")
         self._book_u().pop((market, msg["topic"]), None)
         for handler in self.connection_handlers:
