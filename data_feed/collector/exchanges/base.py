@@ -105,9 +105,9 @@ class CollectorFeedMixin:
             now = time.time()
             stalled = silent_since is not None and now - silent_since >= self.timeout * STALL_FRACTION_OF_WATCHDOG
             since = f"{silent_since:.6f}" if silent_since is not None else "?"
-            LOG.warning("exchange=%s conn=%s: reconnected (%s); no data from %s to %.6f", self.id, conn.uuid,
-                        "stall" if stalled else "disconnect", since, now)
             reason = GapReason.STALL if stalled else GapReason.DISCONNECT
+            LOG.warning("exchange=%s conn=%s: reconnected (%s); no data from %s to %.6f", self.id, conn.uuid,
+                        reason, since, now)
             self.connection_gap(conn, reason, f"no frames from {since} to {now:.6f}")
         self._df_subscribed.add(conn.uuid)
         await super().subscribe(conn)  # type: ignore[misc]

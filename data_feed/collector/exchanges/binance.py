@@ -21,7 +21,7 @@ from cryptofeed.exchanges import Binance
 from cryptofeed.feed import Feed
 
 from data_feed.collector.exchanges.base import CollectorFeedMixin, Endpoints, GapRecorded, LoggedGaps
-from data_feed.schemas import Channel
+from data_feed.schemas import Channel, GapReason
 
 SIM_PATH = "/binance"
 SLOW_SNAPSHOT_SECONDS = 1.0  # the book is unavailable while its snapshot loads; longer than this is a gap
@@ -59,11 +59,11 @@ class BinanceGaps(LoggedGaps):
         if std_pair in books and not self._l2_book and expected is not None:
             first, last = expected + 1, int(msg["U"]) - 1
             known = first <= last  # else futures' pu broke the chain over ids it had: which are missing is unknown
-            self.gap(std_pair, BOOK, "sequence_gap", first if known else None, last if known else None,
+            self.gap(std_pair, BOOK, GapReason.SEQUENCE_GAP, first if known else None, last if known else None,
                      detail=f"update {msg['U']} after {expected}; resynchronising from a snapshot")
             for other in books:
                 if other != std_pair:
-                    self.gap(other, BOOK, "resync", detail=f"books reset after a gap in {std_pair}")
+                    self.gap(other, BOOK, GapReason.RESYNC, detail=f"books reset after a gap in {std_pair}")
         return skip
 
     async def _snapshot(self, pair: str) -> None:
@@ -72,11 +72,11 @@ class BinanceGaps(LoggedGaps):
         try:
             await super()._snapshot(pair)  # type: ignore[misc]
         except Exception as err:
-            self.gap(symbol, BOOK, "snapshot_failed", detail=f"{type(err).__name__}: {err}"[:200])
+            self.gap(symbol, BOOK, GapReason.SNAPSHOT_FAILED, detail=f"{type(err).__name__}: {err}"[:200])
             raise GapRecorded(f"exchange={self.id} symbol={symbol}: book snapshot failed: {err}") from err
         elapsed = time.monotonic() - started
         if elapsed > SLOW_SNAPSHOT_SECONDS:
-            self.gap(symbol, BOOK, "slow_snapshot", detail=f"book snapshot took {elapsed:.3f}s")
+            self.gap(symbol, BOOK, GapReason.SLOW_SNAPSHOT, detail=f"book snapshot took {elapsed:.3f}s")
 
 
 class BinanceWithGaps(BinanceGaps, Binance):  # type: ignore[misc]

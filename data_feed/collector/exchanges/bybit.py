@@ -84,7 +84,7 @@ class BybitWithGaps(LoggedGaps, Bybit):  # type: ignore[misc]
 
     async def _resync(self, msg: dict[str, Any], market: str, last: int, u: int) -> None:
         std = self._std(msg, market)
-        self.gap(std, BOOK, "sequence_gap", last + 1, u - 1, detail=f"{msg['topic']}: u {u} after {last}; "
+        self.gap(std, BOOK, GapReason.SEQUENCE_GAP, last + 1, u - 1, detail=f"{msg['topic']}: u {u} after {last}; "
                  "resubscribed for a fresh snapshot")
         self._book_u().pop((market, msg["topic"]), None)
         self._awaiting()[(market, msg["topic"])] = []

@@ -19,7 +19,7 @@ from cryptofeed.feed import Feed
 from yapic import json
 
 from data_feed.collector.exchanges.base import CollectorFeedMixin, Endpoints, LoggedGaps
-from data_feed.schemas import Channel
+from data_feed.schemas import Channel, GapReason
 
 SIM_PATH = "/kraken"
 BOOK = Channel.L2_BOOK.value
@@ -42,7 +42,8 @@ class KrakenWithChecks(LoggedGaps, Kraken):  # type: ignore[misc]
             frame = json.loads(msg)
             channel_name, pair = frame[-2], frame[-1]
             symbol = self.exchange_symbol_to_std_symbol(pair)
-            self.gap(symbol, BOOK, "checksum", detail=f"{channel_name} {pair}: book checksum mismatch; resubscribed")
+            self.gap(symbol, BOOK, GapReason.CHECKSUM,
+                     detail=f"{channel_name} {pair}: book checksum mismatch; resubscribed")
             resyncing.add(pair)
             sub = {"name": "book", "depth": int(channel_name.split("-")[1])}
             for event in ("unsubscribe", "subscribe"):
