@@ -109,7 +109,7 @@ class _StatusLog:
 def _run_with_live_status(spawner: Spawner, duration: float | None) -> None:
     from rich.live import Live
 
-    from data_feed.cache import STATE_FRAMES_FIELD, STATE_RECORDS_PREFIX
+    from data_feed.cache import STATE_FRAMES_FIELD, STATE_RECORDS_PREFIX, parse_stream_key
 
     rates: dict[str, tuple[float, int]] = {}
 
@@ -124,7 +124,7 @@ def _run_with_live_status(spawner: Spawner, duration: float | None) -> None:
             rate = (frames - f0) / max(time.monotonic() - t0, 1e-9)
             rates[ex] = (time.monotonic(), frames)
             cached = sum(int(v) for k, v in st.items() if k.startswith(STATE_RECORDS_PREFIX))
-            lag = sum(v for k, v in health["lag"].items() if f":{ex}:" in k)
+            lag = sum(v for k, v in health["lag"].items() if parse_stream_key(k)[0] == ex)
             table.add_row(ex, f"{rate:,.0f}", f"{frames:,}", f"{cached:,}", f"{lag:,}")
         landed = ", ".join(f"{ch} {v['rows']:,}" for ch, v in sorted(spawner.run_summary().items())) or "-"
         table.caption = f"rows landed: {landed}   roles: " + ", ".join(
