@@ -95,7 +95,7 @@ def test_a_trade_has_no_id(feed: Any) -> None:
     (trade,) = got[TRADES]
     assert (trade.symbol, trade.side, trade.price, trade.amount, trade.id) == (
         BTC, BUY, Decimal("3417.20000"), Decimal("0.21222200"), None)
-    assert trade.timestamp == pytest.approx(1549223326.971661) and gaps.rows == []
+    assert trade.timestamp == pytest.approx(1549223326.971661, abs=1e-6) and gaps.rows == []
 
 
 @pytest.mark.xfail(strict=True, reason="the module claims checksums are always validated, but cryptofeed's Kraken "
