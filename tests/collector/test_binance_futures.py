@@ -63,7 +63,8 @@ def test_the_docstring_mark_price_frame_is_a_funding_with_rate_mark_price_and_bo
     asyncio.run(f.message_handler(MARK_PRICE, Conn("BINANCE_FUTURES.ws.1", {}), 1562305380.1))
     (funding,) = got[FUNDING]
     assert (funding.symbol, funding.rate, funding.mark_price) == (BTC, Decimal("0.00038167"), Decimal("11794.15"))
-    assert funding.timestamp == pytest.approx(1562305380.0) and funding.next_funding_time == pytest.approx(1562306400.0)
+    assert funding.timestamp == pytest.approx(1562305380.0, abs=1e-6)
+    assert funding.next_funding_time == pytest.approx(1562306400.0, abs=1e-6)
     assert gaps.rows == []
 
 
@@ -90,8 +91,8 @@ def test_the_futures_snapshot_keeps_its_own_exchange_time() -> None:
             f, got, gaps = feed_at(server)
             await f.message_handler(depth("BTCUSDT", 95, 103, 94, event_ms=1700000000900), Conn("c", {}), 1.0)
             snapshot, update = got[L2_BOOK]
-            assert snapshot.delta is None and snapshot.timestamp == pytest.approx(1700000000.4)
-            assert update.timestamp == pytest.approx(1700000000.9)
+            assert snapshot.delta is None and snapshot.timestamp == pytest.approx(1700000000.4, abs=1e-6)
+            assert update.timestamp == pytest.approx(1700000000.9, abs=1e-6)
             assert server.requests == ["/binance_futures/fapi/v1/depth?symbol=BTCUSDT&limit=1000"]
             assert gaps.rows == []
             await f.http_conn.close()
@@ -116,7 +117,7 @@ def test_open_interest_is_polled_over_rest_from_the_simulators_path() -> None:
                                           "/binance_futures/fapi/v1/openInterest?symbol=ETHUSDT"}
             (oi,) = got[OPEN_INTEREST]
             assert oi.open_interest == Decimal("10659.509") and oi.symbol == BTC
-            assert oi.timestamp == pytest.approx(1589437530.011)
+            assert oi.timestamp == pytest.approx(1589437530.011, abs=1e-6)
 
     run(scenario)
 

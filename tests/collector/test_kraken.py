@@ -2,7 +2,8 @@
 API v1) with the collector's mixin, frames fed to ``message_handler``, no websocket and no Redis. Proves: book
 checksums are validated (the collector turns it on); a mismatch (the docstring's update against a book it does
 not fit) is a ``checksum`` row and an unsubscribe + subscribe of that book, whose updates are skipped until the
-fresh snapshot; trades carry no id. Checksums of the test's books are computed here by Kraken's published
+fresh snapshot; trades carry no id, so their cached rows (the collector's real writer into a real Redis)
+have null ``id`` and ``id_text``. Checksums of the test's books are computed here by Kraken's published
 rule (CRC32 of the top ten asks then bids, price and volume without the point and leading zeros)."""
 
 from __future__ import annotations
@@ -10,12 +11,20 @@ from __future__ import annotations
 import asyncio
 import zlib
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
+import redis
+import redis.asyncio as aioredis
 from cryptofeed.defines import BUY, L2_BOOK, TRADES
 
+from data_feed.cache import ENTRY_PAYLOAD_FIELD, stream_key
 from data_feed.collector.exchanges import kraken
+from data_feed.collector.writer import StreamWriter
+from data_feed.config import RedisConfig
+from data_feed.spill import Spill
 from tests.collector.quirks import Conn, Gaps, Got, build, frame
 
 BTC, PAIR = "BTC-USD", "XBT/USD"
@@ -95,7 +104,26 @@ def test_a_trade_has_no_id(feed: Any) -> None:
     (trade,) = got[TRADES]
     assert (trade.symbol, trade.side, trade.price, trade.amount, trade.id) == (
         BTC, BUY, Decimal("3417.20000"), Decimal("0.21222200"), None)
-    assert trade.timestamp == pytest.approx(1549223326.971661) and gaps.rows == []
+    assert trade.timestamp == pytest.approx(1549223326.971661, abs=1e-6) and gaps.rows == []
+
+
+def test_a_trade_without_id_is_cached_with_null_id_and_id_text(tmp_path: Path, redis_url: str) -> None:
+    msg = '[1, [["3417.20000", "0.21222200", "1549223326.971661", "s", "m", ""]], "trade", "XBT/USD"]'
+
+    async def scenario() -> None:
+        writer = StreamWriter(aioredis.Redis.from_url(redis_url), "KRAKEN", RedisConfig(),
+                              Spill(tmp_path / "spill", 10_000_000), {"trades": (BTC,)})
+        f, _, _ = build(kraken, "KRAKEN", {BTC: PAIR}, [TRADES], {BTC: "spot"})
+        f.callbacks[TRADES] = [writer.trade]
+        await f.message_handler(msg, Conn("KRAKEN.ws.1", {"trade": [PAIR]}), 1549223327.0)
+        await writer.flush()
+        await writer.client.aclose()
+
+    asyncio.run(scenario())
+    client = redis.Redis.from_url(redis_url)
+    rows = [row for _, fields in client.xrange(stream_key("KRAKEN", "trades"))
+            for row in msgpack.unpackb(fields[ENTRY_PAYLOAD_FIELD])]
+    assert [(r[0], r[3], r[4], r[5], r[6]) for r in rows] == [(BTC, None, None, "sell", 3417.2)]
 
 
 def test_a_mismatch_in_an_update_of_asks_and_bids_in_two_parts_is_a_checksum_row(feed: Any) -> None:

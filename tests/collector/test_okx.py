@@ -79,7 +79,7 @@ def test_checksum_validation_is_on_and_a_book_that_fits_passes(feed: Any) -> Non
     asyncio.run(f.message_handler(snapshot(), conn, 1.0))
     asyncio.run(f.message_handler(fitting_update(), conn, 2.0))
     first, second = got[L2_BOOK]
-    assert first.delta is None and first.timestamp == pytest.approx(1714564800.0)
+    assert first.delta is None and first.timestamp == pytest.approx(1714564800.0, abs=1e-6)
     assert second.delta == {"bid": [(Decimal("64995"), Decimal("2"))], "ask": []}
     assert gaps.rows == [] and conn.written == []
 
@@ -112,7 +112,7 @@ def test_the_docstring_funding_frame_has_the_receive_time_and_the_funding_time_a
     (funding,) = got[FUNDING]
     assert (funding.symbol, funding.rate, funding.predicted_rate, funding.mark_price) == (
         PERP, Decimal("0.0001"), Decimal("0.0001"), None)
-    assert funding.timestamp == 1714560000.25 and funding.next_funding_time == pytest.approx(1714579200.0)
+    assert funding.timestamp == 1714560000.25 and funding.next_funding_time == pytest.approx(1714579200.0, abs=1e-6)
     assert gaps.rows == []
 
 
@@ -135,6 +135,6 @@ def test_a_polled_liquidation_gets_the_normalized_symbol() -> None:
                                          "&uly=BTC-USDT"
             liq = got[LIQUIDATIONS][0]
             assert (liq.symbol, liq.side, liq.quantity, liq.price) == (PERP, SELL, Decimal("10"), Decimal("65000.1"))
-            assert liq.timestamp == pytest.approx(1714564800.123)
+            assert liq.timestamp == pytest.approx(1714564800.123, abs=1e-6)
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=30))

@@ -70,7 +70,7 @@ def test_records_get_the_recorded_time_and_the_frame_is_acknowledged_when_asked(
     asyncio.run(f.message_handler(wrap_frame(AGG_TRADE, RECORDED, 7, ack=True), conn, 1e9))
     asyncio.run(f.message_handler(wrap_frame(BOOK_TICKER, RECORDED + 1, 8, ack=False), conn, 1e9))
     (trade,), (ticker,) = got[TRADES], got[TICKER]
-    assert trade.id == "17" and trade.timestamp == pytest.approx(1700000000.120)
+    assert trade.id == "17" and trade.timestamp == pytest.approx(1700000000.120, abs=1e-6)
     assert ticker.bid == Decimal("35000.00") and ticker.timestamp == RECORDED + 1  # no exchange time: recorded
     assert conn.sent == [ack_frame(7)] and f.replay_now == RECORDED + 1 and gaps.rows == []
 
