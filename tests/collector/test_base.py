@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from cryptofeed.connection import WSAsyncConn
 from cryptofeed.defines import L2_BOOK, TRADES
-from cryptofeed.exceptions import UnsupportedSymbol
 from prometheus_client import REGISTRY
 
 from data_feed.collector.exchanges import binance
@@ -68,9 +67,6 @@ def test_carried_maps_exchange_channels_and_symbols_to_standard_ones_and_keeps_a
     assert f.carried(Conn("c", {})) == []
 
 
-@pytest.mark.xfail(strict=True, raises=UnsupportedSymbol, reason="_std_symbol falls back to the exchange's name on "
-                   "KeyError/ValueError, but cryptofeed raises UnsupportedSymbol (neither), so an unknown symbol "
-                   "escapes carried() and, from a bad frame's gap, the message handler")
 def test_carried_keeps_a_symbol_cryptofeed_does_not_know_as_the_exchange_names_it(feed: Any) -> None:
     f, _, _ = feed
     assert f.carried(Conn("c", {"depth": ["DOGEUSDT"]})) == [("l2_book", "DOGEUSDT")]

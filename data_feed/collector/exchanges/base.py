@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from cryptofeed.exceptions import UnsupportedSymbol
+
 from data_feed import metrics
 from data_feed.schemas import GapReason
 
@@ -141,7 +143,7 @@ class CollectorFeedMixin:
     def _std_symbol(self, symbol: str) -> str:
         try:
             return str(self.exchange_symbol_to_std_symbol(symbol))  # type: ignore[attr-defined]
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, UnsupportedSymbol):  # a symbol cryptofeed does not list: as the exchange names it
             return symbol
 
     def gap(self, symbol: str, channel: str, reason: str, first_missing: int | None = None,
