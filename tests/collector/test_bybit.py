@@ -99,6 +99,19 @@ def test_a_jump_of_u_is_a_sequence_gap_of_the_missing_numbers_and_resubscribes_o
     assert len(got[L2_BOOK]) == 4 and len(gaps.rows) == 1
 
 
+def test_a_jump_seen_while_its_connection_is_closed_is_a_gap_without_a_write(feed: Any) -> None:
+    f, _, gaps, linear, spot = feed
+    linear.is_open = False  # cryptofeed reconnects and subscribes afresh: nothing to resubscribe on
+
+    async def frames() -> None:
+        await f.message_handler(book_snapshot(18521288), linear, 1.0)
+        await f.message_handler(book_delta(18521295), linear, 2.0)
+
+    asyncio.run(frames())
+    assert gaps.keys == [(PERP, "l2_book", "sequence_gap", 18521289, 18521294)]
+    assert linear.written == [] and spot.written == []
+
+
 def test_spot_and_linear_books_of_one_topic_name_count_u_apart(feed: Any) -> None:
     f, got, gaps, linear, spot = feed
 
