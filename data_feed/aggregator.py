@@ -29,28 +29,26 @@ never from memory that may disagree with Redis. An interrupted write whose
 entries are gone from the stream is dropped from the journal and the loss is
 written as ``lost_entries`` gaps rows. Identical gap rows (a writer's retry) land
 once.
+
+This module is the role loop (reading, recovery, commits, health); what each entry's rows are cut into is
+``data_feed.slicer``, which entries are in which files and what a commit settles is ``data_feed.ledger``
+(pure), and writing one slice to the store and catalog is ``data_feed.landing``.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-import sqlite3
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
-import msgpack
 import numpy as np
 import pyarrow as pa
 import redis
-from botocore.exceptions import BotoCoreError, ClientError
 
 from data_feed import metrics
-from data_feed.book import SNAPSHOT_STAMP_OFFSET_NS, book_state, snapshot_table
 from data_feed.cache import (
     AGGREGATOR_WRITTEN_KEY,
     CONSUMER_GROUP,
@@ -60,33 +58,31 @@ from data_feed.cache import (
     consumer_name,
     dead_letter_key,
     decode_batch,
+    decode_read_reply,
     encode_batch,
+    ensure_group,
     journal_key,
     parse_stream_key,
     shard_of,
     stream_key,
     stream_lag,
 )
-from data_feed.catalog import Catalog, LocalCatalog
 from data_feed.config import GAPS_CHANNEL, Config
-from data_feed.lake import LocalStore, SliceKey, SliceStore, slice_relpath
+from data_feed.lake import SliceKey, slice_relpath
 from data_feed.lake_stats import LakeMetrics
-from data_feed.schemas import L2_BOOK, NS_PER_SECOND, Channel, GapReason
+from data_feed.landing import LAKE_WRITE_ERRORS, LakeBackoff, Lander, open_lake
+from data_feed.ledger import JournalRecord, Ledger
+from data_feed.schemas import NS_PER_SECOND, GapReason
 from data_feed.slicer import split_entry
 from data_feed.status import RoleStatus
 
 LOG = logging.getLogger("data_feed.aggregator")
 
-BOOK_CHANNEL = Channel.L2_BOOK  # its slices open with a full book snapshot (data_feed.book)
 READ_COUNT = 200  # entries per stream per XREADGROUP
 READ_BLOCK_MS = 200
 LAG_REPORT_INTERVAL_SECONDS = 5.0
 WRITTEN_MEMORY_SECONDS = 86_400  # remember written slices this long to count late records
-LAKE_RETRY_MIN_SECONDS = 0.1
-LAKE_RETRY_MAX_SECONDS = 5.0  # a failed lake write is retried at least this often
-HEALTH_REPORT_SECONDS = 2.0
 EXIT_REDIS_LOST = 3  # the process exits with this when Redis goes away: restart and recover from the journal
-LAKE_WRITE_ERRORS = (OSError, sqlite3.Error, BotoCoreError, ClientError)  # the lake, not this process, is at fault
 
 
 @dataclass
@@ -94,26 +90,6 @@ class OpenSlice:
     entries: list[str] = field(default_factory=list)  # stream entry ids, in stream order
     parts: list[pa.Table] = field(default_factory=list)
     rows: int = 0
-
-
-@dataclass(frozen=True)
-class JournalRecord:
-    """One lake file of one slice and the stream entries whose records for that slice it holds."""
-
-    key: SliceKey
-    entries: tuple[str, ...]
-    committed: bool
-
-    def pack(self) -> bytes:
-        k = self.key
-        packed: bytes = msgpack.packb([k.channel, k.exchange, k.symbol, k.start_ns, list(self.entries),
-                                       self.committed])
-        return packed
-
-    @classmethod
-    def unpack(cls, raw: bytes) -> JournalRecord:
-        channel, exchange, symbol, start_ns, entries, committed = msgpack.unpackb(raw, raw=False)
-        return cls(SliceKey(channel, exchange, symbol, int(start_ns)), tuple(entries), bool(committed))
 
 
 class Aggregator:
@@ -130,31 +106,20 @@ class Aggregator:
         # the featurizer's slices land like any channel; shard i lands the streams that hash to i
         self.streams = [k for k in configured_streams(cfg) if shard_of(k, cfg.aggregator.shards) == shard]
         self.open: dict[SliceKey, OpenSlice] = {}
-        # entry id -> slices its records are in that are not committed yet, per stream
-        self.unacked: dict[str, OrderedDict[str, set[SliceKey]]] = {k: OrderedDict() for k in self.streams}
-        # committed journal records whose entries are not all acknowledged, per stream
-        self.journal: dict[str, dict[str, JournalRecord]] = {k: {} for k in self.streams}
-        self.committed: dict[SliceKey, set[str]] = {}  # entries already in a lake file, per slice
-        self.last_read: dict[str, str] = {}
+        self.ledger = Ledger(self.streams)
         self.watermark: dict[str, int] = {}
         self.written: dict[SliceKey, None] = {}
         self.stopping = False
         self._last_lag_report = 0.0
-        self._last_health_report = 0.0
-        self.lake_error: str | None = None  # why the last lake write failed, until one succeeds
-        self._lake_retry_at = 0.0
-        self._lake_backoff = LAKE_RETRY_MIN_SECONDS
+        self.lake = LakeBackoff()
         self.lake_metrics = LakeMetrics(self.catalog, self.streams, self.width_ns)
+        self.lander = Lander(cfg, self.store, self.catalog, self.lake_metrics)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def ensure_groups(self) -> None:
         for key in self.streams:
-            try:
-                self.client.xgroup_create(key, CONSUMER_GROUP, id="0", mkstream=True)
-            except redis.ResponseError as err:
-                if "BUSYGROUP" not in str(err):
-                    raise
+            ensure_group(self.client, key)
 
     def run(self) -> None:
         """Until SIGTERM/SIGINT; then drain the streams, write every open slice and return."""
@@ -185,7 +150,7 @@ class Aggregator:
         while cursor:
             resp = self.client.xreadgroup(CONSUMER_GROUP, self.consumer, cursor, count=READ_COUNT)  # type: ignore[arg-type]
             done = []
-            for key, entries in self._decode_keys(resp):
+            for key, entries in decode_read_reply(resp):
                 if not entries:
                     done.append(key)
                     continue
@@ -196,7 +161,7 @@ class Aggregator:
                 cursor.pop(key, None)
             if not resp:
                 break
-        recovered = sum(len(v) for v in self.unacked.values())
+        recovered = self.ledger.unacknowledged()
         if recovered:
             LOG.info("recovered %d unacknowledged entries from a previous run", recovered)
         for key in self.streams:
@@ -226,7 +191,7 @@ class Aggregator:
                             record.key.exchange, record.key.channel, record.key.symbol, path, len(record.entries))
                 if not self._redo(key, path, record):
                     continue
-            self._remember(key, path, replace(record, committed=True))
+            self.ledger.remember(key, path, replace(record, committed=True))
 
     def _redo(self, key: str, path: str, record: JournalRecord) -> bool:
         """Rewrite a journalled file from exactly the entries it names, in their order; False when none is left
@@ -248,7 +213,7 @@ class Aggregator:
             self.client.hdel(journal_key(key), path)
             return False
         table = pa.concat_tables(parts)
-        size = self._land(record.key, record.entries[0], table)
+        size = self.lander.land(record.key, record.entries[0], table)
         self._commit(key, path, record, table.num_rows, size, settle=False)
         return True
 
@@ -279,8 +244,8 @@ class Aggregator:
 
         While the lake refuses writes, nothing more is read (the streams and the writers' spills hold it):
         the step waits for the retry time, retries, and reads again only after a write succeeds."""
-        if self.lake_error is not None:
-            self._wait_for_lake(block_ms)
+        if self.lake.error is not None:
+            self.lake.wait(block_ms, READ_BLOCK_MS)
             self.close_ready()
             self.report_health()
             return 0
@@ -288,30 +253,16 @@ class Aggregator:
             CONSUMER_GROUP, self.consumer, dict.fromkeys(self.streams, ">"), count=READ_COUNT, block=block_ms  # type: ignore[arg-type]
         )
         n = 0
-        for key, entries in self._decode_keys(resp):
+        for key, entries in decode_read_reply(resp):
             for eid, fields in entries:
                 self.ingest(key, eid, fields)
                 n += 1
             if entries:
-                self.last_read[key] = entries[-1][0]
+                self.ledger.read_up_to(key, entries[-1][0])
         self.close_ready()
         self._report_lag()
         self.report_health()
         return n
-
-    def _wait_for_lake(self, block_ms: int | None) -> None:
-        delay = self._lake_retry_at - time.monotonic()
-        if delay > 0:
-            limit = READ_BLOCK_MS / 1000 if block_ms is None else max(block_ms / 1000, delay)
-            time.sleep(min(delay, limit))
-
-    @staticmethod
-    def _decode_keys(resp: Any) -> list[tuple[str, list[tuple[str, dict[bytes, bytes]]]]]:
-        out = []
-        for key, entries in resp or []:
-            k = key.decode() if isinstance(key, bytes) else key
-            out.append((k, [(e.decode() if isinstance(e, bytes) else e, f) for e, f in entries]))
-        return out
 
     def ingest(self, key: str, eid: str, fields: dict[bytes, bytes]) -> None:
         exchange, channel = parse_stream_key(key)
@@ -322,7 +273,7 @@ class Aggregator:
             return
         keys: set[SliceKey] = set()
         for sk, part in self._split(channel, exchange, table):
-            if eid in self.committed.get(sk, ()):
+            if self.ledger.in_lake(sk, eid):
                 continue  # already in a lake file: written before a crash, entry not yet acknowledged
             keys.add(sk)
             self._add_part(sk, part, eid)
@@ -330,7 +281,7 @@ class Aggregator:
             newest = int(np.max(table.column("ts_event").to_numpy()))
             self.watermark[exchange] = max(self.watermark.get(exchange, 0), newest)
         if keys:
-            self.unacked[key][eid] = keys
+            self.ledger.hold(key, eid, keys)
         else:
             self._ack(key, [eid])
 
@@ -360,7 +311,7 @@ class Aggregator:
     # -- writing -----------------------------------------------------------------------------
 
     def close_ready(self) -> None:
-        if self.lake_error is not None and time.monotonic() < self._lake_retry_at:
+        if self.lake.waiting():
             return
         horizon = self.width_ns + self.lateness_ns
         ready = [sk for sk in self.open if sk.start_ns + horizon <= self.watermark.get(sk.exchange, 0)]
@@ -372,7 +323,7 @@ class Aggregator:
         for sk in sorted(self.open):
             if not self.write(sk):
                 LOG.error("the lake refuses writes (%s); %d open slices stay in Redis, unacknowledged, for the next "
-                          "start", self.lake_error, len(self.open))
+                          "start", self.lake.error, len(self.open))
                 return
 
     def write(self, sk: SliceKey) -> bool:
@@ -385,12 +336,14 @@ class Aggregator:
         self.client.hset(journal_key(key), path, record.pack())
         table = pa.concat_tables(slot.parts)
         try:
-            size = self._land(sk, slot.entries[0], table)
+            size = self.lander.land(sk, slot.entries[0], table)
         except LAKE_WRITE_ERRORS as err:
-            self._lake_failed(sk, err)
+            self.lake.failed(sk, err)
+            self.report_health(force=True)
             return False
         del self.open[sk]
-        self._lake_ok()
+        if self.lake.succeeded():
+            self.report_health(force=True)
         self.written[sk] = None
         self._forget_old_written(sk.start_ns)
         self._commit(key, path, record, table.num_rows, size, settle=True)
@@ -398,150 +351,43 @@ class Aggregator:
                   table.num_rows, path)
         return True
 
-    def _lake_failed(self, sk: SliceKey, err: BaseException) -> None:
-        metrics.LAKE_WRITE_ERRORS.labels(sk.channel, sk.exchange).inc()
-        first = self.lake_error is None
-        self.lake_error = f"lake write failed: {type(err).__name__}: {err}"[:300]
-        self._lake_retry_at = time.monotonic() + self._lake_backoff
-        log = LOG.error if first or self._lake_backoff >= LAKE_RETRY_MAX_SECONDS else LOG.warning
-        log("exchange=%s channel=%s symbol=%s: %s; slice %s kept, entries unacknowledged; retrying in %.1fs",
-            sk.exchange, sk.channel, sk.symbol, self.lake_error, sk.stamp(), self._lake_backoff)
-        self._lake_backoff = min(self._lake_backoff * 2, LAKE_RETRY_MAX_SECONDS)
-        self.report_health(force=True)
-
-    def _lake_ok(self) -> None:
-        if self.lake_error is not None:
-            LOG.info("the lake accepts writes again; catching up")
-            self.lake_error = None
-            self._lake_backoff = LAKE_RETRY_MIN_SECONDS
-            self.report_health(force=True)
-
     def report_health(self, force: bool = False) -> None:
         """ok, or degraded with the lake's error, in the role's status (its /health and health key)."""
         if self.status is None:
             return
-        if self.lake_error:
-            self.status.degraded(self.lake_error)
+        if self.lake.error:
+            self.status.degraded(self.lake.error)
         else:
             self.status.ok()
-
-    def _land(self, sk: SliceKey, first_entry_id: str, table: pa.Table) -> int:
-        """Write the file atomically and durably and register it in the catalog; returns its size."""
-        if self.catalog.is_retired(slice_relpath(sk, first_entry_id)):
-            LOG.warning("exchange=%s channel=%s symbol=%s: slice %s was already compacted into a larger file; "
-                        "not writing it again", sk.exchange, sk.channel, sk.symbol, sk.stamp())
-            return 0
-        if sk.channel == BOOK_CHANNEL:
-            table = self._with_opening_snapshot(sk, table, slice_relpath(sk, first_entry_id))
-        elif sk.channel == GAPS_CHANNEL:
-            table = _distinct_rows(table)
-        path, size = self.store.write_slice(sk, table, first_entry_id, self.cfg.lake.compression_level)
-        if not self.catalog.register(sk, path, table.num_rows, size):
-            LOG.warning("exchange=%s channel=%s symbol=%s: %s was already compacted into a larger file; "
-                        "dropping the rewritten copy", sk.exchange, sk.channel, sk.symbol, path)
-            if isinstance(self.store, LocalStore):
-                self.store.remove(path)
-            return 0
-        metrics.SLICES_WRITTEN.labels(sk.channel, sk.exchange).inc()
-        metrics.ROWS_WRITTEN.labels(sk.channel, sk.exchange).inc(table.num_rows)
-        metrics.BYTES_WRITTEN.labels(sk.channel, sk.exchange).inc(size)
-        self.lake_metrics.landed(sk, table.num_rows)
-        return size
-
-    def _with_opening_snapshot(self, sk: SliceKey, table: pa.Table, path: str) -> pa.Table:
-        """Prefix an l2_book slice with the book at the end of the symbol's previous slice (data_feed.book).
-
-        An additional part (late rows of a slice already landed) continues that slice's parts: its prefix is
-        the book at their end, not the previous slice's (which, sorted by ts_recv, reset the book mid-slice)."""
-        files = [f for f in self.catalog.files(BOOK_CHANNEL, sk.exchange, sk.symbol) if f.path != path]
-        earlier = [f for f in files if f.slice_start_ns <= sk.start_ns]
-        if not earlier or table.num_rows == 0:
-            return table
-        latest = max(f.slice_start_ns for f in earlier)
-        parts = [self.store.read(f.path, L2_BOOK) for f in earlier if f.slice_start_ns == latest]
-        book = book_state(pa.concat_tables(parts).to_pandas())
-        first_recv = int(np.min(table.column("ts_recv").to_numpy()))
-        snap = snapshot_table(book, self.cfg.lake.book_snapshot_depth, sk.start_ns,
-                              first_recv - SNAPSHOT_STAMP_OFFSET_NS)
-        return pa.concat_tables([snap, table.cast(L2_BOOK)])
 
     def _commit(self, key: str, path: str, record: JournalRecord, rows: int, size: int, settle: bool) -> None:
         """One transaction: mark the file committed, count it and (when ``settle``) acknowledge the entries
         it completes, forget settled journal records and trim the stream below what is still needed."""
         sk = record.key
-        self._remember(key, path, replace(record, committed=True))
-        done = self._complete(key, record) if settle else []
-        stale = self._settled_records(key) if settle else []
+        settled = self.ledger.commit(key, path, record, settle)
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(journal_key(key), path, replace(record, committed=True).pack())
         pipe.hincrby(AGGREGATOR_WRITTEN_KEY, f"{sk.channel}:rows", rows)
         pipe.hincrby(AGGREGATOR_WRITTEN_KEY, f"{sk.channel}:files", 1)
         pipe.hincrby(AGGREGATOR_WRITTEN_KEY, f"{sk.channel}:bytes", size)
-        self._queue_settlement(pipe, key, done, stale)
+        if settled.done:
+            pipe.xack(key, CONSUMER_GROUP, *settled.done)
+        if settled.stale:
+            pipe.hdel(journal_key(key), *settled.stale)
+        if settled.floor:
+            pipe.xtrim(key, minid=settled.floor, approximate=True)
         pipe.execute()
-        self._forget(key, stale)
-
-    def _remember(self, key: str, path: str, record: JournalRecord) -> None:
-        self.journal[key][path] = record
-        self.committed.setdefault(record.key, set()).update(record.entries)
-
-    def _complete(self, key: str, record: JournalRecord) -> list[str]:
-        """Entries of ``record`` with no other slice left to write; removed from the unacknowledged set."""
-        pending = self.unacked[key]
-        done = []
-        for eid in record.entries:
-            slices = pending.get(eid)
-            if slices is None:
-                continue
-            slices.discard(record.key)
-            if not slices:
-                done.append(eid)
-                del pending[eid]
-        return done
-
-    def _settled_records(self, key: str) -> list[str]:
-        pending = self.unacked[key]
-        return [path for path, rec in self.journal[key].items() if not any(e in pending for e in rec.entries)]
-
-    def _queue_settlement(self, pipe: Any, key: str, done: list[str], stale: list[str]) -> None:
-        if done:
-            pipe.xack(key, CONSUMER_GROUP, *done)
-        if stale:
-            pipe.hdel(journal_key(key), *stale)
-        floor = self._trim_floor(key)
-        if done and floor:
-            pipe.xtrim(key, minid=floor, approximate=True)
-
-    def _trim_floor(self, key: str) -> str | None:
-        """Lowest entry id still needed: the oldest unacknowledged one, or just past the last one read."""
-        pending = self.unacked[key]
-        if pending:
-            return next(iter(pending))  # entries are added in stream order
-        last = self.last_read.get(key)
-        if last is None:
-            return None
-        ms, seq = last.split("-")
-        return f"{ms}-{int(seq) + 1}"
-
-    def _forget(self, key: str, stale: list[str]) -> None:
-        for path in stale:
-            record = self.journal[key].pop(path)
-            entries = self.committed.get(record.key)
-            if entries is not None:
-                entries.difference_update(record.entries)
-                if not entries:
-                    del self.committed[record.key]
+        self.ledger.forget(key, settled.stale)
 
     def _drop_settled_journal(self, key: str) -> None:
-        stale = self._settled_records(key)
+        stale = self.ledger.settled_records(key)
         if stale:
             self.client.hdel(journal_key(key), *stale)
-            self._forget(key, stale)
+            self.ledger.forget(key, stale)
 
     def _ack(self, key: str, ids: list[str]) -> None:
         self.client.xack(key, CONSUMER_GROUP, *ids)
-        for eid in ids:
-            self.unacked[key].pop(eid, None)
+        self.ledger.acknowledged(key, ids)
 
     def _forget_old_written(self, newest_start: int) -> None:
         horizon = newest_start - WRITTEN_MEMORY_SECONDS * NS_PER_SECOND
@@ -557,24 +403,6 @@ class Aggregator:
         for key in self.streams:
             metrics.CONSUMER_LAG.labels(key).set(stream_lag(self.client, key))
             metrics.STREAM_LENGTH.labels(key).set(self.client.xlen(key))
-
-
-def open_lake(cfg: Config, root: Path) -> tuple[SliceStore, Catalog]:
-    """The lake's store and catalog: S3 and Glue when ``lake.s3`` is set, else ``root`` and its local catalog."""
-    if cfg.lake.s3 is None:
-        return LocalStore(root), LocalCatalog(root)
-    from data_feed.s3 import GlueCatalog, S3Store
-
-    store = S3Store(cfg.lake.s3)
-    return store, GlueCatalog(cfg.lake.s3, store)
-
-
-def _distinct_rows(table: pa.Table) -> pa.Table:
-    """Gap rows once each: several roles write gaps with automatic ids, and a retried write may repeat them."""
-    if table.num_rows < 2:
-        return table
-    unique = table.group_by(table.column_names, use_threads=False).aggregate([])
-    return unique.select(table.column_names).sort_by([("ts_event", "ascending")])
 
 
 def run(cfg: Config, status: RoleStatus | None = None, shard: int = 0) -> None:

@@ -223,6 +223,26 @@ def journal_key(key: str) -> str:
     return f"{AGGREGATOR_JOURNAL_PREFIX}:{exchange}:{channel}"
 
 
+def ensure_group(client: Any, key: str) -> None:
+    """The aggregators' consumer group on stream ``key`` (and the stream), created unless it exists."""
+    import redis
+
+    try:
+        client.xgroup_create(key, CONSUMER_GROUP, id="0", mkstream=True)
+    except redis.ResponseError as err:
+        if "BUSYGROUP" not in str(err):
+            raise
+
+
+def decode_read_reply(resp: Any) -> list[tuple[str, list[tuple[str, dict[bytes, bytes]]]]]:
+    """An XREADGROUP reply as (stream key, [(entry id, fields)]) with text keys and ids."""
+    out = []
+    for key, entries in resp or []:
+        k = key.decode() if isinstance(key, bytes) else key
+        out.append((k, [(e.decode() if isinstance(e, bytes) else e, f) for e, f in entries]))
+    return out
+
+
 def stream_lag(client: Any, key: str) -> int:
     """Entries of ``key`` the aggregator has not acknowledged: pending plus not yet delivered."""
     try:

@@ -225,7 +225,7 @@ class LocalCatalog:
         for path, version, retired_ns in self.db.execute(
                 "SELECT path, version, retired_ns FROM retired WHERE deleted = 0 ORDER BY path"):
             in_use = oldest_reader is not None and oldest_reader < version
-            if in_use or retired_ns > now - int(grace_seconds * 1e9):
+            if in_use or retired_ns > now - int(grace_seconds * NS_PER_SECOND):
                 held += 1
             else:
                 free.append(str(path))

@@ -44,7 +44,8 @@ from data_feed.lake import SliceKey, compacted_file_name, partition_dir, write_m
 from data_feed.schemas import CHANNEL_SCHEMAS, NS_PER_SECOND
 
 if TYPE_CHECKING:
-    from data_feed.s3 import GlueCatalog, Partition, S3Store
+    from data_feed.lake import Partition
+    from data_feed.s3 import GlueCatalog, S3Store
 
 LOG = logging.getLogger("data_feed.compaction")
 

@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Mapping
 from enum import StrEnum
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from data_feed.schemas import LAKE_CHANNELS, MARKET_CHANNELS, Channel
 
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "data-feed-config.yaml"
+# The embedded default config ships inside the package (package data), so an installed wheel has it;
+# configs/data-feed-config.yaml is its documented copy (tests/test_default_config.py keeps them identical).
+DEFAULT_CONFIG_RESOURCE = "default-config.yaml"
+DEFAULT_CONFIG_PATH = Path(str(resources.files("data_feed").joinpath(DEFAULT_CONFIG_RESOURCE)))
 
 SUPPORTED_EXCHANGES = ("BINANCE", "BINANCE_FUTURES", "BYBIT", "COINBASE", "KRAKEN", "OKX")
 SOURCES = ("simulator", "live", "replay")
@@ -380,7 +384,9 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     """Load a YAML config file (the embedded default when path is None)."""
     cfg_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
     try:
-        raw = yaml.safe_load(cfg_path.read_text())
+        text = (cfg_path.read_text() if path is not None
+                else resources.files("data_feed").joinpath(DEFAULT_CONFIG_RESOURCE).read_text())
+        raw = yaml.safe_load(text)
     except OSError as err:
         raise ConfigError(f"cannot read config {cfg_path}: {err.strerror}") from None
     except yaml.YAMLError as err:

@@ -59,6 +59,7 @@ from data_feed.bus import (
     split_consumer_topic,
 )
 from data_feed.config import FEATURES_CHANNEL, Config
+from data_feed.schemas import NS_PER_SECOND
 
 LOG = logging.getLogger("data_feed.gateway")
 
@@ -365,7 +366,7 @@ class Gateway:
             xpub.send_multipart([out, payload, seq], copy=False)
             self.delivered[name] += 1
             self.deliveries[name] += 1
-            self.last_delivery[name] = now_ns / 1e9
+            self.last_delivery[name] = now_ns / NS_PER_SECOND
 
     def _offer_preview(self, topic: str, payload: bytes) -> None:
         routes = self.preview_routes.get(topic)
@@ -389,7 +390,7 @@ def _is_topic_prefix(prefix: str) -> bool:
 def _deadline(grants: list[Grant]) -> int | None:
     """Until when (ns) any of ``grants`` lasts; None for ever."""
     expiries = [g.expires_at for g in grants]
-    return None if None in expiries else max(int(e.timestamp() * 1e9) for e in expiries if e)
+    return None if None in expiries else max(int(e.timestamp() * NS_PER_SECOND) for e in expiries if e)
 
 
 def store_engine(cfg: Config) -> Engine:

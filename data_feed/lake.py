@@ -25,12 +25,13 @@ from typing import Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_feed.schemas import NS_PER_SECOND, parquet_write_options, schema_for
+from data_feed.schemas import NS_PER_SECOND, PARTITION_KEYS, parquet_write_options, schema_for
 
 TMP_PREFIX = ".tmp-"
 COMPACT_TAG = "c"  # marks a compacted file's name: {first slice}-{last slice}-c{digest}.parquet
 COMPACT_DIGEST_CHARS = 16
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"  # a slice start in file names
+DATE_FORMAT = "%Y-%m-%d"  # the date= partition value (UTC day of the slice start)
 
 
 @dataclass(frozen=True, order=True)
@@ -41,7 +42,7 @@ class SliceKey:
     start_ns: int  # slice start, exchange time
 
     def date(self) -> str:
-        return datetime.fromtimestamp(self.start_ns / NS_PER_SECOND, tz=UTC).strftime("%Y-%m-%d")
+        return datetime.fromtimestamp(self.start_ns / NS_PER_SECOND, tz=UTC).strftime(DATE_FORMAT)
 
     def stamp(self) -> str:
         return datetime.fromtimestamp(self.start_ns / NS_PER_SECOND, tz=UTC).strftime(STAMP_FORMAT)
@@ -52,9 +53,39 @@ def slice_start(ts_event_ns: int, slice_seconds: int) -> int:
     return ts_event_ns - ts_event_ns % width
 
 
+def date_start_ns(date: str) -> int:
+    """The first instant (ns UTC) of a ``date=`` partition value."""
+    return int(datetime.strptime(date, DATE_FORMAT).replace(tzinfo=UTC).timestamp()) * NS_PER_SECOND
+
+
 def partition_relpath(channel: str, exchange: str, symbol: str, date: str) -> str:
     """A partition's directory relative to the lake root."""
     return f"{channel}/exchange={exchange}/symbol={symbol}/date={date}"
+
+
+def partition_prefix(channel: str, exchange: str | None = None, symbol: str | None = None) -> str:
+    """The key prefix (ending in ``/``) under which every partition of the channel (of one exchange, and
+    symbol) lies."""
+    prefix = channel + "/"
+    if exchange is not None:
+        prefix += f"exchange={exchange}/"
+        if symbol is not None:
+            prefix += f"symbol={symbol}/"
+    return prefix
+
+
+Partition = tuple[str, str, str, str]  # channel, exchange, symbol, date
+
+
+def partition_of(relpath: str) -> Partition | None:
+    """(channel, exchange, symbol, date) of a path relative to the lake root; None outside a partition."""
+    parts = relpath.split("/")
+    if len(parts) != len(PARTITION_KEYS) + 2 or not all("=" in p for p in parts[1:-1]):
+        return None
+    values = dict(p.split("=", 1) for p in parts[1:-1])
+    if set(values) != set(PARTITION_KEYS):
+        return None
+    return parts[0], values["exchange"], values["symbol"], values["date"]
 
 
 def partition_dir(root: Path, key: SliceKey) -> Path:
@@ -123,6 +154,11 @@ def parse_file_name(name: str) -> FileName:
     if len(parts) == 3 and compacted and name.endswith(".parquet"):
         return FileName(starts[0], starts[1], parts[-1][1:])
     raise ValueError(f"{name!r} is not a lake file name")
+
+
+def slice_start_of(name: str) -> int:
+    """The (first) slice start a lake file's name begins with."""
+    return _stamp_ns(name.split("-", 1)[0])
 
 
 def _stamp_ns(stamp: str) -> int:

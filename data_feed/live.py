@@ -106,7 +106,7 @@ def _last_delivered(groups: Any) -> tuple[int, int]:
 
 def landed_pairs(journal: dict[str, bytes], registered: set[str]) -> set[tuple[SliceKey, str]]:
     """(slice, entry) pairs the journal says are in the lake: committed, or written to a registered file."""
-    from data_feed.aggregator import JournalRecord
+    from data_feed.ledger import JournalRecord
 
     out: set[tuple[SliceKey, str]] = set()
     for path, raw in journal.items():

@@ -225,9 +225,11 @@ def _ages(age: ScrapeGauge, family: Metric, now: float) -> GaugeMetricFamily:
 def count_gap(exchange: str, channel: str, reason: str, missing_from_ns: int | None,
               missing_to_ns: int | None) -> None:
     """One gaps row: counted by reason, and its window's length when the row bounds both ends."""
+    from data_feed.schemas import NS_PER_SECOND
+
     GAPS.labels(exchange, channel, reason).inc()
     if missing_from_ns is not None and missing_to_ns is not None:
-        GAP_DURATION.labels(exchange, channel, reason).observe(max(0, missing_to_ns - missing_from_ns) / 1e9)
+        GAP_DURATION.labels(exchange, channel, reason).observe(max(0, missing_to_ns - missing_from_ns) / NS_PER_SECOND)
 
 
 def export_known(cfg: Any, roles: list[str]) -> None:
@@ -273,14 +275,16 @@ def lake_symbols(cfg: Any) -> list[tuple[str, str, str]]:
     """(channel, exchange, symbol) of every lake partition key the config's roles write, but ``gaps`` (its
     rows come and go with outages): each channel's symbols and, with the featurizer on, the features of the
     symbols it reads (trades and l2_book)."""
+    from data_feed.schemas import Channel
+
     out = []
     for exchange, ex in cfg.exchanges.items():
         channels = ex.channels()
         out += [(name, exchange, symbol) for name, ch in channels.items() for symbol in ch.symbols]
         if cfg.featurizer.enabled:
-            read = dict.fromkeys(s for name in ("trades", "l2_book") if name in channels
+            read = dict.fromkeys(s for name in (Channel.TRADES, Channel.L2_BOOK) if name in channels
                                  for s in channels[name].symbols)
-            out += [("features", exchange, symbol) for symbol in read]
+            out += [(Channel.FEATURES.value, exchange, symbol) for symbol in read]
     return out
 
 

@@ -17,12 +17,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 from data_feed.catalog import LocalCatalog, require_lake
 from data_feed.compaction import maintenance_lock, purge_retired
 from data_feed.config import LakeConfig
+from data_feed.lake import date_start_ns
 from data_feed.schemas import NS_PER_SECOND
 
 LOG = logging.getLogger("data_feed.retention")
@@ -40,8 +40,7 @@ class RetentionReport:
 
 def expired(date: str, days: int, now_ns: int) -> bool:
     """Whether the partition of ``date`` (YYYY-MM-DD, UTC) ended more than ``days`` days before ``now_ns``."""
-    start = datetime.strptime(date, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
-    end_ns = int((start + SECONDS_PER_DAY) * NS_PER_SECOND)
+    end_ns = date_start_ns(date) + SECONDS_PER_DAY * NS_PER_SECOND
     return end_ns + days * SECONDS_PER_DAY * NS_PER_SECOND <= now_ns
 
 

@@ -35,7 +35,6 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
@@ -49,12 +48,21 @@ import pyarrow.parquet as pq
 
 from data_feed.catalog import CatalogFile, Snapshot
 from data_feed.config import S3LakeConfig
-from data_feed.lake import STAMP_FORMAT, SliceKey, is_compacted, partition_dir, partition_relpath, slice_relpath
-from data_feed.schemas import CHANNEL_SCHEMAS, NS_PER_SECOND, PARTITION_KEYS, parquet_write_options, schema_for
+from data_feed.lake import (
+    Partition,
+    SliceKey,
+    is_compacted,
+    partition_dir,
+    partition_of,
+    partition_prefix,
+    partition_relpath,
+    slice_relpath,
+    slice_start_of,
+)
+from data_feed.schemas import CHANNEL_SCHEMAS, parquet_write_options, schema_for
 
 LOG = logging.getLogger("data_feed.s3")
 
-STAMP_CHARS = 16
 GLUE_TYPES = {"int64": "bigint", "double": "double", "string": "string", "bool": "boolean"}
 PARTITION_GLUE_TYPES = {"exchange": "string", "symbol": "string", "date": "date"}
 DELETE_BATCH = 1000  # keys per S3 DeleteObjects request at most
@@ -63,7 +71,6 @@ MANIFEST_FORMAT = 1
 MANIFEST_READ_THREADS = 16  # manifests fetched at once when listing many compacted partitions
 MISSING_KEY_CODES = ("NoSuchKey", "404")
 
-Partition = tuple[str, str, str, str]  # channel, exchange, symbol, date
 
 
 class ManifestError(ValueError):
@@ -119,28 +126,12 @@ def _is_lake_file(name: str) -> bool:
     return name.endswith(".parquet") and not name.startswith((".", "_"))
 
 
-def _partition_of(relpath: str) -> Partition | None:
-    """(channel, exchange, symbol, date) of a path relative to the lake root; None outside a partition."""
-    parts = relpath.split("/")
-    if len(parts) != len(PARTITION_KEYS) + 2 or not all("=" in p for p in parts[1:-1]):
-        return None
-    values = dict(p.split("=", 1) for p in parts[1:-1])
-    if set(values) != set(PARTITION_KEYS):
-        return None
-    return parts[0], values["exchange"], values["symbol"], values["date"]
-
-
 def boto3_session(cfg: S3LakeConfig) -> boto3.Session:
     return boto3.Session(region_name=cfg.region) if cfg.region else boto3.Session()
 
 
 def glue_columns(channel: str) -> dict[str, str]:
     return {f.name: GLUE_TYPES[str(f.type)] for f in CHANNEL_SCHEMAS[channel]}
-
-
-def slice_start_of(name: str) -> int:
-    start = datetime.strptime(name[:STAMP_CHARS], STAMP_FORMAT).replace(tzinfo=UTC)
-    return int(start.timestamp()) * NS_PER_SECOND
 
 
 def arrow_filesystem(cfg: S3LakeConfig, session: boto3.Session | None = None) -> pafs.S3FileSystem:
@@ -327,7 +318,7 @@ class GlueCatalog:
         groups: dict[Partition, list[tuple[str, int]]] = {}
         manifested: list[Partition] = []
         for relpath, size in self.store.list(prefix):
-            partition = _partition_of(relpath)
+            partition = partition_of(relpath)
             if partition is None:
                 continue
             group = groups.setdefault(partition, [])
@@ -343,13 +334,8 @@ class GlueCatalog:
     def files(self, channel: str, exchange: str | None = None, symbol: str | None = None) -> list[CatalogFile]:
         """The channel's files (of one exchange, and symbol): listed slice files compaction has not retired,
         and the compacted files its manifests name."""
-        prefix = channel + "/"
-        if exchange is not None:
-            prefix += f"exchange={exchange}/"
-            if symbol is not None:
-                prefix += f"symbol={symbol}/"
         out = []
-        for partition, (manifest, listed) in self.listing(prefix).items():
+        for partition, (manifest, listed) in self.listing(partition_prefix(channel, exchange, symbol)).items():
             if partition[0] == channel:
                 out += manifest.visible(partition, listed)
         return sorted(out, key=lambda f: f.path)

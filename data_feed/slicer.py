@@ -15,11 +15,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data_feed.lake import SliceKey
-from data_feed.schemas import NS_PER_SECOND, SYMBOL_COLUMN, Channel
+from data_feed.schemas import NS_PER_DAY, SYMBOL_COLUMN, Channel
 
 HISTORY_MIN_SLICES = 3  # an entry whose rows of one symbol span this many slices carries history
 LIVE_ONLY_CHANNELS = (Channel.L2_BOOK, Channel.TRADES)  # in their own slices (book snapshots, backfill's ranges)
-NS_PER_DAY = 86_400 * NS_PER_SECOND
 
 
 def split_entry(channel: str, exchange: str, table: pa.Table, width_ns: int) -> list[tuple[SliceKey, pa.Table]]:

@@ -38,8 +38,7 @@ from typing import IO, Any
 import redis
 from prometheus_client.registry import Collector
 
-from data_feed import metrics
-from data_feed.cache import AGGREGATOR_WRITTEN_KEY, configured_streams, health_key, stream_lag
+from data_feed import metrics, spawner_status
 from data_feed.config import Config, parse_config
 from data_feed.db import make_engine, save_effective_config
 from data_feed.redis_server import PrivateRedis, RedisServerError, free_port
@@ -72,6 +71,10 @@ class Role:
     backoff: float = 1.0
     next_start: float = 0.0
     log_file: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -365,60 +368,18 @@ class Spawner:
         return self.sim.request(method, path)
 
     def written_totals(self) -> dict[str, int]:
-        raw: dict[bytes, bytes] = self.redis_client().hgetall(AGGREGATOR_WRITTEN_KEY)  # type: ignore[assignment]
-        return {k.decode(): int(v) for k, v in raw.items()}
+        return spawner_status.written_totals(self.redis_client())
 
     def run_summary(self) -> dict[str, dict[str, int]]:
         """Rows, files and bytes each channel landed during this run."""
         now = self.written_totals() if self.client is not None else {}
-        out: dict[str, dict[str, int]] = {}
-        for key, value in now.items():
-            channel, what = key.rsplit(":", 1)
-            totals = out.setdefault(channel, {"rows": 0, "files": 0, "bytes": 0})
-            totals[what] = value - self.written_at_start.get(key, 0)
-        return out
+        return spawner_status.run_summary(now, self.written_at_start)
 
     def collector_states(self) -> dict[str, dict[str, str]]:
-        from data_feed.cache import collector_state_key
-
-        client = self.redis_client()
-        out = {}
-        for ex in self.cfg.exchanges:
-            raw: dict[bytes, bytes] = client.hgetall(collector_state_key(ex))  # type: ignore[assignment]
-            out[ex] = {k.decode(): v.decode() for k, v in raw.items()}
-        return out
+        return spawner_status.collector_states(self.redis_client(), self.cfg.exchanges)
 
     def health(self) -> dict[str, Any]:
-        now = time.time()
-        reported = self._reported_health()
-        roles = [
-            {"role": r.name, "pid": r.proc.pid if r.proc else None, "alive": r.alive(), "http_port": r.http_port,
-             "uptime_s": round(now - r.started_at, 1) if r.alive() else 0.0, "restarts": r.restarts,
-             "status": reported.get(r.name, {}).get("status", "ok" if r.alive() else "down"),
-             "reason": reported.get(r.name, {}).get("reason", "" if r.alive() else "not running")}
-            for r in self.roles.values()
-        ]
-        reasons = [f"{r['role']}: {r['reason'] or r['status']}" for r in roles
-                   if not r["alive"] or r["status"] != "ok"]
-        lag: dict[str, int] = {}
-        try:
-            if self.client is not None:
-                lag = {key: stream_lag(self.client, key) for key in configured_streams(self.cfg)}
-        except (redis.RedisError, OSError) as err:
-            reasons.append(f"redis: unreachable ({err})")
-        status = "stopping" if self.stopping else ("degraded" if reasons else "ok")
-        return {"status": status, "reasons": reasons, "pid": os.getpid(), "uptime_s": round(now - self.started, 1),
-                "roles": roles, "lag": lag}
-
-    def _reported_health(self) -> dict[str, dict[str, str]]:
-        """What each role says of itself in its Redis health key (expired keys say nothing)."""
-        if self.client is None:
-            return {}
-        try:
-            raw = self.client.mget([health_key(name) for name in self.roles])
-        except (redis.RedisError, OSError):
-            return {}
-        return {name: json.loads(value) for name, value in zip(self.roles, raw, strict=True) if value}
+        return spawner_status.health(self.cfg, self.client, list(self.roles.values()), self.started, self.stopping)
 
     def _serve_http(self) -> None:
         def health() -> tuple[int, dict[str, Any]]:

@@ -5,7 +5,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-NS_PER_SECOND: int
 NO_TRADE_ID: int
 MAX_INITIAL_RING_SLOTS: int
 SLICE_FIELDS: tuple[str, ...]

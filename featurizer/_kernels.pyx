@@ -36,7 +36,6 @@ cnp.import_array()
 MIN_ROWS_PER_THREAD = 100_000  # below this, one thread: starting more costs more than it saves
 CHUNKS_PER_THREAD = 16  # small chunks handed out on demand: a thread slowed by other load takes fewer
 
-NS_PER_SECOND = 1_000_000_000
 cdef double BPS = 1e4  # basis points per unit
 
 cdef struct Slice:

@@ -27,14 +27,13 @@ import pyarrow.parquet as pq
 
 from data_feed.catalog import CatalogFile, LocalCatalog
 from data_feed.config import FEATURES_CHANNEL, FeaturizerConfig
-from data_feed.schemas import NS_PER_SECOND, Channel, GapReason, schema_for
+from data_feed.schemas import NS_PER_SECOND, NS_PER_US, Channel, GapReason, schema_for
 from featurizer._kernels import NO_TRADE_ID
 from featurizer.engine import Closed, ExchangeFeaturizer
 from featurizer.features import COMPLETE_COLUMN, VALUE_COLUMNS, interval_ns, overlaps, values
 
 LOG = logging.getLogger("featurizer.backfill")
 
-NS_PER_MICROSECOND = 1000  # collector times are whole microseconds; the lake's opening snapshots are not
 TRADE_COLUMNS = ["ts_event", "ts_recv", "id", "side", "price", "amount"]
 BOOK_COLUMNS = ["ts_event", "ts_recv", "side", "price", "size", "snapshot"]
 CHANNELS = (Channel.TRADES, Channel.L2_BOOK)
@@ -82,7 +81,8 @@ def drop_opening_snapshots(book: pa.Table) -> pa.Table:
     if book.num_rows == 0:
         return book
     recv = book.column("ts_recv").to_numpy()
-    synthetic = book.column("snapshot").to_numpy(zero_copy_only=False) & (recv % NS_PER_MICROSECOND != 0)
+    # collector times are whole microseconds; the lake's opening snapshots are not
+    synthetic = book.column("snapshot").to_numpy(zero_copy_only=False) & (recv % NS_PER_US != 0)
     symbols = book.column("symbol").to_numpy(zero_copy_only=False)
     first_row = np.zeros(len(recv), dtype=bool)
     _, first_index = np.unique(symbols, return_index=True)

@@ -73,7 +73,7 @@ GAP_FROM_COLUMN, GAP_TO_COLUMN = GAP_COLUMNS.index("missing_from_ts"), GAP_COLUM
 GAP_REASON_COLUMN = GAP_COLUMNS.index("reason")
 GAP_DETAIL_COLUMN = GAP_COLUMNS.index("detail")
 OPEN_END = 2**63 - 1  # the end of an outage still open: every later slice touches it
-RECV_COLUMN = batch_columns("trades").index("ts_recv")  # of trades and l2_book rows alike
+RECV_COLUMN = batch_columns(Channel.TRADES).index("ts_recv")  # of trades and l2_book rows alike
 MAX_WINDOWS_PER_SYMBOL = 1000  # the newest kept: older ones lie before every slice still open
 
 

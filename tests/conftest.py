@@ -10,14 +10,36 @@ from typing import Any
 
 import pytest
 import redis
+import sqlalchemy as sa
 import yaml
 
 from data_feed.config import DEFAULT_CONFIG_PATH, Config, parse_config
+from data_feed.db import make_engine
 from data_feed.redis_server import PrivateRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 CAPTURES = ROOT.parent / "shared" / "captures"
 IN_CI = os.environ.get("CI") == "true"
+MYSQL_URL = os.environ.get("DATA_FEED_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+POSTGRES_URL = os.environ.get("DATA_FEED_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+# parametrize a fixture over every SQL backend: SQLite and the real MariaDB and PostgreSQL servers
+SQL_BACKENDS = ["sqlite", pytest.param("mysql", marks=pytest.mark.mysql),
+                pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+def server_engine(backend: str) -> sa.Engine:
+    """An engine on the real MariaDB ("mysql") or PostgreSQL server; the test is skipped when the server is not
+    there, except in CI, which must exercise both: there an absent server is a failure."""
+    url = MYSQL_URL if backend == "mysql" else POSTGRES_URL
+    engine = make_engine(url)
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.OperationalError as err:
+        if IN_CI:
+            raise
+        pytest.skip(f"no server at {url}: {err.orig}")
+    return engine
 
 
 @pytest.fixture(scope="session")

@@ -11,31 +11,16 @@ import sqlalchemy as sa
 
 from data_feed.config import load_config
 from data_feed.db import CONFIG_HISTORY, config_history, make_engine, save_effective_config
-from tests.conftest import IN_CI
-
-MYSQL_URL = os.environ.get("DATA_FEED_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
-POSTGRES_URL = os.environ.get("DATA_FEED_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+from tests.conftest import SQL_BACKENDS, server_engine
 
 
-def _server_engine(url: str) -> sa.Engine:
-    engine = make_engine(url)
-    try:
-        with engine.connect():
-            pass
-    except sa.exc.OperationalError as err:
-        if IN_CI:  # CI must exercise the real servers; an absent one is a failure there
-            raise
-        pytest.skip(f"no server at {url}: {err.orig}")
-    CONFIG_HISTORY.drop(engine, checkfirst=True)
-    return engine
-
-
-@pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql),
-                        pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=SQL_BACKENDS)
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> sa.Engine:
     if request.param == "sqlite":
         return make_engine(f"sqlite:///{tmp_path / 'sub' / 'df.db'}")
-    return _server_engine(MYSQL_URL if request.param == "mysql" else POSTGRES_URL)
+    engine = server_engine(request.param)
+    CONFIG_HISTORY.drop(engine, checkfirst=True)
+    return engine
 
 
 def test_every_start_saves_config_and_hash(engine: sa.Engine) -> None:

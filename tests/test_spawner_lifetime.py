@@ -78,7 +78,7 @@ def test_the_supervision_loop_outlives_a_redis_outage_under_its_status_line(tmp_
 
     import redis as redis_lib
 
-    from data_feed.cli import _StatusLog
+    from data_feed.cli.pipeline import _StatusLog
     from data_feed.config import parse_config
     from data_feed.redis_server import PrivateRedis
     from data_feed.runtime import RunDir

@@ -17,7 +17,7 @@ from cryptofeed.defines import ASK, BID, CANDLES, FUNDING, L2_BOOK, LIQUIDATIONS
 from cryptofeed.defines import TRADES as CF_TRADES
 from cryptofeed.types import Candle, Funding, Liquidation, OpenInterest, OrderBook, Ticker, Trade
 
-from data_feed.schemas import Channel
+from data_feed.schemas import NS_PER_US, US_PER_SECOND, Channel
 
 if TYPE_CHECKING:
     from data_feed.collector.writer import StreamWriter
@@ -29,8 +29,6 @@ CRYPTOFEED_CHANNEL: dict[str, str] = {
 OUR_CHANNEL: dict[str, str] = {cf: str(ours) for ours, cf in CRYPTOFEED_CHANNEL.items()}
 TRADES_BUFFER, BOOK_BUFFER, TICKER_BUFFER = Channel.TRADES.value, Channel.L2_BOOK.value, Channel.TICKER.value
 
-US_PER_SECOND = 1_000_000
-NS_PER_US = 1000
 # Some cryptofeed classes hand over exchange times in epoch milliseconds (Bybit's books, tickers, candles);
 # as seconds such a value would lie past the year 5000, so anything above this is milliseconds.
 MS_EPOCH_THRESHOLD = 1e11

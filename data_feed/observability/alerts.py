@@ -14,12 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from data_feed.schemas import Channel
+
 RUNBOOK_BASE = "docs/runbooks.md"  # relative to the repository; a deployment may render an absolute base
 FRESHNESS_MARGIN_SECONDS = 60  # lake freshness alert: beyond slice + allowed lateness + this
 COLLECTOR = 'role=~"collector .+"'
 NOT_COLLECTOR = 'role!~"collector .+"'
 BY = "job, instance"  # every rule keeps the target's labels: one Prometheus may scrape several pipelines
-SPARSE_CHANNELS = "liquidations"  # event-driven channels whose lake can be quiet for hours in a calm market
+SPARSE_CHANNELS = Channel.LIQUIDATIONS.value  # event-driven channels whose lake can be quiet for hours in a calm market
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ a real Prometheus scraping a real run answers every query with data.
 
 from __future__ import annotations
 
+from data_feed.cache import STREAM_KEY_PREFIX
 from data_feed.observability.grafana import (
     Dashboard,
     Panel,
@@ -167,7 +168,7 @@ def _gaps() -> list[Panel]:
 
 
 def _cache() -> list[Panel]:
-    streams = '{stream=~"df:stream:$exchange:.*"}'
+    streams = f'{{stream=~"{STREAM_KEY_PREFIX}:$exchange:.*"}}'
     return [
         timeseries("Stream length", "Entries in each of the exchange's streams (bound: redis.stream_maxlen).",
                    q(f"max by (stream) (data_feed_stream_length{streams})", "{{stream}}")),

@@ -209,7 +209,7 @@ def test_an_unexpected_flusher_error_is_logged_and_stops_the_collector_non_zero(
         def broken(taken: Any) -> Any:
             raise RuntimeError("a bug in the flusher")
 
-        monkeypatch.setattr(writer, "_encode", broken)
+        monkeypatch.setattr(writer.delivery, "encode", broken)
         writer.start(asyncio.get_running_loop())
         await _trades(writer, 1, 5)
         while not signals:

@@ -18,7 +18,8 @@ from data_feed.client import Client
 from data_feed.config import Config
 from data_feed.gateway import Gateway
 from data_feed.redis_server import free_port
-from featurizer._kernels import NS_PER_SECOND, SLICE_DTYPE
+from data_feed.schemas import NS_PER_SECOND
+from featurizer._kernels import SLICE_DTYPE
 from featurizer.features import rows
 from tests.conftest import make_config
 from tests.harness import wait_for

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 import redis
 
-from data_feed.aggregator import Aggregator, JournalRecord
+from data_feed.aggregator import Aggregator
 from data_feed.cache import CONSUMER_GROUP, encode_batch, journal_key, stream_key
 from data_feed.catalog import LocalCatalog
 from data_feed.config import Config
 from data_feed.lake import LocalStore, channel_files
+from data_feed.ledger import JournalRecord
 from data_feed.query import run_query
 from tests.conftest import make_config
 

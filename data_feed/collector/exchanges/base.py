@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from cryptofeed.exceptions import UnsupportedSymbol
+
 from data_feed import metrics
 from data_feed.schemas import GapReason
 
@@ -105,9 +107,9 @@ class CollectorFeedMixin:
             now = time.time()
             stalled = silent_since is not None and now - silent_since >= self.timeout * STALL_FRACTION_OF_WATCHDOG
             since = f"{silent_since:.6f}" if silent_since is not None else "?"
-            LOG.warning("exchange=%s conn=%s: reconnected (%s); no data from %s to %.6f", self.id, conn.uuid,
-                        "stall" if stalled else "disconnect", since, now)
             reason = GapReason.STALL if stalled else GapReason.DISCONNECT
+            LOG.warning("exchange=%s conn=%s: reconnected (%s); no data from %s to %.6f", self.id, conn.uuid,
+                        reason, since, now)
             self.connection_gap(conn, reason, f"no frames from {since} to {now:.6f}")
         self._df_subscribed.add(conn.uuid)
         await super().subscribe(conn)  # type: ignore[misc]
@@ -141,7 +143,7 @@ class CollectorFeedMixin:
     def _std_symbol(self, symbol: str) -> str:
         try:
             return str(self.exchange_symbol_to_std_symbol(symbol))  # type: ignore[attr-defined]
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, UnsupportedSymbol):  # a symbol cryptofeed does not list: as the exchange names it
             return symbol
 
     def gap(self, symbol: str, channel: str, reason: str, first_missing: int | None = None,

@@ -21,7 +21,7 @@ from cryptofeed.exchanges import Binance
 from cryptofeed.feed import Feed
 
 from data_feed.collector.exchanges.base import CollectorFeedMixin, Endpoints, GapRecorded, LoggedGaps
-from data_feed.schemas import Channel
+from data_feed.schemas import Channel, GapReason
 
 SIM_PATH = "/binance"
 SLOW_SNAPSHOT_SECONDS = 1.0  # the book is unavailable while its snapshot loads; longer than this is a gap
@@ -52,14 +52,18 @@ class BinanceGaps(LoggedGaps):
     def _check_update_id(self, std_pair: str, msg: dict[str, Any]) -> bool:
         """depthUpdate {"U": 157, "u": 160, ...}: U must be the last u + 1, or cryptofeed resets the books."""
         expected = self.last_update_id.get(std_pair)
+        if expected is not None and std_pair in self._l2_book and int(msg["u"]) < expected:
+            return True  # already applied (a repeat, or out of order): skipped as spot's check does; futures' resets
         books = list(self._l2_book)
         skip: bool = super()._check_update_id(std_pair, msg)  # type: ignore[misc]
         if std_pair in books and not self._l2_book and expected is not None:
-            self.gap(std_pair, BOOK, "sequence_gap", expected + 1, int(msg["U"]) - 1,
+            first, last = expected + 1, int(msg["U"]) - 1
+            known = first <= last  # else futures' pu broke the chain over ids it had: which are missing is unknown
+            self.gap(std_pair, BOOK, GapReason.SEQUENCE_GAP, first if known else None, last if known else None,
                      detail=f"update {msg['U']} after {expected}; resynchronising from a snapshot")
             for other in books:
                 if other != std_pair:
-                    self.gap(other, BOOK, "resync", detail=f"books reset after a gap in {std_pair}")
+                    self.gap(other, BOOK, GapReason.RESYNC, detail=f"books reset after a gap in {std_pair}")
         return skip
 
     async def _snapshot(self, pair: str) -> None:
@@ -68,11 +72,11 @@ class BinanceGaps(LoggedGaps):
         try:
             await super()._snapshot(pair)  # type: ignore[misc]
         except Exception as err:
-            self.gap(symbol, BOOK, "snapshot_failed", detail=f"{type(err).__name__}: {err}"[:200])
+            self.gap(symbol, BOOK, GapReason.SNAPSHOT_FAILED, detail=f"{type(err).__name__}: {err}"[:200])
             raise GapRecorded(f"exchange={self.id} symbol={symbol}: book snapshot failed: {err}") from err
         elapsed = time.monotonic() - started
         if elapsed > SLOW_SNAPSHOT_SECONDS:
-            self.gap(symbol, BOOK, "slow_snapshot", detail=f"book snapshot took {elapsed:.3f}s")
+            self.gap(symbol, BOOK, GapReason.SLOW_SNAPSHOT, detail=f"book snapshot took {elapsed:.3f}s")
 
 
 class BinanceWithGaps(BinanceGaps, Binance):  # type: ignore[misc]

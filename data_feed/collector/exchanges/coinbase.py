@@ -30,6 +30,7 @@ from cryptofeed.types import OrderBook, Ticker
 from yapic import json
 
 from data_feed.collector.exchanges.base import CollectorFeedMixin, Endpoints
+from data_feed.schemas import NS_PER_SECOND, GapReason
 
 LOG = logging.getLogger("data_feed.collector")
 
@@ -50,7 +51,7 @@ def to_epoch_seconds(value: Any) -> float | None:
     text = str(value).rstrip("Z")
     whole, _, frac = text.partition(".")
     base = datetime.fromisoformat(whole).replace(tzinfo=UTC).timestamp()
-    return base + (int(frac[:9].ljust(9, "0")) / 1e9 if frac else 0.0)
+    return base + (int(frac[:9].ljust(9, "0")) / NS_PER_SECOND if frac else 0.0)
 
 
 class CoinbaseWithTicker(Coinbase):  # type: ignore[misc]
@@ -93,7 +94,7 @@ class CoinbaseWithTicker(Coinbase):  # type: ignore[misc]
         if last is not None and seq > last + 1:
             when = time.time()
             for channel, symbol in self.carried(conn):
-                self.gap(symbol, channel, "sequence_gap", last + 1, seq - 1,
+                self.gap(symbol, channel, GapReason.SEQUENCE_GAP, last + 1, seq - 1,
                          detail=f"sequence_num {seq} after {last}; level2 resubscribed", when=when)
             await self._resubscribe_book(conn)
 

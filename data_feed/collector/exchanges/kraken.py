@@ -1,6 +1,7 @@
 """Kraken (websocket API v1) collector feed: cryptofeed's ``Kraken``, endpoints swapped when simulated.
 
-Book checksums are always validated; a mismatch is a ``checksum`` gaps row and the book is
+Book checksums are always validated (also those of an update sent as two dicts, asks then bids, whose
+checksum is in the second, where cryptofeed does not look); a mismatch is a ``checksum`` gaps row and the book is
 resubscribed (unsubscribe + subscribe brings a fresh snapshot). Kraken trades carry no id, so the
 lake's ``id``/``id_text`` stay null for them. Sample book update::
 
@@ -18,7 +19,7 @@ from cryptofeed.feed import Feed
 from yapic import json
 
 from data_feed.collector.exchanges.base import CollectorFeedMixin, Endpoints, LoggedGaps
-from data_feed.schemas import Channel
+from data_feed.schemas import Channel, GapReason
 
 SIM_PATH = "/kraken"
 BOOK = Channel.L2_BOOK.value
@@ -41,12 +42,23 @@ class KrakenWithChecks(LoggedGaps, Kraken):  # type: ignore[misc]
             frame = json.loads(msg)
             channel_name, pair = frame[-2], frame[-1]
             symbol = self.exchange_symbol_to_std_symbol(pair)
-            self.gap(symbol, BOOK, "checksum", detail=f"{channel_name} {pair}: book checksum mismatch; resubscribed")
+            self.gap(symbol, BOOK, GapReason.CHECKSUM,
+                     detail=f"{channel_name} {pair}: book checksum mismatch; resubscribed")
             resyncing.add(pair)
             sub = {"name": "book", "depth": int(channel_name.split("-")[1])}
             for event in ("unsubscribe", "subscribe"):
                 await conn.write(json.dumps({"event": event, "pair": [pair], "subscription": sub}))
 
+
+    async def _book(self, msg: list[Any], pair: str, timestamp: float) -> None:
+        """An update of asks and bids comes as two dicts, the checksum in the second; cryptofeed looks for it in
+        the first only, so such an update was never checked. Hand it the checksum where it looks."""
+        parts = msg[1:-2]
+        if len(parts) > 1 and "c" not in parts[0]:
+            checksum = next((part["c"] for part in parts[1:] if "c" in part), None)
+            if checksum is not None:
+                msg = [msg[0], {**parts[0], "c": checksum}, *parts[1:], *msg[-2:]]
+        await super()._book(msg, pair, timestamp)
 
     @staticmethod
     def _awaiting_snapshot(msg: str, resyncing: set[str]) -> bool:

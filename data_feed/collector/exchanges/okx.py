@@ -27,7 +27,7 @@ from yapic import json
 
 from data_feed.collector.exchanges.base import CollectorFeedMixin, Endpoints, LoggedGaps
 from data_feed.collector.exchanges.replay import rehost
-from data_feed.schemas import Channel
+from data_feed.schemas import Channel, GapReason
 
 SIM_PATH = "/okx"
 SWAP_SUFFIX = "-SWAP"
@@ -49,7 +49,7 @@ class OkxWithChecks(LoggedGaps, OKX):  # type: ignore[misc]
             await super().message_handler(msg, conn, timestamp)
         except BadChecksum:
             inst_id = json.loads(msg)["arg"]["instId"]
-            self.gap(self.exchange_symbol_to_std_symbol(inst_id), BOOK, "checksum",
+            self.gap(self.exchange_symbol_to_std_symbol(inst_id), BOOK, GapReason.CHECKSUM,
                      detail=f"books {inst_id}: checksum mismatch; resubscribed")
             resyncing.add(inst_id)
             arg = [{"channel": "books", "instId": inst_id}]
