@@ -36,7 +36,8 @@ def tool(name: str) -> str:
 
 def terraform_cli_config() -> str:
     """The CLI config pointing terraform at the on-disk AWS provider mirror, written by .ci/deploy-tools."""
-    config = Path(os.environ.get("TF_CLI_CONFIG_FILE", TOOLS_DIR / "terraformrc"))
+    named = os.environ.get("TF_CLI_CONFIG_FILE")
+    config = Path(named) if named and Path(named).is_file() else TOOLS_DIR / "terraformrc"  # a stale name: ours
     if not config.is_file():
         _missing(f"terraform CLI config {config}")
     return str(config)
