@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-chaos lint bench clean dashboards dashboards-check lock
+.PHONY: install run test test-chaos test-docker lint bench clean dashboards dashboards-check lock
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,14 +18,20 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/data-feed run
 
-## test: the test suite against real redis-server, simulator, parquet and SQL servers (all but the chaos run)
+## test: the test suite against real redis-server, simulator, parquet and SQL servers (all but the chaos and docker runs)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not chaos"; rc=$$?; \
+	$(BIN)/python -m pytest -q -m "not chaos and not docker"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 ## test-chaos: over three minutes of every role SIGKILLed again and again, then the lake checked (CI runs it)
 test-chaos: $(STAMP)
 	$(BIN)/python -m pytest -q -m chaos; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+## test-docker: both images built and run, the compose stacks validated and the dev stack brought up and down
+## (docker from .ci/docker: eval "$$(.ci/docker)" first, or let the tests run it; .ci/docker stop ends dockerd)
+test-docker: $(STAMP)
+	$(BIN)/python -m pytest -q -m docker tests/deploy; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 lint: $(STAMP)

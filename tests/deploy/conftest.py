@@ -1,0 +1,5 @@
+"""The deploy tests' shared fixtures."""
+
+from tests.deploy.docker import docker
+
+__all__ = ["docker"]

@@ -1,0 +1,5 @@
+#!/bin/sh
+case "$1" in
+  server|master|volume|filer|s3) exec weed -logtostderr=true "$@" ;;
+esac
+exec "$@"
