@@ -48,8 +48,8 @@ EXACT_HOMES: dict[str, str] = {
     "bus-publish.sock": "data_feed/bus.py",
     "bus-subscribe.sock": "data_feed/bus.py",
     "_catalog.sqlite": "data_feed/catalog.py",
-    "_maintenance.lock": "data_feed/compaction.py",
-    "_manifest.json": "data_feed/s3.py",
+    "_maintenance.lock": "data_feed/catalog.py",
+    "_manifest.json": "data_feed/s3_manifest.py",
 }
 # A substring of any string constant -> its home: Redis key prefixes.
 SUBSTRING_HOMES = {"df:stream": CACHE, "df:collector": CACHE}
