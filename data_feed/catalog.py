@@ -22,21 +22,26 @@ running elsewhere deletes retired files only after ``lake.compaction_grace_secon
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from data_feed.lake import SliceKey
+from data_feed.lake import Partition, SliceKey
 from data_feed.schemas import NS_PER_SECOND
 
 LOG = logging.getLogger("data_feed.catalog")
 
 CATALOG_FILE = "_catalog.sqlite"
+LOCK_FILE = "_maintenance.lock"  # one compaction or retention run per lake at a time
+STATS_INTERVAL_SECONDS = 30.0  # a local catalog's partition stats: one grouped SQLite query
 NO_LEASE = 0  # the lease of a read-only catalog's snapshot: nothing was written
 BUSY_TIMEOUT_SECONDS = 30.0
 LEASE_MAX_SECONDS = 6 * 3600  # a reader's lease older than this is taken to be from a crashed process
@@ -103,6 +108,26 @@ class NoLake(LookupError):
     """A path that holds no lake: missing, not a directory, or without a catalog. The message says which."""
 
 
+class MaintenanceBusy(RuntimeError):
+    """Another compaction or retention run holds the lake's maintenance lock."""
+
+
+@contextmanager
+def maintenance_lock(root: Path) -> Iterator[None]:
+    """The maintenance lock of the lake at ``root`` (for a lake on S3, of ``lake.root`` on the host running
+    maintenance): an exclusive ``flock`` on ``_maintenance.lock``, ``MaintenanceBusy`` when held."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / LOCK_FILE, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MaintenanceBusy(f"another compaction or retention run is working on {root}") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def require_lake(root: str | Path) -> Path:
     """``root`` when it is a lake (a directory with a catalog); otherwise ``NoLake`` saying what is wrong."""
     root = Path(root)
@@ -127,11 +152,50 @@ class Catalog(Protocol):
 
     def files(self, channel: str, exchange: str | None = None, symbol: str | None = None) -> list[CatalogFile]: ...
 
+    def partition_stats(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], PartitionStats]: ...
+
     def close(self) -> None: ...
+
+    @property
+    def stats_interval_seconds(self) -> float:
+        """How often ``partition_stats`` may be read: its cost differs by catalog."""
+        ...
+
+
+class MaintainedCatalog(Catalog, Protocol):
+    """What compaction and retention need of a catalog (``data_feed.lake_seam``): the local one here, or Glue
+    with per-partition manifests (``data_feed.s3.GlueCatalog``)."""
+
+    def partitions(self, channel: str) -> list[tuple[str, str, str]]: ...
+
+    def visible_files(self, partition: Partition) -> list[CatalogFile]: ...
+
+    def swap(self, partition: Partition, removed: Sequence[str], added: Sequence[CatalogFile], now_ns: int) -> None:
+        """Replace the files ``removed`` of one partition by ``added`` atomically for readers; the removed
+        are retired (deleted by ``purge_retired`` once ``retired_past`` frees them)."""
+        ...
+
+    def retired_past(self, grace_seconds: float, now_ns: int) -> tuple[list[str], int]:
+        """Retired files no reader can still use, retired at least ``grace_seconds`` ago, and how many retired
+        files are still held."""
+        ...
+
+    def mark_deleted(self, paths: Iterable[str]) -> None: ...
+
+    def expire_partition(self, partition: Partition) -> tuple[int, int]:
+        """Remove a whole partition from the lake atomically for readers; returns its files and how many of
+        them were deleted at once (the rest are retired)."""
+        ...
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """The lake's maintenance lock; ``MaintenanceBusy`` when another run holds it."""
+        ...
 
 
 class LocalCatalog:
     """Partitions and files of a local lake; every method is one SQLite transaction."""
+
+    stats_interval_seconds = STATS_INTERVAL_SECONDS
 
     def __init__(self, root: str | Path, read_only: bool = False) -> None:
         """The catalog of the lake at ``root``; created (with the directory) unless ``read_only``."""
@@ -250,12 +314,33 @@ class LocalCatalog:
                                (channel,))
         return [(str(a), str(b), str(c)) for a, b, c in rows]
 
-    def partition_stats(self) -> dict[tuple[str, str], PartitionStats]:
-        """Per (channel, exchange): files, partitions holding them and the files of the fullest partition."""
+    def partition_stats(self, keys: Iterable[tuple[str, str]] = ()) -> dict[tuple[str, str], PartitionStats]:
+        """Per (channel, exchange) (every one, whatever ``keys`` asks: one query): files, partitions holding
+        them and the files of the fullest partition."""
         rows = self.db.execute("SELECT channel, exchange, SUM(n), COUNT(*), MAX(n) FROM (SELECT channel, exchange, "
                                "COUNT(*) AS n FROM files GROUP BY channel, exchange, symbol, date) "
                                "GROUP BY channel, exchange")
         return {(str(c), str(e)): PartitionStats(int(f), int(p), int(m)) for c, e, f, p, m in rows}
+
+    def visible_files(self, partition: Partition) -> list[CatalogFile]:
+        channel, exchange, symbol, date = partition
+        return [f for f in self.files(channel, exchange, symbol) if f.date == date]
+
+    def swap(self, partition: Partition, removed: Sequence[str], added: Sequence[CatalogFile], now_ns: int) -> None:
+        self.replace(removed, added)
+
+    def retired_past(self, grace_seconds: float, now_ns: int) -> tuple[list[str], int]:
+        """``purgeable``: readers' leases and the grace period are on this host's clock, not ``now_ns``."""
+        return self.purgeable(grace_seconds)
+
+    def expire_partition(self, partition: Partition) -> tuple[int, int]:
+        """Retire the partition's files in one swap: they are deleted once no reader's snapshot holds them."""
+        paths = [f.path for f in self.visible_files(partition)]
+        self.replace(paths, [])
+        return len(paths), 0
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        return maintenance_lock(self.root)
 
     def _version(self) -> int:
         return int(self.db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0])

@@ -15,8 +15,10 @@ file or none.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -194,6 +196,26 @@ class SliceStore(Protocol):
 
     def read(self, relpath: str, schema: pa.Schema) -> pa.Table: ...
 
+    def discard(self, relpath: str) -> None:
+        """Drop a file written but refused by the catalog (its path was retired), or leave it to maintenance."""
+        ...
+
+
+class MaintainedStore(SliceStore, Protocol):
+    """What compaction and retention need of a store (``data_feed.lake_seam``)."""
+
+    def uri(self, relpath: str) -> str: ...
+
+    def write_merged(self, relpath: str, channel: str, sources: Sequence[str], compression_level: int) -> tuple[
+            int, int, int]:
+        """Concatenate lake files in order into one, written atomically; returns its size, the rows read and
+        the rows the written file holds."""
+        ...
+
+    def delete(self, relpaths: Sequence[str]) -> None:
+        """Delete files (paths relative to the lake root); one already gone is no error."""
+        ...
+
 
 class LocalStore:
     """Slice files under a local lake root: atomic rename, fsynced."""
@@ -210,8 +232,22 @@ class LocalStore:
     def read(self, relpath: str, schema: pa.Schema) -> pa.Table:
         return pq.read_table(self.root / relpath, schema=schema)
 
-    def remove(self, relpath: str) -> None:
+    def discard(self, relpath: str) -> None:
         (self.root / relpath).unlink()
+
+    def uri(self, relpath: str) -> str:
+        return str(self.root / relpath)
+
+    def write_merged(self, relpath: str, channel: str, sources: Sequence[str], compression_level: int) -> tuple[
+            int, int, int]:
+        read = sum(pq.ParquetFile(self.root / s).metadata.num_rows for s in sources)
+        size = write_merged(self.root, relpath, channel, list(sources), compression_level)
+        return size, read, pq.ParquetFile(self.root / relpath).metadata.num_rows
+
+    def delete(self, relpaths: Sequence[str]) -> None:
+        for relpath in relpaths:
+            with contextlib.suppress(FileNotFoundError):  # deleted by an earlier run that died before recording it
+                (self.root / relpath).unlink()
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -1,6 +1,7 @@
 """The lake as the aggregator sees it, in metrics: what each commit landed and where the lake's newest
 slice ends (lake freshness is now minus that end, computed at scrape time), and, from the catalog every
-``STATS_INTERVAL_SECONDS``, files, partitions and the files of the fullest partition (small-file debt).
+``catalog.stats_interval_seconds`` (its cost differs by catalog), files, partitions and the files of the
+fullest partition (small-file debt).
 
 The catalog is re-read rather than counted at commit because compaction and retention, other processes,
 change it too.
@@ -17,15 +18,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from data_feed import metrics
 from data_feed.cache import parse_stream_key
-from data_feed.catalog import Catalog, LocalCatalog, PartitionStats
+from data_feed.catalog import Catalog, PartitionStats
 from data_feed.config import GAPS_CHANNEL
 from data_feed.lake import SliceKey
 from data_feed.schemas import NS_PER_SECOND
 
 LOG = logging.getLogger("data_feed.aggregator")
 
-STATS_INTERVAL_SECONDS = 30.0  # a local catalog: one grouped SQLite query
-S3_STATS_INTERVAL_SECONDS = 300.0  # a catalog on S3 lists every object of the channel
 STATS_ERRORS = (OSError, sqlite3.Error, BotoCoreError, ClientError)
 
 
@@ -35,7 +34,7 @@ class LakeMetrics:
         self.keys = sorted({(ch, ex) for ex, ch in map(parse_stream_key, streams)})
         self.width_ns = width_ns
         self.newest: dict[tuple[str, str, str], int] = {}  # slice end (ns) per (channel, exchange, symbol)
-        self.interval = STATS_INTERVAL_SECONDS if isinstance(catalog, LocalCatalog) else S3_STATS_INTERVAL_SECONDS
+        self.interval = catalog.stats_interval_seconds
         self._next_refresh = 0.0
 
     def landed(self, sk: SliceKey, rows: int) -> None:
@@ -71,14 +70,4 @@ class LakeMetrics:
             metrics.LAKE_PARTITION_FILES_MAX.labels(channel, exchange).set(found.max_files)
 
     def partition_stats(self) -> dict[tuple[str, str], PartitionStats]:
-        if isinstance(self.catalog, LocalCatalog):
-            return self.catalog.partition_stats()
-        out = {}
-        for channel, exchange in self.keys:
-            per_partition: dict[tuple[str, str], int] = {}
-            for f in self.catalog.files(channel, exchange):
-                per_partition[(f.symbol, f.date)] = per_partition.get((f.symbol, f.date), 0) + 1
-            if per_partition:
-                counts = per_partition.values()
-                out[(channel, exchange)] = PartitionStats(sum(counts), len(counts), max(counts))
-        return out
+        return self.catalog.partition_stats(self.keys)

@@ -66,8 +66,7 @@ class Lander:
         if not self.catalog.register(sk, path, table.num_rows, size):
             LOG.warning("exchange=%s channel=%s symbol=%s: %s was already compacted into a larger file; "
                         "dropping the rewritten copy", sk.exchange, sk.channel, sk.symbol, path)
-            if isinstance(self.store, LocalStore):
-                self.store.remove(path)
+            self.store.discard(path)
             return 0
         metrics.SLICES_WRITTEN.labels(sk.channel, sk.exchange).inc()
         metrics.ROWS_WRITTEN.labels(sk.channel, sk.exchange).inc(table.num_rows)

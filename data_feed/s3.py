@@ -9,7 +9,7 @@ date) and a partition registered as the first slice of it lands; its file
 lists come from S3 listings of the partition. ``snapshot`` gives queries the
 files of every partition Glue lists, and ``arrow_filesystem`` reads them with
 pyarrow (DuckDB's httpfs extension is not bundled with its wheel). Retention
-drops a partition from Glue, then deletes its objects (``drop_partition``).
+drops a partition from Glue, then deletes its objects (``expire_partition``).
 
 Compaction's register is a per-partition ``_manifest.json`` (``Manifest``),
 written by compaction only, each time with one PUT: the compacted files that
@@ -29,12 +29,12 @@ files too.
 
 from __future__ import annotations
 
+import contextlib
 import io
-import json
 import logging
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,84 +46,31 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from data_feed.catalog import CatalogFile, Snapshot
+from data_feed.catalog import CatalogFile, PartitionStats, Snapshot, maintenance_lock
 from data_feed.config import S3LakeConfig
 from data_feed.lake import (
     Partition,
     SliceKey,
-    is_compacted,
     partition_dir,
     partition_of,
     partition_prefix,
     partition_relpath,
     slice_relpath,
-    slice_start_of,
 )
-from data_feed.schemas import CHANNEL_SCHEMAS, parquet_write_options, schema_for
+from data_feed.s3_manifest import MANIFEST_NAME, Manifest
+from data_feed.s3_manifest import file_name as _name
+from data_feed.s3_manifest import is_lake_file as _is_lake_file
+from data_feed.schemas import CHANNEL_SCHEMAS, NS_PER_SECOND, parquet_write_options, schema_for
 
 LOG = logging.getLogger("data_feed.s3")
 
 GLUE_TYPES = {"int64": "bigint", "double": "double", "string": "string", "bool": "boolean"}
 PARTITION_GLUE_TYPES = {"exchange": "string", "symbol": "string", "date": "date"}
 DELETE_BATCH = 1000  # keys per S3 DeleteObjects request at most
-MANIFEST_NAME = "_manifest.json"  # a partition's compaction register; Athena and Hive skip names starting "_"
-MANIFEST_FORMAT = 1
 MANIFEST_READ_THREADS = 16  # manifests fetched at once when listing many compacted partitions
 MISSING_KEY_CODES = ("NoSuchKey", "404")
+S3_STATS_INTERVAL_SECONDS = 300.0  # partition stats on S3 list every object of the channel
 
-
-
-class ManifestError(ValueError):
-    """A partition's manifest that cannot be read: the partition's files cannot be told apart safely."""
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """A partition's compaction register (see the module docstring), by file name within the partition."""
-
-    live: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # compacted: (slice start ns, rows, bytes)
-    retired: dict[str, int] = field(default_factory=dict)  # replaced file -> when, wall clock ns
-
-    def to_json(self) -> bytes:
-        return json.dumps({"format": MANIFEST_FORMAT, "live": self.live, "retired": self.retired},
-                          sort_keys=True).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes, where: str) -> Manifest:
-        try:
-            doc = json.loads(raw)
-            if doc["format"] != MANIFEST_FORMAT:
-                raise ManifestError(f"{where}: manifest format {doc['format']}, this version reads {MANIFEST_FORMAT}")
-            live = {str(k): (int(v[0]), int(v[1]), int(v[2])) for k, v in doc["live"].items()}
-            return cls(live, {str(k): int(v) for k, v in doc["retired"].items()})
-        except (ValueError, KeyError, TypeError, IndexError) as err:
-            raise ManifestError(f"{where}: unreadable compaction manifest: {err}") from None
-
-    def swap(self, removed: Sequence[str], added: Sequence[CatalogFile], now_ns: int) -> Manifest:
-        """The manifest after replacing the files ``removed`` (paths) by the compacted files ``added``."""
-        gone = {_name(p) for p in removed}
-        live = {k: v for k, v in self.live.items() if k not in gone}
-        live |= {_name(f.path): (f.slice_start_ns, f.rows, f.bytes) for f in added}
-        return Manifest(live, self.retired | dict.fromkeys(sorted(gone), now_ns))
-
-    def visible(self, partition: Partition, listed: Sequence[tuple[str, int]]) -> list[CatalogFile]:
-        """The partition's files: listed slice files not retired, then the live compacted files."""
-        channel, exchange, symbol, date = partition
-        base = partition_relpath(*partition)
-        out = [CatalogFile(path, channel, exchange, symbol, date, slice_start_of(_name(path)), -1, size)
-               for path, size in listed  # rows: not listed by S3
-               if _is_lake_file(_name(path)) and not is_compacted(_name(path)) and _name(path) not in self.retired]
-        out += [CatalogFile(f"{base}/{name}", channel, exchange, symbol, date, start, rows, size)
-                for name, (start, rows, size) in self.live.items()]
-        return out
-
-
-def _name(relpath: str) -> str:
-    return relpath.rsplit("/", 1)[-1]
-
-
-def _is_lake_file(name: str) -> bool:
-    return name.endswith(".parquet") and not name.startswith((".", "_"))
 
 
 def boto3_session(cfg: S3LakeConfig) -> boto3.Session:
@@ -199,6 +146,9 @@ class S3Store:
             raise
         return body
 
+    def discard(self, relpath: str) -> None:
+        """Nothing now: the object has a retired name, so it goes with the retired objects after the grace."""
+
     def put(self, relpath: str, body: bytes) -> None:
         """One PUT: readers see the old object or the new one whole."""
         self.client.put_object(Bucket=self.cfg.bucket, Key=self.key(relpath), Body=body)
@@ -250,7 +200,12 @@ class S3Store:
 class GlueCatalog:
     """The local catalog's interface over Glue: a table per channel, a partition per (exchange, symbol, date)."""
 
-    def __init__(self, cfg: S3LakeConfig, store: S3Store, session: boto3.Session | None = None) -> None:
+    stats_interval_seconds = S3_STATS_INTERVAL_SECONDS
+
+    def __init__(self, cfg: S3LakeConfig, store: S3Store, session: boto3.Session | None = None,
+                 lock_dir: Path | None = None) -> None:
+        """``lock_dir``: where the maintenance lock is taken (``lake.root`` of the host running maintenance;
+        S3 itself holds no lock, so maintenance runs from one host); needed for ``lock`` only."""
         import awswrangler as wr
 
         self.wr = wr
@@ -261,6 +216,7 @@ class GlueCatalog:
             wr.config.glue_endpoint_url = cfg.glue_endpoint_url
         self.known: set[Partition] = set()
         self.tables: set[str] = set()
+        self.lock_dir = lock_dir
 
     def close(self) -> None:
         pass
@@ -346,12 +302,43 @@ class GlueCatalog:
         manifest, listed = found if found is not None else (Manifest(), [])
         return manifest, manifest.visible(partition, listed)
 
-    def retired_objects(self, channel: str) -> list[tuple[str, int]]:
-        """(path, retired at ns) of every object of the channel that compaction retired and is not deleted yet."""
-        out = []
-        for manifest, listed in self.listing(channel + "/").values():
-            out += [(path, manifest.retired[_name(path)]) for path, _ in listed if _name(path) in manifest.retired]
-        return sorted(out)
+    def visible_files(self, partition: Partition) -> list[CatalogFile]:
+        return self.partition_files(partition)[1]
+
+    def swap(self, partition: Partition, removed: Sequence[str], added: Sequence[CatalogFile], now_ns: int) -> None:
+        """One PUT of the partition's manifest, re-read first (under the maintenance lock nothing else writes it)."""
+        self.write_manifest(partition, self.manifest(partition_relpath(*partition)).swap(removed, added, now_ns))
+
+    def retired_past(self, grace_seconds: float, now_ns: int) -> tuple[list[str], int]:
+        """Objects compaction retired at least ``grace_seconds`` before ``now_ns`` (no reader leases on S3), and
+        how many retired objects the grace period still holds."""
+        horizon, free, held = now_ns - int(grace_seconds * NS_PER_SECOND), [], 0
+        for channel in CHANNEL_SCHEMAS:
+            for manifest, listed in self.listing(channel + "/").values():
+                for path, _ in listed:
+                    retired_ns = manifest.retired.get(_name(path))
+                    if retired_ns is not None and retired_ns <= horizon:
+                        free.append(path)
+                    held += retired_ns is not None and retired_ns > horizon
+        return sorted(free), held
+
+    def mark_deleted(self, paths: Iterable[str]) -> None:
+        """Nothing: the listing is the register, a deleted object is no longer in it."""
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        if self.lock_dir is None:
+            raise ValueError("GlueCatalog: no lock_dir given, so no maintenance lock to take")
+        return maintenance_lock(self.lock_dir)
+
+    def partition_stats(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], PartitionStats]:
+        """Per (channel, exchange) of ``keys``: files, partitions holding them and the fullest partition's files."""
+        out = {}
+        for channel, exchange in keys:
+            per_partition = Counter((f.symbol, f.date) for f in self.files(channel, exchange))
+            if per_partition:
+                counts = per_partition.values()
+                out[(channel, exchange)] = PartitionStats(sum(counts), len(counts), max(counts))
+        return out
 
     def partitions(self, channel: str) -> list[tuple[str, str, str]]:
         """(exchange, symbol, date) of every partition Glue lists for the channel's table (none without one)."""
@@ -362,16 +349,18 @@ class GlueCatalog:
                                                boto3_session=self.session)
         return sorted((v[0], v[1], v[2]) for v in found.values())
 
-    def drop_partition(self, channel: str, exchange: str, symbol: str, date: str) -> list[str]:
-        """Remove a partition from Glue, then delete its files; returns the files deleted. Queries take their
-        file lists from Glue's partitions, so the partition leaves them whole, before any file goes."""
+    def expire_partition(self, partition: Partition) -> tuple[int, int]:
+        """Remove a partition from Glue, then delete its files at once (S3 has no reader leases); returns the
+        files deleted, twice. Queries list files from Glue's partitions, so it leaves them whole first."""
+        channel, exchange, symbol, date = partition
         self.wr.catalog.delete_partitions(table=channel, database=self.cfg.database,
                                           partitions_values=[[exchange, symbol, date]], boto3_session=self.session)
         self.known.discard((channel, exchange, symbol, date))
         prefix = partition_relpath(channel, exchange, symbol, date) + "/"
         objects = [path for path, _ in self.store.list(prefix)]  # retired and compacted files, and the manifest
         self.store.delete(objects)
-        return [path for path in objects if _is_lake_file(_name(path))]
+        deleted = sum(_is_lake_file(_name(path)) for path in objects)
+        return deleted, deleted
 
     def snapshot(self) -> Snapshot:
         """Every channel's files in the partitions Glue lists. S3 has no catalog versions or leases (lease 0):

@@ -48,8 +48,8 @@ EXACT_HOMES: dict[str, str] = {
     "bus-publish.sock": "data_feed/bus.py",
     "bus-subscribe.sock": "data_feed/bus.py",
     "_catalog.sqlite": "data_feed/catalog.py",
-    "_maintenance.lock": "data_feed/compaction.py",
-    "_manifest.json": "data_feed/s3.py",
+    "_maintenance.lock": "data_feed/catalog.py",
+    "_manifest.json": "data_feed/s3_manifest.py",
 }
 # A substring of any string constant -> its home: Redis key prefixes.
 SUBSTRING_HOMES = {"df:stream": CACHE, "df:collector": CACHE}
@@ -212,3 +212,36 @@ def test_no_module_over_about_400_lines() -> None:
             if lines > MODULE_MAX_LINES and rel not in LONG_MODULES:
                 long[rel] = lines
     assert not long, f"modules over {MODULE_MAX_LINES} lines (split them by concern): {long}"
+
+
+# One lake seam (issue 10, item 4): what differs between the local lake and the lake on S3 is a method or an
+# attribute of the store and catalog protocols, never a branch on their types.
+LAKE_TYPES = frozenset({"LocalStore", "LocalCatalog", "S3Store", "GlueCatalog"})
+
+
+def lake_type_checks(rel: str, tree: ast.AST) -> Iterator[str]:
+    """``rel:line`` of every ``isinstance(x, T)`` whose ``T`` (or a member of a tuple or ``|`` of types) names
+    a lake implementation, plain or qualified (``s3.GlueCatalog``)."""
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "isinstance"
+                and len(node.args) == 2):
+            continue
+        names = {n.id for n in ast.walk(node.args[1]) if isinstance(n, ast.Name)}
+        names |= {n.attr for n in ast.walk(node.args[1]) if isinstance(n, ast.Attribute)}
+        if names & LAKE_TYPES:
+            yield f"{rel}:{node.lineno}"
+
+
+def test_no_isinstance_branch_on_lake_store_or_catalog_types() -> None:
+    found = [hit for path in sorted((ROOT / "data_feed").rglob("*.py"))
+             for hit in lake_type_checks(path.relative_to(ROOT).as_posix(), ast.parse(path.read_text()))]
+    assert not found, f"branch on a lake type (use a protocol method or attribute instead): {found}"
+
+
+def test_the_lake_type_check_sees_what_it_looks_for() -> None:
+    sample = ("if isinstance(store, LocalStore): pass\n"
+              "ok = isinstance(c, (int, s3.GlueCatalog))\n"
+              "ok = isinstance(c, str | S3Store)\n"
+              "ok = isinstance(c, LocalCatalog)\n"
+              "ok = isinstance(c, Path)\n")
+    assert list(lake_type_checks("x.py", ast.parse(sample))) == ["x.py:1", "x.py:2", "x.py:3", "x.py:4"]

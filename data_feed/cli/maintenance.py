@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from data_feed.cli.common import ConfigOpt, console
+from data_feed.config import LakeConfig
 from data_feed.exits import EXIT_USAGE, fail, load_config_or_exit
 from data_feed.logs import setup_logging
 
@@ -26,16 +27,13 @@ def lake_compact(
 ) -> None:
     """Merge the small slice files of closed periods into large files, atomically for running queries."""
     from data_feed.catalog import NoLake
-    from data_feed.compaction import BYTES_PER_MB, MaintenanceBusy, compact, compact_s3, parse_duration
+    from data_feed.compaction import BYTES_PER_MB, MaintenanceBusy, compact, parse_duration
 
     cfg = load_config_or_exit(config)
     setup_logging("compaction")
     try:
         target = target_mb * BYTES_PER_MB if target_mb else None
-        if cfg.lake.s3 and not lake:
-            report = compact_s3(cfg.lake, parse_duration(older_than), target)
-        else:
-            report = compact(lake or Path(cfg.lake.root), cfg.lake, parse_duration(older_than), target)
+        report = compact(_lake_root(cfg.lake, lake), cfg.lake, parse_duration(older_than), target)
     except (ValueError, NoLake) as err:
         fail(str(err), EXIT_USAGE)
     except MaintenanceBusy as err:
@@ -57,12 +55,12 @@ def lake_expire(
     """Delete whole partitions older than lake.retention_days of their channel, and their catalog entries."""
     from data_feed.catalog import NoLake
     from data_feed.compaction import MaintenanceBusy
-    from data_feed.retention import expire, expire_s3
+    from data_feed.retention import expire
 
     cfg = load_config_or_exit(config)
     setup_logging("retention")
     try:
-        report = expire_s3(cfg.lake) if cfg.lake.s3 and not lake else expire(lake or Path(cfg.lake.root), cfg.lake)
+        report = expire(_lake_root(cfg.lake, lake), cfg.lake)
     except NoLake as err:
         fail(str(err), EXIT_USAGE)
     except MaintenanceBusy as err:
@@ -70,6 +68,11 @@ def lake_expire(
     for channel, parts in sorted(report.partitions.items()):
         console.print(f"{channel}: expired {len(parts)} partitions")
     console.print(f"files expired: {report.files}; deleted: {report.purged}; kept for readers: {report.held}")
+
+
+def _lake_root(cfg: LakeConfig, lake: Path | None) -> Path | None:
+    """The local lake maintenance works on; None for the lake on S3 (``lake.s3`` set and no ``--lake``)."""
+    return None if cfg.s3 and not lake else lake or Path(cfg.root)
 
 
 @lake_app.command("repair")

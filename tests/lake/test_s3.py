@@ -23,9 +23,10 @@ import yaml
 
 from data_feed.aggregator import Aggregator
 from data_feed.cache import STREAM_KEY_PREFIX, collector_state_key, encode_batch, stream_key
-from data_feed.catalog import LocalCatalog
+from data_feed.catalog import LocalCatalog, MaintenanceBusy, maintenance_lock
 from data_feed.config import Config, S3LakeConfig
 from data_feed.query import run_query
+from data_feed.retention import expire
 from data_feed.runtime import RunDir
 from data_feed.s3 import GlueCatalog, S3Store
 from data_feed.schemas import CHANNEL_SCHEMAS
@@ -345,3 +346,28 @@ def test_lake_expire_on_s3_drops_expired_glue_partitions_and_their_files_and_kee
                 len(_read_s3(servers, "expire/lake", channel))) == before[channel]
     counts = run_query("/x", "select (select count(*) from trades), (select count(*) from ticker)", s3=cfg.lake.s3)
     assert counts.values.tolist() == [[0, before["ticker"][2]]]
+
+
+def test_lake_expire_on_s3_refuses_while_another_maintenance_run_holds_the_lock(
+        tmp_path: Path, redis_url: str, servers: dict[str, str]) -> None:
+    """Like the local lake: retention never overlaps a compaction (it would delete files a compaction is
+    merging); the lock of a lake on S3 is taken on ``lake.root`` of the host running maintenance."""
+    cfg = _s3_config(tmp_path, servers, "expire-busy/lake", "expire_busy")
+    cfg = cfg.model_copy(update={"lake": cfg.lake.model_copy(update={"retention_days": {"trades": 1}})})
+    _land(cfg, redis_url)
+    assert cfg.lake.s3 is not None
+    glue = GlueCatalog(cfg.lake.s3, S3Store(cfg.lake.s3))
+    before = (glue.partitions("trades"), len(glue.files("trades")), len(_read_s3(servers, "expire-busy/lake",
+                                                                                  "trades")))
+    assert before[0] and before[1] and before[2]  # 2023 data: every trades partition is expired
+    path = _write_yaml(cfg, tmp_path / "expire-busy.yaml")
+    with maintenance_lock(Path(cfg.lake.root)):
+        with pytest.raises(MaintenanceBusy):
+            expire(None, cfg.lake)
+        out = subprocess.run([str(BIN / "data-feed"), "lake", "expire", "--config", str(path)], capture_output=True,
+                             text=True, timeout=120)
+    assert out.returncode == 1 and "another compaction or retention run" in out.stderr + out.stdout, out
+    assert (glue.partitions("trades"), len(glue.files("trades")),
+            len(_read_s3(servers, "expire-busy/lake", "trades"))) == before  # nothing dropped, nothing deleted
+    assert expire(None, cfg.lake).files == before[1]  # the lock released: the same run goes through
+    assert glue.partitions("trades") == [] and glue.files("trades") == []

@@ -19,7 +19,7 @@ import redis
 from data_feed.aggregator import Aggregator
 from data_feed.book import book_state
 from data_feed.cache import encode_batch, stream_key
-from data_feed.compaction import compact_s3
+from data_feed.compaction import compact
 from data_feed.config import Config, S3LakeConfig
 from data_feed.lake import is_compacted
 from data_feed.query import run_query
@@ -76,7 +76,7 @@ def test_queries_during_s3_compaction_see_every_row_once_and_rows_stay_the_same_
             seen.append(_truth(s3))
 
     def write_then_wait_for_a_reader(self: GlueCatalog, *args: Any, **kwargs: Any) -> Any:
-        """Every manifest swap of compact_s3 is followed by a query that started after it (a condition, not a
+        """Every manifest swap of compact on S3 is followed by a query that started after it (a condition, not a
         count per second of wall clock). The CLI's own compaction below runs in another process, unwaited."""
         nonlocal swaps
         out = real_write(self, *args, **kwargs)
@@ -93,7 +93,7 @@ def test_queries_during_s3_compaction_see_every_row_once_and_rows_stay_the_same_
     for t in readers:
         t.start()
     try:
-        report = compact_s3(cfg.lake, older_than_seconds=0, target_bytes=4 * size)  # about 4 files per run
+        report = compact(None, cfg.lake, older_than_seconds=0, target_bytes=4 * size)  # about 4 files per run
         cli = subprocess.run([str(BIN / "data-feed"), "lake", "compact", "--older-than", "0s", "--config",
                               str(_write_yaml(cfg, tmp_path / "s3.yaml"))],  # default target: one per partition
                              capture_output=True, text=True, timeout=CLI_TIMEOUT_SECONDS)
@@ -114,7 +114,7 @@ def test_queries_during_s3_compaction_see_every_row_once_and_rows_stay_the_same_
     # retired files stay on S3 for the grace period (no query lists them), and go after it
     assert len(_objects(s3, "trades")) == files_before + report.written + len(SYMBOLS)
     later = time.time_ns() + int((GRACE_SECONDS + 1) * NS_PER_SECOND)
-    purge = compact_s3(cfg.lake, older_than_seconds=0, now_ns=later)
+    purge = compact(None, cfg.lake, older_than_seconds=0, now_ns=later)
     assert (purge.written, purge.purged, purge.held) == (0, files_before + report.written, 0)
     assert sorted(_objects(s3, "trades")) == sorted(f.path for f in glue.files("trades"))
     pd.testing.assert_frame_equal(run_query("/nonexistent", ROWS_SQL, s3=s3), rows)
@@ -137,7 +137,7 @@ def test_merged_book_files_on_s3_still_decode_alone(tmp_path: Path, redis_url: s
     files = glue.files("l2_book")
     assert len(files) == SLICES
     # target of two slices: merged files [0, 1], [2, 3], and slice 4 alone
-    compact_s3(cfg.lake, older_than_seconds=0, target_bytes=2 * max(f.bytes for f in files))
+    compact(None, cfg.lake, older_than_seconds=0, target_bytes=2 * max(f.bytes for f in files))
     merged = sorted(glue.files("l2_book"), key=lambda f: f.slice_start_ns)
     assert len(merged) == 3 and [is_compacted(f.path.rsplit("/", 1)[-1]) for f in merged] == [True, True, False]
     for f, end in zip(merged, (2, 4, 5), strict=True):
@@ -173,7 +173,7 @@ def test_aggregator_redoing_a_write_already_compacted_on_s3_does_not_land_it_aga
     glue = GlueCatalog(s3, S3Store(s3))
     third = max(f.path for f in glue.files("trades"))
     assert len(glue.files("trades")) == 3  # the third is on S3, its intent not committed
-    report = compact_s3(cfg.lake, older_than_seconds=0)  # merges it while the aggregator is down
+    report = compact(None, cfg.lake, older_than_seconds=0)  # merges it while the aggregator is down
     assert report.merged == 3 and report.purged == 3 and glue.is_retired(third)
     assert third not in _objects(s3, "trades")
     fresh = Aggregator(cfg, client)
