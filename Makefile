@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-chaos test-docker lint bench clean dashboards dashboards-check lock
+.PHONY: install run test test-chaos test-deploy test-docker lint bench clean dashboards dashboards-check lock
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,14 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/data-feed run
 
-## test: the test suite against real redis-server, simulator, parquet and SQL servers (all but the chaos and docker runs)
+## test: the test suite against real redis-server, simulator, parquet and SQL servers (all but the chaos and deploy runs)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not chaos and not docker"; rc=$$?; \
+	$(BIN)/python -m pytest -q -m "not chaos and not deploy"; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+## test-deploy: Dockerfiles, compose files, Helm chart and Terraform checked with the real tools (.ci/deploy-tools)
+test-deploy: $(STAMP)
+	$(BIN)/python -m pytest -q -m "deploy and not docker" tests/deploy; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 ## test-chaos: over three minutes of every role SIGKILLed again and again, then the lake checked (CI runs it)
