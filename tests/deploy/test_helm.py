@@ -25,7 +25,7 @@ import yaml
 import zmq
 
 from data_feed.config import Config, load_config
-from tests.deploy.tools import tool
+from tests.deploy.tools import node_modules, tool
 from tests.harness import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -217,6 +217,43 @@ def test_crd_schemas_reject_what_the_operator_would(rendered: dict[str, str]) ->
     assert result.returncode == 1
     assert "'1 minute' does not match" in result.stdout
     assert "'intervall' was unexpected" in result.stdout
+
+
+UPSTREAM_CRD_CHECK = """
+import { ServiceMonitor } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor";
+import { PrometheusRule } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PrometheusRule";
+import { readFileSync } from "node:fs";
+const models = { ServiceMonitor, PrometheusRule };
+let bad = 0;
+for (const doc of JSON.parse(readFileSync(0, "utf8"))) {
+  try { new models[doc.kind](doc).validate(); console.log(`valid ${doc.kind} ${doc.metadata.name}`); }
+  catch (err) { bad++; console.log(`INVALID ${doc.kind} ${doc.metadata.name}: ${err.message}`); }
+}
+process.exit(bad ? 1 : 0);
+"""
+
+
+def _upstream_crd_validate(docs: Docs, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """The validators npm @kubernetes-models/prometheus-operator generates from the upstream CRDs' openAPI
+    schemas (types, patterns, enums, required fields; unknown fields are the committed schemas' part)."""
+    modules = node_modules()
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    script = tmp_path / "check.mjs"
+    script.write_text(UPSTREAM_CRD_CHECK)
+    (tmp_path / "node_modules").symlink_to(modules)  # ESM resolves packages from the script's directory up
+    return subprocess.run([tool("node"), str(script)], input=json.dumps(docs), capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_monitoring_objects_pass_the_upstream_crd_validators_which_reject_a_bad_interval(
+        rendered: dict[str, str], tmp_path: Path) -> None:
+    crds = _kind(_docs(rendered["all-flags-on"]), *CRD_KINDS)
+    good = _upstream_crd_validate(crds, tmp_path / "good")
+    assert good.returncode == 0 and good.stdout.count("valid ") == 2, good.stdout + good.stderr
+    monitor = next(d for d in crds if d["kind"] == "ServiceMonitor")
+    monitor["spec"]["endpoints"][0]["interval"] = "thirty seconds"
+    bad = _upstream_crd_validate([monitor], tmp_path / "bad")
+    assert bad.returncode == 1 and "interval must match pattern" in bad.stdout, bad.stdout + bad.stderr
 
 
 def test_flags_off_render_no_optional_objects(rendered: dict[str, str]) -> None:

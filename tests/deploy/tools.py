@@ -23,7 +23,8 @@ def _missing(what: str) -> None:
 
 
 def tool(name: str) -> str:
-    """The absolute path of `name` (helm, kubectl, checkov, kubernetes-validate, hadolint, yamllint, terraform)."""
+    """The absolute path of `name` (helm, kubectl, checkov, kubernetes-validate, hadolint, yamllint, terraform,
+    node)."""
     cached = TOOLS_DIR / "bin" / name
     if cached.exists() and os.access(cached, os.X_OK):
         return str(cached)
@@ -41,3 +42,12 @@ def terraform_cli_config() -> str:
     if not config.is_file():
         _missing(f"terraform CLI config {config}")
     return str(config)
+
+
+def node_modules() -> Path:
+    """The node_modules holding npm @kubernetes-models/prometheus-operator (upstream CRD validators)."""
+    found = TOOLS_DIR / "node" / "node_modules"
+    if not (found / "@kubernetes-models" / "prometheus-operator").is_dir():
+        _missing("npm @kubernetes-models/prometheus-operator")
+    tool("node")
+    return found
