@@ -58,6 +58,11 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) .data-feed lake build *.egg-info
 
-## lock: regenerate requirements.lock (the Docker images' pinned dependencies) from the current venv
+## lock: regenerate the pinned dependencies of the images: requirements-dev.lock (Dockerfile-dev) is the dev venv's,
+## requirements.lock (Dockerfile) the runtime subset at the same versions (a throwaway venv installs the package alone)
 lock: $(STAMP)
-	$(BIN)/pip freeze --exclude-editable > requirements.lock
+	$(BIN)/pip freeze --exclude-editable > requirements-dev.lock
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install --quiet --upgrade pip
+	.lock-venv/bin/pip install --quiet -c requirements-dev.lock .
+	.lock-venv/bin/pip freeze --exclude data-feed > requirements.lock
+	rm -rf .lock-venv
