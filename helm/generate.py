@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from data_feed.config import Config
-from data_feed.observability.__main__ import render_files
+from data_feed.observability.__main__ import render_files, sync_files
 
 CHART = Path(__file__).resolve().parent / "data-feed"
 SCHEMA_FILE = "values.schema.json"
@@ -177,15 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chart", type=Path, default=CHART)
     parser.add_argument("--check", action="store_true", help="compare, write nothing")
     args = parser.parse_args(argv)
-    stale = []
-    for rel, text in render().items():
-        path = args.chart / rel
-        if path.exists() and path.read_text() == text:
-            continue
-        stale.append(str(path))
-        if not args.check:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+    stale = sync_files(args.chart, render(), args.check)
     if args.check and stale:
         print("out of date (run `python helm/generate.py`): " + ", ".join(stale), file=sys.stderr)
         return 1

@@ -42,20 +42,26 @@ def render_files() -> dict[str, str]:
     return out
 
 
+def sync_files(out: Path, files: dict[str, str], check: bool) -> list[str]:
+    """The generated files (relative path -> text) that differ under ``out``; written there unless ``check``."""
+    stale = []
+    for rel, text in files.items():
+        path = out / rel
+        if path.exists() and path.read_text() == text:
+            continue
+        stale.append(str(path))
+        if not check:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    return stale
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_feed.observability", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("observability"))
     parser.add_argument("--check", action="store_true", help="compare, write nothing")
     args = parser.parse_args(argv)
-    stale = []
-    for rel, text in render_files().items():
-        path = args.out / rel
-        if path.exists() and path.read_text() == text:
-            continue
-        stale.append(str(path))
-        if not args.check:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+    stale = sync_files(args.out, render_files(), args.check)
     if args.check and stale:
         print("out of date (run `make dashboards`): " + ", ".join(stale), file=sys.stderr)
         return 1
