@@ -88,9 +88,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
     cache = tmp / "plugin-cache"
     cache.mkdir()
     env = _env({"TF_PLUGIN_CACHE_DIR": str(cache)})
-    _terraform(copy / EXAMPLE, "init", "-backend=false", "-input=false", env=env)  # fills the cache first
-    with ThreadPoolExecutor(PARALLEL) as pool:
-        list(pool.map(lambda d: _terraform(copy / d, "init", "-backend=false", "-input=false", env=env), MODULES))
+    for directory in (EXAMPLE, *MODULES):  # one at a time: terraform's plugin cache is not safe for concurrent
+        _terraform(copy / directory, "init", "-backend=false", "-input=false", env=env)  # inits ("file exists")
     yield copy, env
 
 
