@@ -141,6 +141,9 @@ def test_a_shard_killed_and_restarted_lands_every_record_once(tmp_path: Path, re
         os.kill(procs[1].pid, signal.SIGKILL)
         procs[1].wait()
         procs[1] = subprocess.Popen([*argv, "1"], stdout=logs[1], stderr=logs[1])
+    # the last incarnation is past its start (signal handlers installed, then this line logged): a SIGTERM
+    # before that point would end it by the signal (exit -15), as Kubernetes may, and the test would not see a stop
+    wait_for(lambda: (tmp_path / "shard-1.log").read_text().count("aggregating ") >= 5, 60, "shard 1 restarted")
     client = redis.Redis.from_url(data["redis"]["url"])
     streams = configured_streams(parse_config(data, "test"))
     wait_for(lambda: all(read_to_the_end(client, k) for k in streams), 120, "every entry read by its shard")
