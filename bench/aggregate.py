@@ -25,11 +25,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import redis
 
-from data_feed.aggregator import Aggregator
-from data_feed.cache import decode_batch, encode_batch, stream_key
-from data_feed.config import parse_config
-from data_feed.lake import channel_files
-from data_feed.redis_server import PrivateRedis
+from data_feed.aggregator.role import Aggregator
+from data_feed.cache.redis_server import PrivateRedis
+from data_feed.cache.streams import decode_batch, encode_batch, stream_key
+from data_feed.contracts.config import parse_config
+from data_feed.lake.layout import channel_files
 
 T0 = 1_700_000_000.0
 ROWS_PER_ENTRY = 1000  # the collector's default batch_max_records

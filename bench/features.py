@@ -28,9 +28,9 @@ import polars as pl
 import redis
 import zmq
 
-from data_feed.bus import Proxy, Publisher, encode_rows, endpoints, market_topic
-from data_feed.config import parse_config
-from data_feed.redis_server import PrivateRedis
+from data_feed.bus.wire import Proxy, Publisher, encode_rows, endpoints, market_topic
+from data_feed.cache.redis_server import PrivateRedis
+from data_feed.contracts.config import parse_config
 from featurizer._kernels import trade_slices
 from featurizer.features import values
 from featurizer.role import Featurizer

@@ -25,11 +25,11 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data_feed.access import store
+from data_feed.access.db import make_engine
+from data_feed.access.gateway import Gateway
 from data_feed.access.tables import Status
-from data_feed.bus import Proxy, Publisher, endpoints, features_topic
-from data_feed.db import make_engine
-from data_feed.gateway import Gateway
-from tests.gateway.harness import feature_payload, gateway_config
+from data_feed.bus.wire import Proxy, Publisher, endpoints, features_topic
+from tests.access.harness import feature_payload, gateway_config
 
 TOPICS = [("BINANCE", "BTC-USDT"), ("BINANCE", "ETH-USDT"), ("KRAKEN", "BTC-USDT"), ("KRAKEN", "ETH-USDT")]
 GRANTS = [("binance", "*"), ("all", "features.*.*.BTC-USDT"), None]  # consumer i gets GRANTS[i % 3]

@@ -27,11 +27,11 @@ from cryptofeed.defines import TRADES
 from cryptofeed.exchanges import Binance
 from cryptofeed.symbols import Symbols
 
-from data_feed.cache import ENTRY_PAYLOAD_FIELD, stream_key
+from data_feed.cache.redis_server import PrivateRedis
+from data_feed.cache.streams import ENTRY_PAYLOAD_FIELD, stream_key
 from data_feed.collector.exchanges import feed_class
 from data_feed.collector.writer import StreamWriter
-from data_feed.config import RedisConfig
-from data_feed.redis_server import PrivateRedis
+from data_feed.contracts.config import RedisConfig
 
 YIELD_EVERY_FRAMES = 50  # a websocket read yields to the loop between frames; mimic it on both paths
 

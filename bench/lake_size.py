@@ -2,7 +2,7 @@
 
 Trades come from the simulator's own market model (``data_feed.sim.market``) at the default rate
 (20 trades/s per symbol), stamped as a collector would (receipt 1-5 ms after the event), cut into slices of
-the default length (``lake.slice_seconds``) and written by the lake's own writer (``data_feed.lake.write_slice``,
+the default length (``lake.slice_seconds``) and written by the lake's own writer (``data_feed.lake.layout.write_slice``,
 whose encodings come from ``schemas.parquet_write_options``). The baseline is the same rows written with
 plain zstd (pyarrow's defaults), in the same run. A DuckDB query over each lake (per-minute OHLC-style
 aggregation over every file) is timed in interleaved rounds, best of each, so the encoding's cost on reads
@@ -24,9 +24,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_feed.config import SimulatedMarketConfig, load_config
-from data_feed.lake import SliceKey, write_slice
-from data_feed.schemas import NS_PER_SECOND, TRADES
+from data_feed.contracts.config import SimulatedMarketConfig, load_config
+from data_feed.contracts.schemas import NS_PER_SECOND, TRADES
+from data_feed.lake.layout import SliceKey, write_slice
 from data_feed.sim.market import SymbolMarket, price_str, size_str
 
 QUERY = """select date_trunc('minute', make_timestamp(ts_event // 1000)) as m, first(price order by ts_event, id),

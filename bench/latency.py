@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from data_feed.bus import Subscriber, decode_rows
-from data_feed.schemas import batch_columns
+from data_feed.bus.wire import Subscriber, decode_rows
+from data_feed.contracts.schemas import batch_columns
 
 ROOT = Path(__file__).resolve().parent.parent
 SYMBOLS = ["BTC-USDT", "ETH-USDT"]

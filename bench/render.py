@@ -5,7 +5,7 @@ Lands N trades (two symbols, 1-second slices) through a private redis-server and
 times the CLI end to end (a subprocess whose stdout is a pipe, as ``| less`` or ``> file``): ``--format csv``,
 ``--format table --max-rows 0`` (every row), and the default table (1,000 rows and a note). The old renderer
 (``rich.table.Table`` of ``str(value)`` cells, printed to an 80-column console) is timed in this process on
-the same rows, beside the new one (``data_feed.output.write_table``). Ends with
+the same rows, beside the new one (``data_feed.access.output.write_table``). Ends with
 ``RESULT table_render_s <seconds of the CLI table of every row>``.
 
     .venv/bin/python bench/render.py [--rows 20000]
@@ -23,12 +23,12 @@ from pathlib import Path
 
 import redis
 
-from data_feed.aggregator import Aggregator
-from data_feed.cache import encode_batch, stream_key
-from data_feed.config import parse_config
-from data_feed.output import write_table
-from data_feed.query import query_table
-from data_feed.redis_server import PrivateRedis
+from data_feed.access.output import write_table
+from data_feed.access.query import query_table
+from data_feed.aggregator.role import Aggregator
+from data_feed.cache.redis_server import PrivateRedis
+from data_feed.cache.streams import encode_batch, stream_key
+from data_feed.contracts.config import parse_config
 
 CLI = str(Path(sys.executable).parent / "data-feed")
 T0 = 1_700_000_000.0
@@ -62,7 +62,7 @@ def old_table_seconds(root: Path) -> float:
     from rich.console import Console
     from rich.table import Table
 
-    from data_feed.query import run_query
+    from data_feed.access.query import run_query
 
     df = run_query(root, SQL)
     start = time.perf_counter()

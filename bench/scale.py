@@ -42,7 +42,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import yaml
 
-from data_feed.lake import channel_files
+from data_feed.lake.layout import channel_files
 
 ROOT = Path(__file__).resolve().parent.parent
 # exchange -> symbols it lists for trades and l2_book in the simulator, in the order feeds are added

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from data_feed.config import parse_config
+from data_feed.contracts.config import parse_config
 from data_feed.sim import Simulator
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ Because the engine, the slicing and the order of records are the live path's, a 
 recorded period equals what the live featurizer published for it.
 
 The aggregator opens each l2_book slice file with a synthetic snapshot of the book (stamped
-off the microsecond grid, see ``data_feed.book``); the live featurizer never saw those, so a
+off the microsecond grid, see ``data_feed.lake.book``); the live featurizer never saw those, so a
 backfill uses only a symbol's first one (to start its book) and skips the rest.
 """
 
@@ -25,9 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from data_feed.catalog import CatalogFile, LocalCatalog
-from data_feed.config import FEATURES_CHANNEL, FeaturizerConfig
-from data_feed.schemas import NS_PER_SECOND, NS_PER_US, Channel, GapReason, schema_for
+from data_feed.contracts.config import FEATURES_CHANNEL, FeaturizerConfig
+from data_feed.contracts.schemas import NS_PER_SECOND, NS_PER_US, Channel, GapReason, schema_for
+from data_feed.lake.catalog import CatalogFile, LocalCatalog
 from featurizer._kernels import NO_TRADE_ID
 from featurizer.engine import Closed, ExchangeFeaturizer
 from featurizer.features import COMPLETE_COLUMN, VALUE_COLUMNS, interval_ns, overlaps, values
@@ -230,7 +230,7 @@ FEATURE_KEY = ["exchange", "symbol", "interval", "ts_event"]
 def not_whole_in_lake(root: Path, table: pa.Table) -> pa.Table:
     """The rows of a backfill whose key the lake's ``features`` table marks incomplete or does not have:
     what to put in place of what the live featurizer could not see whole."""
-    from data_feed.query import run_query
+    from data_feed.access.query import run_query
 
     landed = run_query(root, "select exchange, symbol, interval, ts_event, complete from features")
     whole = landed[landed["complete"].astype(bool)][FEATURE_KEY]

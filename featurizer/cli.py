@@ -11,9 +11,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from data_feed.catalog import NoLake, require_lake
-from data_feed.exits import EXIT_USAGE, fail, load_config_or_exit
-from data_feed.instants import format_instant, parse_instant
+from data_feed.contracts.instants import format_instant, parse_instant
+from data_feed.lake.catalog import NoLake, require_lake
+from data_feed.observability.exits import EXIT_USAGE, fail, load_config_or_exit
 from featurizer.backfill import Period, backfill, not_whole_in_lake
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)

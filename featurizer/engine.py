@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import numpy.typing as npt
 
-from data_feed.config import FeaturizerConfig
-from data_feed.schemas import NS_PER_SECOND
+from data_feed.contracts.config import FeaturizerConfig
+from data_feed.contracts.schemas import NS_PER_SECOND
 from featurizer._kernels import Engine, empty_slice, merge
 from featurizer.features import Slices, interval_ns
 

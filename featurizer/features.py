@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from data_feed.config import FEATURES_CHANNEL, interval_seconds
-from data_feed.schemas import NS_PER_SECOND, batch_columns
+from data_feed.contracts.config import FEATURES_CHANNEL, interval_seconds
+from data_feed.contracts.schemas import NS_PER_SECOND, batch_columns
 from featurizer._kernels import SLICE_DTYPE
 
 NO_TRADE_TS = -1  # first/last trade time of a slice without trades, written as null

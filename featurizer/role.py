@@ -36,8 +36,7 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
-from data_feed import metrics
-from data_feed.bus import (
+from data_feed.bus.wire import (
     Publisher,
     Subscriber,
     channel_prefix,
@@ -47,12 +46,12 @@ from data_feed.bus import (
     features_topic,
     parse_market_topic,
 )
-from data_feed.cache import BOOK_SNAPSHOT_REQUEST_KEY, collector_state_key, parse_mark_field
-from data_feed.collector.gaps import OPEN_NOTICE, Mark
-from data_feed.config import GAPS_CHANNEL, Config
-from data_feed.schemas import NS_PER_SECOND, Channel, GapReason, batch_columns
-from data_feed.spill import Spill
-from data_feed.status import RoleStatus
+from data_feed.cache.spill import Spill
+from data_feed.cache.streams import BOOK_SNAPSHOT_REQUEST_KEY, Mark, collector_state_key, parse_mark_field
+from data_feed.contracts.config import GAPS_CHANNEL, Config
+from data_feed.contracts.schemas import NS_PER_SECOND, OPEN_NOTICE, Channel, GapReason, batch_columns
+from data_feed.observability import metrics
+from data_feed.observability.status import RoleStatus
 from featurizer.engine import Closed, ExchangeFeaturizer
 from featurizer.features import Slices, interval_ns, overlaps, rows
 from featurizer.sink import FeatureSink

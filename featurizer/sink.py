@@ -7,7 +7,7 @@ The same contract as the collectors' writer (``data_feed.collector.writer``): ev
 batch gets an explicit entry id (``cache.EntryIds``) when it is added, so a write
 retried after a lost reply is refused instead of doubled; a stream at
 ``redis.stream_maxlen``, or Redis not answering, sends batches to a local spill
-(``data_feed.spill``) that drains in order; a full spill drops the batch as an
+(``data_feed.cache.spill``) that drains in order; a full spill drops the batch as an
 ``overflow`` gaps row for channel ``features``. Each write also records, per
 (exchange, symbol, interval), the newest slice start now in the cache (the
 *emitted* hash), which a restarted featurizer reads so that no feature key ever
@@ -24,8 +24,8 @@ from typing import Any
 import msgpack
 import redis
 
-from data_feed import metrics
-from data_feed.cache import (
+from data_feed.cache.spill import Spill
+from data_feed.cache.streams import (
     EMITTED_KEY,
     ENTRY_COUNT_FIELD,
     ENTRY_PAYLOAD_FIELD,
@@ -39,9 +39,9 @@ from data_feed.cache import (
     refused_as_old,
     stream_key,
 )
-from data_feed.config import FEATURES_CHANNEL, GAPS_CHANNEL, RedisConfig
-from data_feed.schemas import NS_PER_SECOND, GapReason
-from data_feed.spill import Spill
+from data_feed.contracts.config import FEATURES_CHANNEL, GAPS_CHANNEL, RedisConfig
+from data_feed.contracts.schemas import NS_PER_SECOND, GapReason
+from data_feed.observability import metrics
 
 LOG = logging.getLogger("featurizer")
 

@@ -2,7 +2,7 @@
 naming every file that differs from what the code builds.
 
 - ``data-feed/values.schema.json``: the chart's own values, and under ``config:`` (and ``exchangeDefaults:``)
-  the schema pydantic derives from ``data_feed.config.Config``, less the keys the chart itself sets (the
+  the schema pydantic derives from ``data_feed.contracts.config.Config``, less the keys the chart itself sets (the
   Services' endpoints, ``redis.url``, ``aggregator.shards`` ...). Every object forbids unknown keys, so a typo
   in values fails ``helm lint`` as a typo in the YAML fails start-up.
 - ``data-feed/files/``: copies of ``observability/`` (``make dashboards``), since a chart cannot read files
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from data_feed.config import Config
+from data_feed.contracts.config import Config
 from data_feed.observability.__main__ import render_files, sync_files
 
 CHART = Path(__file__).resolve().parent / "data-feed"
@@ -93,7 +93,7 @@ def config_schema() -> tuple[dict[str, Any], dict[str, Any]]:
     for key in ("bus", "aggregator", "featurizer", "gateway", "redis", "spawner"):
         schema["properties"][key].pop("default", None)  # defaults name the removed keys
     schema["required"] = [k for k in schema.get("required", []) if k not in CONFIG_REQUIRED_DROPPED]
-    schema["description"] = ("the data-feed YAML config (data_feed/config.py), rendered into the ConfigMap; "
+    schema["description"] = ("the data-feed YAML config (data_feed/contracts/config.py), rendered into the ConfigMap; "
                              "exchanges, Redis, the bus and the shards are filled in by the chart")
     return schema, defs
 

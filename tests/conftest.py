@@ -13,9 +13,9 @@ import redis
 import sqlalchemy as sa
 import yaml
 
-from data_feed.config import DEFAULT_CONFIG_PATH, Config, parse_config
-from data_feed.db import make_engine
-from data_feed.redis_server import PrivateRedis
+from data_feed.access.db import make_engine
+from data_feed.cache.redis_server import PrivateRedis
+from data_feed.contracts.config import DEFAULT_CONFIG_PATH, Config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CAPTURES = ROOT.parent / "shared" / "captures"

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from data_feed.query import run_query
+from data_feed.access.query import run_query
 from tests.conftest import ROOT, default_config_dict
 
 CLI = str(ROOT / ".venv" / "bin" / "data-feed")

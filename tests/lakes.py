@@ -11,9 +11,9 @@ from typing import Any
 
 import redis
 
-from data_feed.aggregator import Aggregator
-from data_feed.cache import encode_batch, stream_key
-from data_feed.config import Config
+from data_feed.aggregator.role import Aggregator
+from data_feed.cache.streams import encode_batch, stream_key
+from data_feed.contracts.config import Config
 from tests.conftest import ROOT
 
 CLI = str(ROOT / ".venv" / "bin" / "data-feed")

@@ -19,8 +19,8 @@ from typing import Any
 
 import zstandard
 
-from data_feed.capture import header_record
-from data_feed.config import SimulatedMarketConfig
+from data_feed.contracts.capture import header_record
+from data_feed.contracts.config import SimulatedMarketConfig
 from data_feed.sim.market import ASK, BID, MarketEvent, SymbolMarket, price_str, size_str
 
 HUOBI_WS = "wss://api.huobi.pro/ws"

@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from data_feed.query import run_query
+from data_feed.access.query import run_query
 from tests.conftest import ROOT
 from tests.harness import (
     Run,

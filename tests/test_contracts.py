@@ -21,10 +21,10 @@ SOURCE_DIRS = ("data_feed", "featurizer")
 SIM_DIR = "data_feed/sim/"  # venue wire protocols: see the module docstring
 LOGGING_METHODS = frozenset({"debug", "info", "warning", "error", "exception", "critical", "log"})
 
-SCHEMAS = "data_feed/schemas.py"
-CACHE = "data_feed/cache.py"
-LAKE = "data_feed/lake.py"
-RUNTIME = "data_feed/runtime.py"
+SCHEMAS = "data_feed/contracts/schemas.py"
+CACHE = "data_feed/cache/streams.py"
+LAKE = "data_feed/lake/layout.py"
+RUNTIME = "data_feed/contracts/rundir.py"
 
 CHANNELS = ("trades", "l2_book", "ticker", "funding", "open_interest", "liquidations", "candles", "gaps",
             "features")
@@ -45,11 +45,11 @@ EXACT_HOMES: dict[str, str] = {
     "runtime.json": RUNTIME,
     "spawner.json": RUNTIME,
     "effective-config.json": RUNTIME,
-    "bus-publish.sock": "data_feed/bus.py",
-    "bus-subscribe.sock": "data_feed/bus.py",
-    "_catalog.sqlite": "data_feed/catalog.py",
-    "_maintenance.lock": "data_feed/catalog.py",
-    "_manifest.json": "data_feed/s3_manifest.py",
+    "bus-publish.sock": "data_feed/bus/wire.py",
+    "bus-subscribe.sock": "data_feed/bus/wire.py",
+    "_catalog.sqlite": "data_feed/lake/catalog.py",
+    "_maintenance.lock": "data_feed/lake/catalog.py",
+    "_manifest.json": "data_feed/lake/s3_manifest.py",
 }
 # A substring of any string constant -> its home: Redis key prefixes.
 SUBSTRING_HOMES = {"df:stream": CACHE, "df:collector": CACHE}
@@ -61,21 +61,21 @@ NS_PER_SECOND_VALUES = (10**9, 1e9)
 
 # (module, literal) pairs that are another contract's values or a venue's, not ours spelled twice.
 EXEMPT: dict[tuple[str, str], str] = {
-    ("data_feed/config.py", "disconnect"): "a Fault kind the simulator injects (config.Fault), not a gap reason",
-    ("data_feed/config.py", "sequence_gap"): "a Fault kind (config.Fault), not a gap reason",
-    ("data_feed/config.py", "stall"): "a Fault kind (config.Fault), not a gap reason",
+    ("data_feed/contracts/config.py", "disconnect"): "a Fault kind the simulator injects (config.Fault), no gap reason",
+    ("data_feed/contracts/config.py", "sequence_gap"): "a Fault kind (config.Fault), not a gap reason",
+    ("data_feed/contracts/config.py", "stall"): "a Fault kind (config.Fault), not a gap reason",
     ("data_feed/collector/exchanges/coinbase.py", "ticker"):
         "Coinbase's own websocket channel name (cryptofeed's websocket_channels map), a wire name",
     ("data_feed/observability/dashboards.py", "features"): "the name of the features dashboard, not a channel",
-    ("data_feed/db.py", "started_at"): "a column of the SQL runs table, not the collector state hash",
-    ("data_feed/spawner.py", "started_at"): "a field of the spawner's own state file, not the collector state hash",
+    ("data_feed/access/db.py", "started_at"): "a column of the SQL runs table, not the collector state hash",
+    ("data_feed/runtime/spawner.py", "started_at"): "a field of the spawner's own state file, not the collector hash",
     ("data_feed/access/tables.py", "updated_at"): "a column of the access tables (SQL), not the collector state",
     ("data_feed/access/store.py", "updated_at"): "a column of the access tables (SQL), not the collector state",
     ("data_feed/access/migrations/versions/0001_initial.py", "updated_at"):
         "a column of the access tables (SQL migration), not the collector state",
     ("data_feed/collector/writer.py", "frames_received"):
         "the frame counter attribute of the collector's feed (CollectorFeedMixin), read with getattr",
-    ("data_feed/live.py", "10**9"): "a count (XPENDING's upper bound on entries), not nanoseconds",
+    ("data_feed/access/live.py", "10**9"): "a count (XPENDING's upper bound on entries), not nanoseconds",
 }
 
 
@@ -245,3 +245,15 @@ def test_the_lake_type_check_sees_what_it_looks_for() -> None:
               "ok = isinstance(c, LocalCatalog)\n"
               "ok = isinstance(c, Path)\n")
     assert list(lake_type_checks("x.py", ast.parse(sample))) == ["x.py:1", "x.py:2", "x.py:3", "x.py:4"]
+
+
+def test_the_exchange_registries_name_the_same_exchanges_as_the_config() -> None:
+    """One list of exchanges users may configure (config.SUPPORTED_EXCHANGES); the collector's quirk modules
+    (keyed by cryptofeed's own ids) and the simulator's protocols (keyed by their names) cover exactly it."""
+    from data_feed.collector.exchanges import EXCHANGE_MODULES
+    from data_feed.contracts.config import SUPPORTED_EXCHANGES
+    from data_feed.sim.server import PROTOCOLS
+
+    assert len(set(SUPPORTED_EXCHANGES)) == len(SUPPORTED_EXCHANGES)
+    assert set(EXCHANGE_MODULES) == set(SUPPORTED_EXCHANGES)
+    assert set(PROTOCOLS) == set(SUPPORTED_EXCHANGES)

@@ -15,8 +15,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from data_feed.query import run_query
-from data_feed.spawner import SIM_ACCOUNT_FILE
+from data_feed.access.query import run_query
+from data_feed.runtime.spawner import SIM_ACCOUNT_FILE
 from tests.conftest import ROOT, default_config_dict
 from tests.harness import uncovered_missing_ids
 from tests.test_pipeline import rebuild_book, top

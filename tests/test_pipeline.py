@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from data_feed.lake import channel_files
-from data_feed.query import run_query
-from data_feed.spawner import SIM_ACCOUNT_FILE
+from data_feed.access.query import run_query
+from data_feed.lake.layout import channel_files
+from data_feed.runtime.spawner import SIM_ACCOUNT_FILE
 from tests.conftest import ROOT, default_config_dict
 
 CLI = str(ROOT / ".venv" / "bin" / "data-feed")
@@ -161,8 +161,8 @@ def test_health_metrics_status_and_process_names_while_running(clean_run: dict[s
 
 
 def test_config_history_records_the_start(clean_run: dict[str, Any]) -> None:
-    from data_feed.config import load_config
-    from data_feed.db import config_history, make_engine
+    from data_feed.access.db import config_history, make_engine
+    from data_feed.contracts.config import load_config
 
     cfg = load_config(clean_run["config"])
     rows = config_history(make_engine(cfg.database.url))

@@ -2,5 +2,5 @@
 
 ``tables`` defines the schema (migrated with Alembic, ``migrations/``), ``store`` the operations and the
 permission state machine, ``patterns`` how datasets and scopes name topics and rows. The gateway
-(``data_feed.gateway``) and ``data-feed query --as`` decide from it.
+(``data_feed.access.gateway``) and ``data-feed query --as`` decide from it.
 """

@@ -38,8 +38,8 @@ def _actor(by: str | None) -> str:
 
 @contextmanager
 def _engine(config: Path | None) -> Iterator[sa.Engine]:
-    from data_feed.db import make_engine
-    from data_feed.exits import EXIT_USAGE, fail, load_config_or_exit
+    from data_feed.access.db import make_engine
+    from data_feed.observability.exits import EXIT_USAGE, fail, load_config_or_exit
 
     cfg = load_config_or_exit(config)
     engine = make_engine(cfg.database.url)
@@ -135,7 +135,7 @@ def _expiry(expires: str | None, for_seconds: float | None) -> datetime | None:
 
 
 def _time(text: str | None) -> datetime | None:
-    from data_feed.exits import EXIT_USAGE, fail
+    from data_feed.observability.exits import EXIT_USAGE, fail
 
     if text is None:
         return None
@@ -192,6 +192,6 @@ def permission_audit(consumer: Annotated[str | None, typer.Option(help="only thi
 def server_key(config: ConfigOpt = None) -> None:
     """The gateway's CURVE public key (consumers need it to connect); made on first use."""
     from data_feed.access.zap import server_keys
-    from data_feed.exits import load_config_or_exit
+    from data_feed.observability.exits import load_config_or_exit
 
     typer.echo(server_keys(load_config_or_exit(config).gateway_key_file())[0].decode())

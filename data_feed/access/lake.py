@@ -19,9 +19,9 @@ import sqlglot.errors
 from sqlglot import exp
 
 from data_feed.access.patterns import WHOLE, Parts, split
+from data_feed.access.query import Dialect, QueryError, _relation, session, to_duckdb
 from data_feed.access.store import Grant
-from data_feed.query import Dialect, QueryError, _relation, session, to_duckdb
-from data_feed.schemas import LAKE_CHANNELS, NS_PER_SECOND
+from data_feed.contracts.schemas import LAKE_CHANNELS, NS_PER_SECOND
 
 GRANTED_VIEW = "_granted_{}"
 SCOPED_COLUMNS = ("exchange", "symbol", "interval")

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from data_feed.bus import TOPIC_SEPARATOR
-from data_feed.config import FEATURES_CHANNEL
-from data_feed.schemas import LAKE_CHANNELS
+from data_feed.bus.wire import TOPIC_SEPARATOR
+from data_feed.contracts.config import FEATURES_CHANNEL
+from data_feed.contracts.schemas import LAKE_CHANNELS
 
 WHOLE = "*"
 

@@ -18,8 +18,8 @@ from typing import Any
 import msgpack
 
 from data_feed.access.patterns import covered
-from data_feed.config import FEATURES_CHANNEL
-from data_feed.schemas import batch_columns
+from data_feed.contracts.config import FEATURES_CHANNEL
+from data_feed.contracts.schemas import batch_columns
 
 COLUMNS = batch_columns(FEATURES_CHANNEL)
 PRICES = frozenset({"open", "high", "low", "close", "vwap", "twap_mid", "microprice"})

@@ -22,9 +22,9 @@ import zmq
 from sqlalchemy import Engine
 from zmq.utils import z85
 
-from data_feed import metrics
 from data_feed.access import store
 from data_feed.access.store import Snapshot
+from data_feed.observability import metrics
 
 LOG = logging.getLogger("data_feed.gateway")
 

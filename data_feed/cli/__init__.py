@@ -3,7 +3,7 @@
 The subcommands live in this package by concern: ``pipeline`` (run, record, role, sim, replay),
 ``history`` (query, book), ``access`` (``data_feed.access.cli``), ``maintenance`` (lake) and ``health``
 (status); ``common`` holds the app, the option types and the start-up checks they share. Every mistake a
-user can make ends in one ``error: ...`` line on stderr and a non-zero exit (``data_feed.exits``).
+user can make ends in one ``error: ...`` line on stderr and a non-zero exit (``data_feed.observability.exits``).
 """
 
 from __future__ import annotations

@@ -10,10 +10,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from data_feed.config import Config
-from data_feed.exits import EXIT_USAGE, fail
-from data_feed.logs import LOG_FORMAT_ENV
-from data_feed.runtime import RunDir, RunDirBusy, RunDirLock
+from data_feed.contracts.config import Config
+from data_feed.contracts.rundir import RunDir, RunDirBusy, RunDirLock
+from data_feed.observability.exits import EXIT_USAGE, fail
+from data_feed.observability.logs import LOG_FORMAT_ENV
 
 CLI_HELP = """\
 The ``data-feed`` command line: run the pipeline, the simulator alone, SQL queries, books, lake upkeep, status.
@@ -82,7 +82,7 @@ LogFormatOpt = Annotated[LogFormat, typer.Option(
 def exit_on_unoffered(cfg: Config, source: str) -> None:
     """Exit 2 with the keys of every channel or simulated symbol an exchange does not offer. Imports the
     collector modules (and so prometheus-client): in a pipeline run, only after ``prepare_environment``."""
-    from data_feed.preflight import offered_problems
+    from data_feed.runtime.preflight import offered_problems
 
     problems = offered_problems(cfg)
     if problems:
@@ -90,7 +90,7 @@ def exit_on_unoffered(cfg: Config, source: str) -> None:
 
 
 def check_environment_or_exit(cfg: Config) -> None:
-    from data_feed.preflight import PreflightError, check_environment
+    from data_feed.runtime.preflight import PreflightError, check_environment
 
     try:
         check_environment(cfg)

@@ -11,8 +11,8 @@ from typing import Any
 from rich.table import Table
 
 from data_feed.cli.common import ConfigOpt, app, console
-from data_feed.exits import fail, load_config_or_exit
-from data_feed.runtime import RunDir
+from data_feed.contracts.rundir import RunDir
+from data_feed.observability.exits import fail, load_config_or_exit
 
 
 @app.command()

@@ -10,8 +10,8 @@ import typer
 from rich.table import Table
 
 from data_feed.cli.common import TABLE_MAX_ROWS, ConfigOpt, Engine, OutputFormat, app, console
-from data_feed.exits import EXIT_USAGE, fail, load_config_or_exit
-from data_feed.schemas import LAKE_CHANNELS
+from data_feed.contracts.schemas import LAKE_CHANNELS
+from data_feed.observability.exits import EXIT_USAGE, fail, load_config_or_exit
 
 
 @app.command()
@@ -37,10 +37,10 @@ def query(
     = None,
 ) -> None:
     """Run SQL over the lake with DuckDB, or on Athena."""
-    from data_feed.catalog import NoLake
-    from data_feed.live import NoCache
-    from data_feed.output import write_csv, write_json, write_table
-    from data_feed.query import QueryError
+    from data_feed.access.live import NoCache
+    from data_feed.access.output import write_csv, write_json, write_table
+    from data_feed.access.query import QueryError
+    from data_feed.lake.catalog import NoLake
 
     try:
         if as_consumer is not None:
@@ -64,7 +64,7 @@ def _query(sql: str, lake: Path | None, engine: Engine, dialect: Engine | None, 
     """The result as an Arrow table."""
     import pyarrow as pa
 
-    from data_feed.query import query_table, run_athena
+    from data_feed.access.query import query_table, run_athena
 
     if engine is Engine.athena:
         return pa.Table.from_pandas(run_athena(sql, load_config_or_exit(config).athena), preserve_index=False)
@@ -80,8 +80,8 @@ def _query_as(sql: str, lake: Path | None, engine: Engine, dialect: Engine | Non
               live: bool, consumer: str) -> Any:
     """The result of ``sql`` over ``consumer``'s granted rows of the local lake."""
     from data_feed.access import store
+    from data_feed.access.db import make_engine
     from data_feed.access.lake import query_table_as
-    from data_feed.db import make_engine
 
     cfg = load_config_or_exit(config)
     if engine is Engine.athena or live or (lake is None and cfg.lake.s3 is not None):
@@ -110,9 +110,9 @@ def book(
     config: ConfigOpt = None,
 ) -> None:
     """Print the order book at one instant, decoded from the single l2_book slice that holds it, and its age."""
-    from data_feed.book import book_view
-    from data_feed.catalog import NoLake
-    from data_feed.instants import format_age, format_instant, parse_instant
+    from data_feed.contracts.instants import format_age, format_instant, parse_instant
+    from data_feed.lake.book import book_view
+    from data_feed.lake.catalog import NoLake
 
     root = lake or Path(load_config_or_exit(config).lake.root)
     try:

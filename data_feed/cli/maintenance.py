@@ -9,9 +9,9 @@ import typer
 from rich.table import Table
 
 from data_feed.cli.common import ConfigOpt, console
-from data_feed.config import LakeConfig
-from data_feed.exits import EXIT_USAGE, fail, load_config_or_exit
-from data_feed.logs import setup_logging
+from data_feed.contracts.config import LakeConfig
+from data_feed.observability.exits import EXIT_USAGE, fail, load_config_or_exit
+from data_feed.observability.logs import setup_logging
 
 lake_app = typer.Typer(no_args_is_help=True, help="Lake maintenance: compaction, retention, catalog repair.")
 
@@ -26,8 +26,8 @@ def lake_compact(
     config: ConfigOpt = None,
 ) -> None:
     """Merge the small slice files of closed periods into large files, atomically for running queries."""
-    from data_feed.catalog import NoLake
-    from data_feed.compaction import BYTES_PER_MB, MaintenanceBusy, compact, parse_duration
+    from data_feed.lake.catalog import NoLake
+    from data_feed.lake.compaction import BYTES_PER_MB, MaintenanceBusy, compact, parse_duration
 
     cfg = load_config_or_exit(config)
     setup_logging("compaction")
@@ -53,9 +53,9 @@ def lake_expire(
     config: ConfigOpt = None,
 ) -> None:
     """Delete whole partitions older than lake.retention_days of their channel, and their catalog entries."""
-    from data_feed.catalog import NoLake
-    from data_feed.compaction import MaintenanceBusy
-    from data_feed.retention import expire
+    from data_feed.lake.catalog import NoLake
+    from data_feed.lake.compaction import MaintenanceBusy
+    from data_feed.lake.retention import expire
 
     cfg = load_config_or_exit(config)
     setup_logging("retention")
@@ -81,9 +81,9 @@ def lake_repair(
     config: ConfigOpt = None,
 ) -> None:
     """Rebuild a lost or partial catalog: register every parquet file of the lake's layout it does not list."""
-    from data_feed.catalog import NoLake
-    from data_feed.compaction import MaintenanceBusy
-    from data_feed.repair import repair
+    from data_feed.lake.catalog import NoLake
+    from data_feed.lake.compaction import MaintenanceBusy
+    from data_feed.lake.repair import repair
 
     cfg = None if lake else load_config_or_exit(config)
     if cfg is not None and cfg.lake.s3:

@@ -26,13 +26,13 @@ from data_feed.cli.common import (
     exit_on_unoffered,
     replay_speed,
 )
-from data_feed.config import DEFAULT_CONFIG_PATH, Config, ConfigError
-from data_feed.exits import EXIT_USAGE, fail, load_config_or_exit
-from data_feed.logs import log_format as current_log_format
-from data_feed.logs import setup_logging
+from data_feed.contracts.config import DEFAULT_CONFIG_PATH, Config, ConfigError
+from data_feed.observability.exits import EXIT_USAGE, fail, load_config_or_exit
+from data_feed.observability.logs import log_format as current_log_format
+from data_feed.observability.logs import setup_logging
 
 if TYPE_CHECKING:
-    from data_feed.spawner import Spawner
+    from data_feed.runtime.spawner import Spawner
 
 
 @app.command()
@@ -55,7 +55,7 @@ def record(
     log_format: LogFormatOpt = LogFormat.text,
 ) -> None:
     """Run the pipeline and also record every exchange's raw session (REST, websocket frames) for replay."""
-    from data_feed.recorder import recording_config
+    from data_feed.collector.recorder import recording_config
 
     _run_pipeline(recording_config(load_config_or_exit(config), out), duration, status, _source(config))
 
@@ -70,7 +70,7 @@ def _run_pipeline(cfg: Config, duration: float | None, status: bool, source: str
     run_dir = claim_run_dir(cfg)
     exit_on_unoffered(cfg, source)  # still before any role starts
     setup_logging("spawner")
-    from data_feed.spawner import Spawner
+    from data_feed.runtime.spawner import Spawner
 
     spawner = Spawner(cfg, run_dir)
     spawner.install_signal_handlers()
@@ -98,7 +98,7 @@ class _StatusLog:
     def __call__(self, spawner: Spawner) -> None:
         if time.monotonic() - self.last < self.INTERVAL_SECONDS:
             return
-        from data_feed.cache import STATE_FRAMES_FIELD
+        from data_feed.cache.streams import STATE_FRAMES_FIELD
 
         self.last = time.monotonic()
         frames = {ex: st.get(STATE_FRAMES_FIELD, "0") for ex, st in spawner.collector_states().items()}
@@ -109,7 +109,7 @@ class _StatusLog:
 def _run_with_live_status(spawner: Spawner, duration: float | None) -> None:
     from rich.live import Live
 
-    from data_feed.cache import STATE_FRAMES_FIELD, STATE_RECORDS_PREFIX, parse_stream_key
+    from data_feed.cache.streams import STATE_FRAMES_FIELD, STATE_RECORDS_PREFIX, parse_stream_key
 
     rates: dict[str, tuple[float, int]] = {}
 
@@ -164,7 +164,7 @@ def role(
     shard: Annotated[int, typer.Option(help="aggregator: which of aggregator.shards this process is")] = 0,
 ) -> None:
     """Run one role alone, as docker-compose or Kubernetes run it; stops cleanly on SIGTERM."""
-    from data_feed.roles import main as role_main
+    from data_feed.runtime.roles import main as role_main
 
     argv = [name, *([arg] if arg else []), "--config", str(config), "--http-port", str(http_port),
             "--http-host", http_host, "--shard", str(shard)]
@@ -193,8 +193,8 @@ def replay(
     log_format: LogFormatOpt = LogFormat.text,
 ) -> None:
     """Serve recorded sessions through the whole pipeline into the lake; return once all of it has landed."""
-    from data_feed.capture import SessionError
-    from data_feed.replay import replay_config, run_replay
+    from data_feed.contracts.capture import SessionError
+    from data_feed.runtime.replay import replay_config, run_replay
 
     try:
         pace = None if speed == "max" else float(speed)

@@ -13,14 +13,14 @@ import redis.asyncio as aioredis
 from cryptofeed import FeedHandler
 from cryptofeed.connection import Connection
 
-from data_feed.bus import Publisher, endpoints
+from data_feed.bus.wire import Publisher, endpoints
+from data_feed.cache.spill import Spill
 from data_feed.collector.callbacks import CRYPTOFEED_CHANNEL
 from data_feed.collector.exchanges import Endpoints, feed_class, feed_config
+from data_feed.collector.recorder import SessionRecorder
 from data_feed.collector.writer import BYTES_PER_MB, StreamWriter
-from data_feed.config import Config, ExchangeConfig
-from data_feed.recorder import SessionRecorder
-from data_feed.spill import Spill
-from data_feed.status import RoleStatus
+from data_feed.contracts.config import Config, ExchangeConfig
+from data_feed.observability.status import RoleStatus
 
 LOG = logging.getLogger("data_feed.collector")
 

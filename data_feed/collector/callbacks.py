@@ -17,7 +17,7 @@ from cryptofeed.defines import ASK, BID, CANDLES, FUNDING, L2_BOOK, LIQUIDATIONS
 from cryptofeed.defines import TRADES as CF_TRADES
 from cryptofeed.types import Candle, Funding, Liquidation, OpenInterest, OrderBook, Ticker, Trade
 
-from data_feed.schemas import NS_PER_US, US_PER_SECOND, Channel
+from data_feed.contracts.schemas import NS_PER_US, US_PER_SECOND, Channel
 
 if TYPE_CHECKING:
     from data_feed.collector.writer import StreamWriter

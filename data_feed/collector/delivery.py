@@ -5,7 +5,7 @@ The writer (``collector.writer``) buffers records and gap rows and hands each fl
 1. each batch gets its explicit entry id (``cache.EntryIds``) once, so a write retried after a lost reply
    is refused by Redis instead of added twice (``_confirm_own`` checks the refused ids are this writer's);
 2. a stream at ``redis.stream_maxlen`` entries, or a Redis that does not answer, sends the stream's batches
-   to the spill (``data_feed.spill``), written back in order once there is room; only a full spill drops
+   to the spill (``data_feed.cache.spill``), written back in order once there is room; only a full spill drops
    records, and each drop comes back as an ``overflow`` gaps row;
 3. one MULTI/EXEC holds the spilled entries, the batches, the gap rows and the collector state hash.
 """
@@ -20,13 +20,14 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from data_feed import metrics
-from data_feed.cache import (
+from data_feed.cache.spill import Spill
+from data_feed.cache.streams import (
     STATE_FRAMES_FIELD,
     STATE_FRAMES_OPEN_FIELD,
     STATE_RECORDS_PREFIX,
     STATE_UPDATED_FIELD,
     EntryIds,
+    Mark,
     StreamTakenOver,
     already_written,
     collector_state_key,
@@ -37,10 +38,10 @@ from data_feed.cache import (
     refused_as_old,
     stream_key,
 )
-from data_feed.collector.gaps import GapRow, Mark, summarize
-from data_feed.config import GAPS_CHANNEL, RedisConfig
-from data_feed.schemas import NS_PER_US, US_PER_SECOND, GapReason
-from data_feed.spill import Spill
+from data_feed.collector.gaps import GapRow, summarize
+from data_feed.contracts.config import GAPS_CHANNEL, RedisConfig
+from data_feed.contracts.schemas import NS_PER_US, US_PER_SECOND, GapReason
+from data_feed.observability import metrics
 
 LOG = logging.getLogger("data_feed.collector")
 

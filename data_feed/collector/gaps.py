@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from data_feed.schemas import Channel, GapReason
+from data_feed.cache.streams import Mark
+from data_feed.contracts.schemas import OPEN_NOTICE, Channel, GapReason
 
 TRADES = Channel.TRADES.value
 TRADE_ID_INDEX = 3  # of a cached trades row: (symbol, ts_event, ts_recv, id, id_text, side, price, amount)
@@ -35,26 +36,6 @@ EVENT_INDEX, RECV_INDEX = 1, 2
 # (symbol, ts_event, ts_recv, channel, reason, first_missing, last_missing, detail, missing_from_ts, missing_to_ts)
 GapRow = tuple[str, float, float, str, str, int | None, int | None, str, int | None, int | None]
 Key = tuple[str, str]  # (channel, symbol)
-OPEN_NOTICE = "open, not yet ended: "  # detail prefix of a bus-only notice of an open gap (``open_notice``)
-
-
-@dataclass(frozen=True)
-class Mark:
-    ts_recv: float
-    last_id: int | None = None
-    ts_event: float = 0.0  # the newest exchange time (the featurizer's restart reads it)
-
-    def pack(self) -> str:
-        return f"{self.ts_recv!r} {'' if self.last_id is None else self.last_id} {self.ts_event!r}"
-
-    @classmethod
-    def unpack(cls, text: str) -> Mark:
-        recv, last, event = [*text.split(" "), "", ""][:3]
-        return cls(float(recv), int(last) if last else None, float(event) if event else 0.0)
-
-    def merged(self, other: Mark) -> Mark:
-        ids = [i for i in (self.last_id, other.last_id) if i is not None]
-        return Mark(max(self.ts_recv, other.ts_recv), max(ids) if ids else None, max(self.ts_event, other.ts_event))
 
 
 @dataclass

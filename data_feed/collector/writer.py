@@ -7,7 +7,7 @@ A flusher writes the buffers to Redis every ``batch_max_ms`` or when
 1. each batch gets its explicit entry id (``cache.EntryIds``) once, so a write
    retried after a lost reply is refused by Redis instead of added twice;
 2. a stream at ``redis.stream_maxlen`` entries, or a Redis that does not answer,
-   sends the stream's batches to the spill on local disk (``data_feed.spill``),
+   sends the stream's batches to the spill on local disk (``data_feed.cache.spill``),
    drained in order once there is room; only a full spill drops records, and
    each drop is an ``overflow`` gaps row with the count and the trade ids;
 3. one MULTI/EXEC holds the batches, the gap rows and the collector state: frames
@@ -41,15 +41,16 @@ import redis.asyncio as aioredis
 from cryptofeed.connection import WSAsyncConn
 from cryptofeed.defines import CANDLES, FUNDING, L2_BOOK, LIQUIDATIONS, OPEN_INTEREST, TICKER, TRADES
 
-from data_feed import metrics
-from data_feed.bus import Publisher
-from data_feed.cache import (
+from data_feed.bus.wire import Publisher
+from data_feed.cache.spill import Spill
+from data_feed.cache.streams import (
     BOOK_SNAPSHOT_REQUEST_KEY,
     ENTRY_PAYLOAD_FIELD,
     STATE_FRAMES_FIELD,
     STATE_FRAMES_OPEN_FIELD,
     STATE_STARTED_FIELD,
     EntryIds,
+    Mark,
     collector_state_key,
     last_generated_id,
     parse_mark_field,
@@ -67,10 +68,10 @@ from data_feed.collector.callbacks import (
     TradeCallback,
 )
 from data_feed.collector.delivery import Batch, Delivery
-from data_feed.collector.gaps import EVENT_INDEX, RECV_INDEX, GapRow, GapTracker, Mark
-from data_feed.config import GAPS_CHANNEL, RedisConfig
-from data_feed.schemas import MS_PER_SECOND, GapReason
-from data_feed.spill import Spill
+from data_feed.collector.gaps import EVENT_INDEX, RECV_INDEX, GapRow, GapTracker
+from data_feed.contracts.config import GAPS_CHANNEL, RedisConfig
+from data_feed.contracts.schemas import MS_PER_SECOND, GapReason
+from data_feed.observability import metrics
 
 LOG = logging.getLogger("data_feed.collector")
 

@@ -1,7 +1,7 @@
 """Prometheus alert rules for data-feed: what pages an operator, how urgently, and where the runbook is.
 
 Rules compare with the deployment's own bounds, which the spawner exports as gauges (watchdog, slice,
-lateness, stream and spill bounds: ``data_feed.metrics``), so one rules file serves every config. Each
+lateness, stream and spill bounds: ``data_feed.observability.metrics``), so one rules file serves every config. Each
 rule has a ``for``, a ``severity`` (``critical``: data is being lost or will be; ``warning``: look
 today), a summary, a description and a ``runbook_url`` to its section of ``docs/runbooks.md``.
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from data_feed.schemas import Channel
+from data_feed.contracts.schemas import Channel
 
 RUNBOOK_BASE = "docs/runbooks.md"  # relative to the repository; a deployment may render an absolute base
 FRESHNESS_MARGIN_SECONDS = 60  # lake freshness alert: beyond slice + allowed lateness + this

@@ -1,13 +1,13 @@
 """The operators' dashboards: overview, one exchange, the lake, features and their delivery.
 
 Each panel answers one question an operator asks (its title) and says how to read it (its description).
-Metrics are those of ``data_feed.metrics``; a test checks that every name used here is one of them and
+Metrics are those of ``data_feed.observability.metrics``; a test checks that every name used here is one of them and
 a real Prometheus scraping a real run answers every query with data.
 """
 
 from __future__ import annotations
 
-from data_feed.cache import STREAM_KEY_PREFIX
+from data_feed.cache.streams import STREAM_KEY_PREFIX
 from data_feed.observability.grafana import (
     Dashboard,
     Panel,

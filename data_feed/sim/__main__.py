@@ -7,7 +7,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from data_feed.config import load_config
+from data_feed.contracts.config import load_config
 from data_feed.sim.server import serve_forever
 
 

@@ -16,8 +16,8 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from data_feed.config import Fault
-from data_feed.schemas import Channel
+from data_feed.contracts.config import Fault
+from data_feed.contracts.schemas import Channel
 from data_feed.sim.hub import (
     Delivery,
     ExchangeProtocol,

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from data_feed.schemas import MARKET_CHANNELS
+from data_feed.contracts.schemas import MARKET_CHANNELS
 from data_feed.sim.binance import (
     BinanceConnection,
     BinanceProtocol,

@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from data_feed.schemas import MARKET_CHANNELS, Channel
+from data_feed.contracts.schemas import MARKET_CHANNELS, Channel
 from data_feed.sim.hub import Delivery, ExchangeProtocol, Outbox, SymbolState, epoch_ms, listing, now, open_socket
 from data_feed.sim.market import BID, PRICE_SCALE, SIZE_SCALE, Candle, MarketEvent, Trade, price_str, size_str
 

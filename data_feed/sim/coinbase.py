@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from data_feed.schemas import Channel
+from data_feed.contracts.schemas import Channel
 from data_feed.sim.hub import (
     Delivery,
     ExchangeProtocol,

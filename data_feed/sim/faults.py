@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Final
 
-from data_feed import metrics
-from data_feed.config import Fault, FaultConfig
+from data_feed.contracts.config import Fault, FaultConfig
+from data_feed.observability import metrics
 
 MALFORMED_FRAME: Final = '{"this is": not json'
 

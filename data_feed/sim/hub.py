@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Final
 
 from aiohttp import web
 
-from data_feed.config import ExchangeConfig, Fault
+from data_feed.contracts.config import ExchangeConfig, Fault
 from data_feed.sim.faults import MALFORMED_FRAME, FaultInjector
 from data_feed.sim.market import BID, PRICE_SCALE, SIZE_SCALE, LevelChange, MarketEvent, SymbolMarket, Trade
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from data_feed.config import SimulatedMarketConfig
+from data_feed.contracts.config import SimulatedMarketConfig
 
 Side = Literal["bid", "ask"]
 TakerSide = Literal["buy", "sell"]

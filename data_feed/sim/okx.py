@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from data_feed.schemas import MARKET_CHANNELS, Channel
+from data_feed.contracts.schemas import MARKET_CHANNELS, Channel
 from data_feed.sim.hub import (
     BookView,
     Delivery,

@@ -38,7 +38,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from data_feed.capture import (
+from data_feed.contracts.capture import (
     ENVELOPE_HEADER,
     REPLAY_PATH_PREFIX,
     HttpRecord,

@@ -21,9 +21,10 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from data_feed.capture import Session, load_session
-from data_feed.config import Config
-from data_feed.runtime import SIM_READY_NAME
+from data_feed.contracts.capture import Session, load_session
+from data_feed.contracts.config import Config
+from data_feed.contracts.rundir import SIM_READY_NAME
+from data_feed.observability.status import RoleStatus
 from data_feed.sim.binance import BinanceProtocol
 from data_feed.sim.binance_futures import BinanceFuturesProtocol
 from data_feed.sim.bybit import BybitProtocol
@@ -34,15 +35,13 @@ from data_feed.sim.ledger import LEDGER_FILE_NAME, IdLedger
 from data_feed.sim.okx import OkxProtocol
 from data_feed.sim.replay import ReplayServer
 from data_feed.sim.tls import server_context, write_self_signed
-from data_feed.status import RoleStatus
 
 LOG = logging.getLogger(__name__)
 
 TICK_SECONDS: Final = 0.01
 DRAIN_TIMEOUT_SECONDS: Final = 10.0
-PROTOCOLS: Final[dict[str, type[ExchangeProtocol]]] = {
-    "BINANCE": BinanceProtocol, "BINANCE_FUTURES": BinanceFuturesProtocol, "BYBIT": BybitProtocol,
-    "COINBASE": CoinbaseProtocol, "KRAKEN": KrakenProtocol, "OKX": OkxProtocol}
+PROTOCOLS: Final[dict[str, type[ExchangeProtocol]]] = {p.name: p for p in (
+    BinanceProtocol, BinanceFuturesProtocol, BybitProtocol, CoinbaseProtocol, KrakenProtocol, OkxProtocol)}
 
 
 class Simulator:

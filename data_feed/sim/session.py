@@ -1,4 +1,4 @@
-"""Matching a replaying client against a recorded `Session` (``data_feed.capture``): REST by what it asks
+"""Matching a replaying client against a recorded `Session` (``data_feed.contracts.capture``): REST by what it asks
 for (`http_candidates`), websocket connections by address (`match_connection`) and, between connections at
 one address, by the subscription frames the client sends (`closest_by_sends`).
 """
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Final
 from urllib.parse import urlsplit
 
-from data_feed.capture import HttpRecord, Session, WsRecord
+from data_feed.contracts.capture import HttpRecord, Session, WsRecord
 
 # Query parameters that only say how much to return: a snapshot of depth 1000 answers a request for 100.
 SIZE_PARAMS: Final = frozenset({"limit", "depth", "size", "count", "sz"})

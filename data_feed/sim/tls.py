@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from data_feed.runtime import SIM_CERT_NAME
+from data_feed.contracts.rundir import SIM_CERT_NAME
 
 CERT_NAME = SIM_CERT_NAME
 KEY_NAME = "sim-key.pem"

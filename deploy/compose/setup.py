@@ -13,8 +13,8 @@ from pathlib import Path
 import boto3
 from botocore.exceptions import ClientError
 
-from data_feed.config import load_config
-from data_feed.db import make_engine, save_effective_config
+from data_feed.access.db import make_engine, save_effective_config
+from data_feed.contracts.config import load_config
 
 
 def create_bucket(endpoint_url: str | None, region: str | None, bucket: str) -> None:

@@ -20,11 +20,11 @@ import redis
 import redis.asyncio as aioredis
 from cryptofeed.defines import BUY, L2_BOOK, TRADES
 
-from data_feed.cache import ENTRY_PAYLOAD_FIELD, stream_key
+from data_feed.cache.spill import Spill
+from data_feed.cache.streams import ENTRY_PAYLOAD_FIELD, stream_key
 from data_feed.collector.exchanges import kraken
 from data_feed.collector.writer import StreamWriter
-from data_feed.config import RedisConfig
-from data_feed.spill import Spill
+from data_feed.contracts.config import RedisConfig
 from tests.collector.quirks import Conn, Gaps, Got, build, frame
 
 BTC, PAIR = "BTC-USD", "XBT/USD"

@@ -1,6 +1,6 @@
 """Replay feeds alone (``data_feed.collector.exchanges.replay``): the class built over an exchange's quirk class
 (or cryptofeed's own), its endpoints re-hosted at the replay server, and `RecordedTimeMixin` fed enveloped
-frames (`data_feed.capture.wrap_frame`, the replay server's format) with no websocket and no Redis. The REST
+frames (`data_feed.contracts.capture.wrap_frame`, the replay server's format) with no websocket and no Redis. The REST
 book snapshot comes from a real local HTTP server (aiohttp) at the replay path. Proves: hosts swapped with
 paths and queries kept, the envelope header asked for; the exchange's QUIRKS class kept; records get the
 frame's recorded time as receive time (REST snapshots too, and records without an exchange time as their
@@ -16,9 +16,9 @@ import pytest
 from cryptofeed.defines import L2_BOOK, TICKER, TRADES
 from cryptofeed.exchanges import Bitstamp
 
-from data_feed.capture import ENVELOPE_HEADER, ack_frame, wrap_frame
 from data_feed.collector.exchanges import binance, coinbase, replay
 from data_feed.collector.exchanges.base import CollectorFeedMixin, Endpoints
+from data_feed.contracts.capture import ENVELOPE_HEADER, ack_frame, wrap_frame
 from tests.collector.quirks import Conn, build, frame, json_body, rest_server
 
 BTC = "BTC-USDT"

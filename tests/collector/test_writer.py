@@ -15,11 +15,11 @@ import redis
 import redis.asyncio as aioredis
 from cryptofeed.types import Trade
 
-from data_feed.cache import ENTRY_PAYLOAD_FIELD, collector_state_key, stream_key
+from data_feed.cache.redis_server import PrivateRedis
+from data_feed.cache.spill import Spill
+from data_feed.cache.streams import ENTRY_PAYLOAD_FIELD, collector_state_key, stream_key
 from data_feed.collector.writer import StreamWriter
-from data_feed.config import RedisConfig
-from data_feed.redis_server import PrivateRedis
-from data_feed.spill import Spill
+from data_feed.contracts.config import RedisConfig
 from tests.redis_proxy import LossyRedisProxy
 
 T0 = 1_700_000_000.0
@@ -224,8 +224,8 @@ def test_an_unexpected_flusher_error_is_logged_and_stops_the_collector_non_zero(
 def test_restart_and_reconnect_gaps_are_announced_on_the_bus_when_they_open(tmp_path: Path, redis_url: str) -> None:
     """Live consumers hear of an outage at once (``GapTracker.open_notice``, bus only, never cached), from the
     last cached record on: a restart at the writer's start, before any record, and a reconnect as detected."""
-    from data_feed.bus import Proxy, Publisher, Subscriber, decode_rows, endpoints
-    from data_feed.collector.gaps import OPEN_NOTICE
+    from data_feed.bus.wire import Proxy, Publisher, Subscriber, decode_rows, endpoints
+    from data_feed.contracts.schemas import OPEN_NOTICE
     from tests.conftest import make_config
 
     cfg = make_config(tmp_path)

@@ -18,8 +18,8 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from data_feed.config import load_config
-from data_feed.redis_server import free_port
+from data_feed.cache.redis_server import free_port
+from data_feed.contracts.config import load_config
 from tests.deploy.docker import ROOT, Docker, build_standins, compose_images
 from tests.harness import wait_for
 

@@ -24,7 +24,7 @@ import redis
 import yaml
 import zmq
 
-from data_feed.config import Config, load_config
+from data_feed.contracts.config import Config, load_config
 from tests.deploy.tools import node_modules, tool
 from tests.harness import wait_for
 

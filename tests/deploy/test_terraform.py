@@ -24,10 +24,10 @@ import pytest
 import redis
 import yaml
 
-from data_feed.cache import encode_batch, stream_key
-from data_feed.glue_tables import TERRAFORM_FILE, render
-from data_feed.s3 import PARTITION_GLUE_TYPES, glue_columns
-from data_feed.schemas import LAKE_CHANNELS, PARTITION_KEYS
+from data_feed.cache.streams import encode_batch, stream_key
+from data_feed.contracts.schemas import LAKE_CHANNELS, PARTITION_KEYS
+from data_feed.lake.glue_tables import TERRAFORM_FILE, render
+from data_feed.lake.s3 import PARTITION_GLUE_TYPES, glue_columns
 from tests.conftest import ROOT, default_config_dict
 from tests.deploy.tools import terraform_cli_config, tool
 from tests.harness import CLI, wait_for
@@ -115,8 +115,8 @@ def test_every_module_and_the_example_validate(workspace: tuple[Path, dict[str, 
 
 def test_glue_tables_file_is_what_the_generator_makes_from_the_lake_schemas(tmp_path: Path) -> None:
     committed = (ROOT / TERRAFORM_FILE).read_text()
-    assert committed == render(), "regenerate: .venv/bin/python -m data_feed.glue_tables --terraform"
-    argv = [str(BIN / "python"), "-m", "data_feed.glue_tables", "--terraform", str(tmp_path / "t.tf.json")]
+    assert committed == render(), "regenerate: .venv/bin/python -m data_feed.lake.glue_tables --terraform"
+    argv = [str(BIN / "python"), "-m", "data_feed.lake.glue_tables", "--terraform", str(tmp_path / "t.tf.json")]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "t.tf.json").read_text() == committed

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from data_feed.query import run_query
+from data_feed.access.query import run_query
 from tests.conftest import ROOT, default_config_dict
 
 BIN = ROOT / ".venv" / "bin"

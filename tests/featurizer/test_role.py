@@ -15,9 +15,9 @@ import zmq
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from data_feed.bus import Proxy, Publisher, Subscriber, decode_rows, encode_rows, endpoints
-from data_feed.cache import decode_batch, stream_key
-from data_feed.config import Config
+from data_feed.bus.wire import Proxy, Publisher, Subscriber, decode_rows, encode_rows, endpoints
+from data_feed.cache.streams import decode_batch, stream_key
+from data_feed.contracts.config import Config
 from featurizer.role import REDIS_RETRY_SECONDS, Featurizer
 from tests.conftest import make_config
 
@@ -141,8 +141,9 @@ def test_an_outage_announced_open_keeps_its_symbols_slices_incomplete_until_its_
     exchange's watermark past slices of a symbol whose restart gap is only written with that symbol's next
     record. The collector announces the gap open at once (``GapTracker.open_notice``, bus only); every slice
     of the symbol from the outage's start stays incomplete until the row that ends it, and only those."""
-    from data_feed.collector.gaps import GapTracker, Mark
-    from data_feed.schemas import GapReason
+    from data_feed.cache.streams import Mark
+    from data_feed.collector.gaps import GapTracker
+    from data_feed.contracts.schemas import GapReason
 
     fz, pub = rig["fz"], rig["collector"]
     tracker = GapTracker()

@@ -12,10 +12,10 @@ from typing import Any
 import pyarrow.parquet as pq
 import redis
 
-from data_feed.aggregator import Aggregator
-from data_feed.book import Book, book_at, book_state, top
-from data_feed.cache import encode_batch, stream_key
-from data_feed.lake import channel_files
+from data_feed.aggregator.role import Aggregator
+from data_feed.cache.streams import encode_batch, stream_key
+from data_feed.lake.book import Book, book_at, book_state, top
+from data_feed.lake.layout import channel_files
 from tests.conftest import ROOT, make_config
 
 T0 = 1_700_000_000.0

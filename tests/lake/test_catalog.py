@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from data_feed.catalog import LocalCatalog, NoLake
+from data_feed.lake.catalog import LocalCatalog, NoLake
 from tests.conftest import make_config
 from tests.lakes import T0, cli, land, make_read_only, make_writable, trade_rows
 

@@ -14,17 +14,17 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
-from data_feed import compaction
-from data_feed.aggregator import Aggregator
-from data_feed.book import book_at, book_state, top
-from data_feed.cache import encode_batch, stream_key
-from data_feed.catalog import LocalCatalog
-from data_feed.compaction import MaintenanceBusy, compact, maintenance_lock
-from data_feed.config import Config
-from data_feed.lake import channel_files
-from data_feed.query import run_query, session
-from data_feed.retention import expire
-from data_feed.schemas import NS_PER_SECOND
+from data_feed.access.query import run_query, session
+from data_feed.aggregator.role import Aggregator
+from data_feed.cache.streams import encode_batch, stream_key
+from data_feed.contracts.config import Config
+from data_feed.contracts.schemas import NS_PER_SECOND
+from data_feed.lake import compaction
+from data_feed.lake.book import book_at, book_state, top
+from data_feed.lake.catalog import LocalCatalog
+from data_feed.lake.compaction import MaintenanceBusy, compact, maintenance_lock
+from data_feed.lake.layout import channel_files
+from data_feed.lake.retention import expire
 from tests.conftest import make_config
 from tests.lake.test_book import SLICES, _messages, _reference
 

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 import redis
 
-from data_feed.aggregator import Aggregator
-from data_feed.cache import CONSUMER_GROUP, encode_batch, journal_key, stream_key
-from data_feed.catalog import LocalCatalog
-from data_feed.config import Config
-from data_feed.lake import LocalStore, channel_files
-from data_feed.ledger import JournalRecord
-from data_feed.query import run_query
+from data_feed.access.query import run_query
+from data_feed.aggregator.ledger import JournalRecord
+from data_feed.aggregator.role import Aggregator
+from data_feed.cache.streams import CONSUMER_GROUP, encode_batch, journal_key, stream_key
+from data_feed.contracts.config import Config
+from data_feed.lake.catalog import LocalCatalog
+from data_feed.lake.layout import LocalStore, channel_files
 from tests.conftest import make_config
 
 T0 = 1_700_000_000.0  # a whole second

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from data_feed.query import run_query
+from data_feed.access.query import run_query
 from tests.conftest import IN_CI
 from tests.harness import Run, assert_every_sent_trade_landed_once, pipeline_config, wait_for
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from data_feed.catalog import CATALOG_FILE, LocalCatalog
+from data_feed.access.query import run_query
 from data_feed.cli import app
-from data_feed.compaction import compact
-from data_feed.config import Config
-from data_feed.query import run_query
+from data_feed.contracts.config import Config
+from data_feed.lake.catalog import CATALOG_FILE, LocalCatalog
+from data_feed.lake.compaction import compact
 from tests.conftest import make_config
 from tests.lakes import land, trade_rows
 

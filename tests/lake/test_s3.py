@@ -21,16 +21,16 @@ import pytest
 import redis
 import yaml
 
-from data_feed.aggregator import Aggregator
-from data_feed.cache import STREAM_KEY_PREFIX, collector_state_key, encode_batch, stream_key
-from data_feed.catalog import LocalCatalog, MaintenanceBusy, maintenance_lock
-from data_feed.config import Config, S3LakeConfig
-from data_feed.query import run_query
-from data_feed.retention import expire
-from data_feed.runtime import RunDir
-from data_feed.s3 import GlueCatalog, S3Store
-from data_feed.schemas import CHANNEL_SCHEMAS
-from data_feed.spawner import SIM_ACCOUNT_FILE, Role, Spawner
+from data_feed.access.query import run_query
+from data_feed.aggregator.role import Aggregator
+from data_feed.cache.streams import STREAM_KEY_PREFIX, collector_state_key, encode_batch, stream_key
+from data_feed.contracts.config import Config, S3LakeConfig
+from data_feed.contracts.rundir import RunDir
+from data_feed.contracts.schemas import CHANNEL_SCHEMAS
+from data_feed.lake.catalog import LocalCatalog, MaintenanceBusy, maintenance_lock
+from data_feed.lake.retention import expire
+from data_feed.lake.s3 import GlueCatalog, S3Store
+from data_feed.runtime.spawner import SIM_ACCOUNT_FILE, Role, Spawner
 from tests.conftest import make_config
 from tests.lake.conftest import BIN, BUCKET
 from tests.lake.test_book import _messages

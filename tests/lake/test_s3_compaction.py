@@ -16,15 +16,15 @@ import pandas as pd
 import pytest
 import redis
 
-from data_feed.aggregator import Aggregator
-from data_feed.book import book_state
-from data_feed.cache import encode_batch, stream_key
-from data_feed.compaction import compact
-from data_feed.config import Config, S3LakeConfig
-from data_feed.lake import is_compacted
-from data_feed.query import run_query
-from data_feed.s3 import MANIFEST_NAME, GlueCatalog, S3Store
-from data_feed.schemas import L2_BOOK, NS_PER_SECOND
+from data_feed.access.query import run_query
+from data_feed.aggregator.role import Aggregator
+from data_feed.cache.streams import encode_batch, stream_key
+from data_feed.contracts.config import Config, S3LakeConfig
+from data_feed.contracts.schemas import L2_BOOK, NS_PER_SECOND
+from data_feed.lake.book import book_state
+from data_feed.lake.compaction import compact
+from data_feed.lake.layout import is_compacted
+from data_feed.lake.s3 import MANIFEST_NAME, GlueCatalog, S3Store
 from tests.lake.conftest import BIN
 from tests.lake.test_book import SLICES, _messages, _reference
 from tests.lake.test_compaction import SYMBOLS, TRADES, TRUTH_SQL, _land_trades

@@ -18,10 +18,10 @@ import pytest
 import redis
 import yaml
 
-from data_feed.aggregator import Aggregator
-from data_feed.cache import configured_streams, encode_batch, shard_of, stream_key
-from data_feed.config import Config, parse_config
-from data_feed.lake import channel_files
+from data_feed.aggregator.role import Aggregator
+from data_feed.cache.streams import configured_streams, encode_batch, shard_of, stream_key
+from data_feed.contracts.config import Config, parse_config
+from data_feed.lake.layout import channel_files
 from tests.conftest import default_config_dict
 from tests.harness import CLI, wait_for
 

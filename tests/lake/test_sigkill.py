@@ -18,9 +18,9 @@ import pytest
 import redis
 import yaml
 
-from data_feed.cache import collector_state_key
-from data_feed.query import run_query
-from data_feed.spawner import SIM_ACCOUNT_FILE
+from data_feed.access.query import run_query
+from data_feed.cache.streams import collector_state_key
+from data_feed.runtime.spawner import SIM_ACCOUNT_FILE
 from tests.conftest import ROOT, default_config_dict
 from tests.harness import wait_for
 

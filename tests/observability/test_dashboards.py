@@ -1,6 +1,6 @@
 """The dashboards: React panel types only at the current schema version, every query through the datasource
 variable, panels on the grid without overlap, the drill-down's exchange and symbol variables, and every metric
-a panel or a rule names defined by data_feed.metrics."""
+a panel or a rule names defined by data_feed.observability.metrics."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from data_feed.observability.grafana import (
     _layout,
     timeseries,
 )
-from tests.test_metrics import defined_metrics, histograms
+from tests.observability.test_metrics import defined_metrics, histograms
 
 METRIC = re.compile(r"\b(data_feed_[a-z_]+|up)\b(?![a-z_]*\()")
 HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")

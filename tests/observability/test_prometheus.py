@@ -25,7 +25,7 @@ import pytest
 from data_feed.observability.__main__ import alerts_yaml
 from data_feed.observability.alerts import FAST, rules
 from data_feed.observability.dashboards import DASHBOARDS
-from data_feed.spawner import SUPERVISE_INTERVAL_SECONDS
+from data_feed.runtime.spawner import SUPERVISE_INTERVAL_SECONDS
 from tests.harness import Run, pipeline_config, wait_for
 from tests.observability.prometheus import Prometheus
 from tests.observability.tools import require

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from data_feed.query import run_query
-from data_feed.schemas import MARKET_CHANNELS
-from data_feed.spawner import SIM_ACCOUNT_FILE
+from data_feed.access.query import run_query
+from data_feed.contracts.schemas import MARKET_CHANNELS
+from data_feed.runtime.spawner import SIM_ACCOUNT_FILE
 from tests.conftest import ROOT
 from tests.test_pipeline import rebuild_book, top
 

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from data_feed.config import Config, parse_config
+from data_feed.contracts.config import Config, parse_config
 from data_feed.sim import Simulator
 from data_feed.sim.tls import client_context
 

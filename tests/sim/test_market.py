@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from data_feed.config import SimulatedMarketConfig
+from data_feed.contracts.config import SimulatedMarketConfig
 from data_feed.sim.hub import PublishedBook
 from data_feed.sim.market import MarketEvent, SymbolMarket, price_str, size_str
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from data_feed.capture import (
+from data_feed.collector.recorder import SessionRecorder
+from data_feed.contracts.capture import (
     HttpRecord,
     Session,
     SessionError,
@@ -25,7 +26,6 @@ from data_feed.capture import (
     unwrap_frame,
     wrap_frame,
 )
-from data_feed.recorder import SessionRecorder
 from data_feed.sim.session import best_by_address, closest_by_sends, http_candidates
 
 

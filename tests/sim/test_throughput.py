@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from data_feed.config import parse_config
+from data_feed.contracts.config import parse_config
 from data_feed.sim import Simulator
 
 CLIENT = Path(__file__).with_name("load_client.py")

@@ -15,9 +15,10 @@ from cryptofeed.feed import Feed
 from data_feed.collector.exchanges import binance, binance_futures, bybit, coinbase, kraken, okx, replay
 from data_feed.collector.exchanges.base import Endpoints
 
-EXCHANGE_MODULES: dict[str, ModuleType] = {"BINANCE": binance, "BINANCE_FUTURES": binance_futures,
-                                           "BYBIT": bybit, "COINBASE": coinbase, "KRAKEN": kraken,
-                                           "OKX": okx}
+# keyed by cryptofeed's own id of each quirk class; the names users write are config.SUPPORTED_EXCHANGES
+# (tests/test_contracts.py holds the two, and the simulator's protocols, to the same set)
+EXCHANGE_MODULES: dict[str, ModuleType] = {
+    m.QUIRKS.id: m for m in (binance, binance_futures, bybit, coinbase, kraken, okx)}
 
 
 def _module(exchange: str) -> ModuleType:

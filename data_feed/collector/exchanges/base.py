@@ -23,8 +23,8 @@ from typing import Any, Protocol
 
 from cryptofeed.exceptions import UnsupportedSymbol
 
-from data_feed import metrics
-from data_feed.schemas import GapReason
+from data_feed.contracts.schemas import GapReason
+from data_feed.observability import metrics
 
 LOG = logging.getLogger("data_feed.collector")
 

@@ -21,7 +21,7 @@ from cryptofeed.exchanges import Binance
 from cryptofeed.feed import Feed
 
 from data_feed.collector.exchanges.base import CollectorFeedMixin, Endpoints, GapRecorded, LoggedGaps
-from data_feed.schemas import Channel, GapReason
+from data_feed.contracts.schemas import Channel, GapReason
 
 SIM_PATH = "/binance"
 SLOW_SNAPSHOT_SECONDS = 1.0  # the book is unavailable while its snapshot loads; longer than this is a gap

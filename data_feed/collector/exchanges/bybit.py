@@ -24,7 +24,7 @@ from yapic import json
 
 from data_feed.collector.exchanges.base import CollectorFeedMixin, Endpoints, LoggedGaps
 from data_feed.collector.exchanges.replay import rehost
-from data_feed.schemas import Channel, GapReason
+from data_feed.contracts.schemas import Channel, GapReason
 
 SIM_PATH = "/bybit"
 BOOK = Channel.L2_BOOK.value

@@ -30,7 +30,7 @@ from cryptofeed.types import OrderBook, Ticker
 from yapic import json
 
 from data_feed.collector.exchanges.base import CollectorFeedMixin, Endpoints
-from data_feed.schemas import NS_PER_SECOND, GapReason
+from data_feed.contracts.schemas import NS_PER_SECOND, GapReason
 
 LOG = logging.getLogger("data_feed.collector")
 

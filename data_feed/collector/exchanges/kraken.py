@@ -19,7 +19,7 @@ from cryptofeed.feed import Feed
 from yapic import json
 
 from data_feed.collector.exchanges.base import CollectorFeedMixin, Endpoints, LoggedGaps
-from data_feed.schemas import Channel, GapReason
+from data_feed.contracts.schemas import Channel, GapReason
 
 SIM_PATH = "/kraken"
 BOOK = Channel.L2_BOOK.value

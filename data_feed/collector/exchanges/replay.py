@@ -6,7 +6,7 @@ it to the recording: ``wss://stream.binance.com:9443`` becomes ``wss://localhost
 Exchange quirks still come from that exchange's own module (its ``QUIRKS`` class) when there is one.
 
 Frames are handled in the order they were recorded in and carry the recording's receive times: the
-replay server wraps each frame in an envelope (`data_feed.capture.wrap_frame`) with its recorded
+replay server wraps each frame in an envelope (`data_feed.contracts.capture.wrap_frame`) with its recorded
 time, and asks for an acknowledgement once it is handled where the next frame is for another
 connection (`RecordedTimeMixin`). Every record cryptofeed makes while handling a frame (REST book
 snapshots included) gets the frame's recorded time as ``ts_recv``. So a replay's receive times are the
@@ -24,12 +24,12 @@ from cryptofeed.connection import RestEndpoint, WebsocketEndpoint
 from cryptofeed.exchanges import EXCHANGE_MAP
 from cryptofeed.feed import Feed
 
-from data_feed.capture import ENVELOPE_HEADER, ack_frame, replay_prefix, unwrap_frame
 from data_feed.collector.exchanges.base import CollectorFeedMixin, Endpoints
+from data_feed.contracts.capture import ENVELOPE_HEADER, ack_frame, replay_prefix, unwrap_frame
 
 
 class RecordedTimeMixin:
-    """First in a replay feed's bases: frames arrive in envelopes (`data_feed.capture`); cryptofeed gets
+    """First in a replay feed's bases: frames arrive in envelopes (`data_feed.contracts.capture`); cryptofeed gets
     the frame itself with its recorded receive time, callbacks get that time, and the frame is acknowledged
     once handled when the server asks (the next frame in recorded order is for another connection)."""
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from data_feed.config import ConfigError, load_config
+from data_feed.contracts.config import ConfigError, load_config
 
 
 def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:

@@ -1,9 +1,9 @@
 # The Glue catalog of the lake: one database, one table per lake channel. Columns and partition keys come from
-# lake_tables.tf.json, generated from the Arrow schemas (`python -m data_feed.glue_tables --terraform`).
+# lake_tables.tf.json, generated from the Arrow schemas (`python -m data_feed.lake.glue_tables --terraform`).
 #
 # Catalog mode: explicit partitions. The aggregator registers each (exchange, symbol, date) partition with
 # BatchCreatePartition as the first slice of it lands, after the PUT and before it acknowledges the stream entries
-# (data_feed.s3.GlueCatalog), and retention drops it from Glue before deleting its files. Queries (data-feed query
+# (data_feed.lake.s3.GlueCatalog), and retention drops it from Glue before deleting its files. Queries (data-feed query
 # and Athena) see a partition only once it is registered. Partition projection is deliberately off
 # (projection.enabled = false): with it, Athena would read a partition's files before the aggregator's commit and
 # after retention dropped it, and the code's snapshot reads Glue's partition list.

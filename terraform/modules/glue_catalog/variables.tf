@@ -16,13 +16,13 @@ variable "prefix" {
 }
 
 variable "channels" {
-  description = "Channels to create tables for; null = every lake channel (lake_tables.tf.json, generated from data_feed.schemas)."
+  description = "Channels to create tables for; null = every lake channel (lake_tables.tf.json, generated from data_feed.contracts.schemas)."
   type        = list(string)
   default     = null
 }
 
 variable "compression" {
-  description = "compressionType parameter of the tables: the lake writes zstd parquet (data_feed.schemas.parquet_write_options)."
+  description = "compressionType parameter of the tables: the lake writes zstd parquet (data_feed.contracts.schemas.parquet_write_options)."
   type        = string
   default     = "zstd"
 }

@@ -1,7 +1,7 @@
 # Least-privilege roles of the pipeline, assumed by Kubernetes service accounts through the cluster's OIDC
 # provider (IRSA):
 #   writer    collectors and aggregators: read/write objects under the lake prefix, read the catalog, register
-#             partitions (data_feed.s3.GlueCatalog.register: GetDatabase, GetTable, BatchCreatePartition, ...)
+#             partitions (data_feed.lake.s3.GlueCatalog.register: GetDatabase, GetTable, BatchCreatePartition, ...)
 #   compactor the writer's grants plus deleting objects and partitions (lake compact, lake expire)
 #   reader    Athena queries in the workgroup, catalog reads, lake reads (through Athena only, unless
 #             reader_direct_s3), writes of query results

@@ -1,4 +1,4 @@
-# The lake bucket: Hive-partitioned parquet under <prefix>/<channel>/exchange=/symbol=/date=/ (data_feed.s3).
+# The lake bucket: Hive-partitioned parquet under <prefix>/<channel>/exchange=/symbol=/date=/ (data_feed.lake.s3).
 # Private (public access blocked, bucket-owner-enforced ownership: no ACLs), versioned, encrypted by default.
 
 resource "aws_s3_bucket" "lake" {

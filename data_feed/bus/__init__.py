@@ -1,0 +1,1 @@
+"""The ZMQ bus: topics, endpoints, batch encoding and the XSUB/XPUB proxy."""
