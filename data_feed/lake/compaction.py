@@ -101,7 +101,7 @@ def plan_runs(files: list[CatalogFile], target_bytes: int) -> list[list[CatalogF
 def open_maintained(root: str | Path | None, lake: LakeConfig) -> tuple[MaintainedStore, MaintainedCatalog]:
     """The store and catalog maintenance works on: the local lake at ``root`` (``NoLake`` unless it is one: a
     wrong ``--lake`` is an error, never a new empty lake), or with ``root`` None the lake on S3 (``lake.s3``),
-    its maintenance lock taken on ``lake.root`` of this host."""
+    its maintenance lock a lease object in the bucket."""
     if root is not None:
         root = require_lake(root)
         return LocalStore(root), LocalCatalog(root)
@@ -110,7 +110,7 @@ def open_maintained(root: str | Path | None, lake: LakeConfig) -> tuple[Maintain
     from data_feed.lake.s3 import GlueCatalog, S3Store
 
     store = S3Store(lake.s3)
-    return store, GlueCatalog(lake.s3, store, lock_dir=Path(lake.root))
+    return store, GlueCatalog(lake.s3, store)
 
 
 def compact(root: str | Path | None, lake: LakeConfig, older_than_seconds: float, target_bytes: int | None = None,

@@ -33,7 +33,7 @@ import contextlib
 import io
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -48,7 +48,7 @@ import pyarrow.parquet as pq
 
 from data_feed.contracts.config import S3LakeConfig
 from data_feed.contracts.schemas import CHANNEL_SCHEMAS, NS_PER_SECOND, parquet_write_options, schema_for
-from data_feed.lake.catalog import CatalogFile, PartitionStats, Snapshot, maintenance_lock
+from data_feed.lake.catalog import CatalogFile, PartitionStats, Snapshot
 from data_feed.lake.layout import (
     Partition,
     SliceKey,
@@ -58,6 +58,7 @@ from data_feed.lake.layout import (
     partition_relpath,
     slice_relpath,
 )
+from data_feed.lake.s3_lease import LEASE_OBJECT_NAME, S3Lease
 from data_feed.lake.s3_manifest import MANIFEST_NAME, Manifest
 from data_feed.lake.s3_manifest import file_name as _name
 from data_feed.lake.s3_manifest import is_lake_file as _is_lake_file
@@ -202,10 +203,7 @@ class GlueCatalog:
 
     stats_interval_seconds = S3_STATS_INTERVAL_SECONDS
 
-    def __init__(self, cfg: S3LakeConfig, store: S3Store, session: boto3.Session | None = None,
-                 lock_dir: Path | None = None) -> None:
-        """``lock_dir``: where the maintenance lock is taken (``lake.root`` of the host running maintenance;
-        S3 itself holds no lock, so maintenance runs from one host); needed for ``lock`` only."""
+    def __init__(self, cfg: S3LakeConfig, store: S3Store, session: boto3.Session | None = None) -> None:
         import awswrangler as wr
 
         self.wr = wr
@@ -216,7 +214,7 @@ class GlueCatalog:
             wr.config.glue_endpoint_url = cfg.glue_endpoint_url
         self.known: set[Partition] = set()
         self.tables: set[str] = set()
-        self.lock_dir = lock_dir
+        self.lease: S3Lease | None = None  # while maintenance holds the lake's lock
 
     def close(self) -> None:
         pass
@@ -307,6 +305,7 @@ class GlueCatalog:
 
     def swap(self, partition: Partition, removed: Sequence[str], added: Sequence[CatalogFile], now_ns: int) -> None:
         """One PUT of the partition's manifest, re-read first (under the maintenance lock nothing else writes it)."""
+        self._check_lease()
         self.write_manifest(partition, self.manifest(partition_relpath(*partition)).swap(removed, added, now_ns))
 
     def retired_past(self, grace_seconds: float, now_ns: int) -> tuple[list[str], int]:
@@ -325,10 +324,19 @@ class GlueCatalog:
     def mark_deleted(self, paths: Iterable[str]) -> None:
         """Nothing: the listing is the register, a deleted object is no longer in it."""
 
-    def lock(self) -> contextlib.AbstractContextManager[None]:
-        if self.lock_dir is None:
-            raise ValueError("GlueCatalog: no lock_dir given, so no maintenance lock to take")
-        return maintenance_lock(self.lock_dir)
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """The lake's maintenance lock, across hosts: a lease object in the bucket (``data_feed.lake.s3_lease``)."""
+        with S3Lease(self.store.client, self.cfg.bucket, self.store.key(LEASE_OBJECT_NAME)) as lease:
+            self.lease = lease
+            try:
+                yield
+            finally:
+                self.lease = None
+
+    def _check_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.check()
 
     def partition_stats(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], PartitionStats]:
         """Per (channel, exchange) of ``keys``: files, partitions holding them and the fullest partition's files."""
@@ -353,6 +361,7 @@ class GlueCatalog:
         """Remove a partition from Glue, then delete its files at once (S3 has no reader leases); returns the
         files deleted, twice. Queries list files from Glue's partitions, so it leaves them whole first."""
         channel, exchange, symbol, date = partition
+        self._check_lease()
         self.wr.catalog.delete_partitions(table=channel, database=self.cfg.database,
                                           partitions_values=[[exchange, symbol, date]], boto3_session=self.session)
         self.known.discard((channel, exchange, symbol, date))

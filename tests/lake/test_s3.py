@@ -27,9 +27,10 @@ from data_feed.cache.streams import STREAM_KEY_PREFIX, collector_state_key, enco
 from data_feed.contracts.config import Config, S3LakeConfig
 from data_feed.contracts.rundir import RunDir
 from data_feed.contracts.schemas import CHANNEL_SCHEMAS
-from data_feed.lake.catalog import LocalCatalog, MaintenanceBusy, maintenance_lock
+from data_feed.lake.catalog import LocalCatalog, MaintenanceBusy
 from data_feed.lake.retention import expire
 from data_feed.lake.s3 import GlueCatalog, S3Store
+from data_feed.lake.s3_lease import LEASE_OBJECT_NAME, S3Lease
 from data_feed.runtime.spawner import SIM_ACCOUNT_FILE, Role, Spawner
 from tests.conftest import make_config
 from tests.lake.conftest import BIN, BUCKET
@@ -351,7 +352,8 @@ def test_lake_expire_on_s3_drops_expired_glue_partitions_and_their_files_and_kee
 def test_lake_expire_on_s3_refuses_while_another_maintenance_run_holds_the_lock(
         tmp_path: Path, redis_url: str, servers: dict[str, str]) -> None:
     """Like the local lake: retention never overlaps a compaction (it would delete files a compaction is
-    merging); the lock of a lake on S3 is taken on ``lake.root`` of the host running maintenance."""
+    merging); the lock of a lake on S3 is a lease object in the bucket, so it holds across hosts: here another
+    host's run holds it."""
     cfg = _s3_config(tmp_path, servers, "expire-busy/lake", "expire_busy")
     cfg = cfg.model_copy(update={"lake": cfg.lake.model_copy(update={"retention_days": {"trades": 1}})})
     _land(cfg, redis_url)
@@ -361,8 +363,10 @@ def test_lake_expire_on_s3_refuses_while_another_maintenance_run_holds_the_lock(
                                                                                   "trades")))
     assert before[0] and before[1] and before[2]  # 2023 data: every trades partition is expired
     path = _write_yaml(cfg, tmp_path / "expire-busy.yaml")
-    with maintenance_lock(Path(cfg.lake.root)):
-        with pytest.raises(MaintenanceBusy):
+    other_host = S3Lease(boto3.client("s3", endpoint_url=servers["s3"]), BUCKET,
+                         f"expire-busy/lake/{LEASE_OBJECT_NAME}")
+    with other_host:
+        with pytest.raises(MaintenanceBusy, match=other_host.holder):
             expire(None, cfg.lake)
         out = subprocess.run([str(BIN / "data-feed"), "lake", "expire", "--config", str(path)], capture_output=True,
                              text=True, timeout=120)
