@@ -20,7 +20,7 @@ run: $(STAMP)
 
 ## test: the test suite against real redis-server, simulator, parquet and SQL servers (all but the chaos and deploy runs)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not chaos and not deploy"; rc=$$?; \
+	$(BIN)/python -m pytest -q --durations=15 -m "not chaos and not deploy"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 ## test-deploy: Dockerfiles, compose files, Helm chart and Terraform checked with the real tools (.ci/deploy-tools)
