@@ -244,30 +244,48 @@ cdef extern from *:
         *hi = s;
     }
 
+    #ifdef __clang__
+    #define FK_SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+    #else
+    #define FK_SHUFFLE(a, b, ...) __builtin_shuffle(a, b, (fk_i64x4){__VA_ARGS__})
+    #endif
+    typedef uint8_t fk_u8x4 __attribute__((vector_size(4)));
+
     /* t[i] = (q, p q, q buy, rv term) of trades [0, m); prev is the price before P[0]. */
     FK_AVX2 static void fk_trade_terms4(const double* P, const double* Q, const uint8_t* B, double prev,
                                         Py_ssize_t m, fk_f64x4* t) {
         const fk_f64x4 lim = {FK_SERIES_MAX_RETURN, FK_SERIES_MAX_RETURN, FK_SERIES_MAX_RETURN,
                               FK_SERIES_MAX_RETURN};
         fk_i64x4 outside = {0, 0, 0, 0};
-        fk_f64x4 p, c, q, buy, d, r, pq, qb;
-        Py_ssize_t i = 0, j;
-        double last = prev, ds, rs;
+        fk_f64x4 p, c, q, buy, d, r, pq, qb, lo_a, hi_a, lo_b, hi_b;
+        fk_u8x4 b4;
+        Py_ssize_t i = 0;
+        double last, ds, rs;
         long long tail = 0;
         for (; i + 4 <= m; i += 4) {
-            p = (fk_f64x4){P[i], P[i + 1], P[i + 2], P[i + 3]};
-            c = (fk_f64x4){last, P[i], P[i + 1], P[i + 2]};
-            q = (fk_f64x4){Q[i], Q[i + 1], Q[i + 2], Q[i + 3]};
-            buy = (fk_f64x4){(double)B[i], (double)B[i + 1], (double)B[i + 2], (double)B[i + 3]};
-            last = P[i + 3];
+            memcpy(&p, P + i, sizeof p);
+            if (i) memcpy(&c, P + i - 1, sizeof c);
+            else c = (fk_f64x4){prev, P[0], P[1], P[2]};
+            memcpy(&q, Q + i, sizeof q);
+            memcpy(&b4, B + i, sizeof b4);
+            buy = __builtin_convertvector(b4, fk_f64x4);
             d = (p - c) / c;
             outside |= ~((d >= -lim) & (d <= lim));
             r = FK_LOG1P_SERIES(d);
             r = r * r;
             pq = p * q;
             qb = q * buy;
-            for (j = 0; j < 4; j++) t[i + j] = (fk_f64x4){q[j], pq[j], qb[j], r[j]};
+            /* rows (q, pq, qb, r) of four trades into one (q, pq, qb, r) vector per trade: a 4x4 transpose */
+            lo_a = FK_SHUFFLE(q, pq, 0, 4, 2, 6);
+            hi_a = FK_SHUFFLE(q, pq, 1, 5, 3, 7);
+            lo_b = FK_SHUFFLE(qb, r, 0, 4, 2, 6);
+            hi_b = FK_SHUFFLE(qb, r, 1, 5, 3, 7);
+            t[i] = FK_SHUFFLE(lo_a, lo_b, 0, 1, 4, 5);
+            t[i + 1] = FK_SHUFFLE(hi_a, hi_b, 0, 1, 4, 5);
+            t[i + 2] = FK_SHUFFLE(lo_a, lo_b, 2, 3, 6, 7);
+            t[i + 3] = FK_SHUFFLE(hi_a, hi_b, 2, 3, 6, 7);
         }
+        last = i ? P[i - 1] : prev;
         for (; i < m; i++) {
             ds = (P[i] - last) / last;
             tail |= !(ds >= -FK_SERIES_MAX_RETURN && ds <= FK_SERIES_MAX_RETURN);
