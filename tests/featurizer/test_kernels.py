@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from featurizer._kernels import SLICE_DTYPE, Engine, empty_slice, merge, merge_runs, trade_slices
+from featurizer._kernels import SLICE_DTYPE, Engine, _use_vector_width, empty_slice, merge, merge_runs, trade_slices
 from featurizer.features import interval_ns, values
 
 SECOND = 1_000_000_000
@@ -280,6 +280,40 @@ def test_batch_kernel_rejects_unsorted_trades() -> None:
     with pytest.raises(ValueError, match="sorted"):
         trade_slices(ts, df["price"].to_numpy(np.float64), df["amount"].to_numpy(np.float64),
                      df["buy"].to_numpy(np.uint8), SECOND)
+
+
+@pytest.mark.parametrize("row", [1, 123_457, -10])
+def test_batch_kernel_rejects_two_trades_out_of_order_anywhere_in_a_split_batch(row: int) -> None:
+    """The threads check the order as they go (no pass of its own): a swap at the start, in the middle or at
+    the end of a batch split between threads is still an error that names its row."""
+    df = synthetic_trades(400_000, seed=15, span_s=900)
+    ts = df["ts"].to_numpy(np.int64).copy()
+    row %= len(ts)
+    ts[row - 1], ts[row] = ts[row] + 1, ts[row - 1]
+    with pytest.raises(ValueError, match=rf"sorted by event time \(row {row}\)"):
+        trade_slices(ts, df["price"].to_numpy(np.float64), df["amount"].to_numpy(np.float64),
+                     df["buy"].to_numpy(np.uint8), SECOND)
+
+
+def test_two_and_four_lane_trade_kernels_are_bit_identical() -> None:
+    """The 4-lane (AVX2) and the 2-lane vector code do the same operations per lane; jumps beyond the log
+    series' range and unchanged prices take the exact path in both."""
+    df = synthetic_trades(50_000, seed=16, span_s=120)
+    price = df["price"].to_numpy(np.float64).copy()
+    price[1_000:1_010] = price[999]  # no move: no realized-variance term
+    price[5_000] *= 1.01  # beyond the series: log
+    df["price"] = price
+    try:
+        before = _use_vector_width(4)
+    except ValueError:
+        pytest.skip("no AVX2 on this CPU: only the 2-lane kernel runs here")
+    try:
+        four = kernel_trades(df, SECOND)
+        _use_vector_width(2)
+        two = kernel_trades(df, SECOND)
+    finally:
+        _use_vector_width(before)
+    assert two.tobytes() == four.tobytes()
 
 
 def test_collector_rows_path_is_bit_identical_to_the_column_path() -> None:
