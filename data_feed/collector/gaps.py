@@ -80,23 +80,41 @@ class Summary:
     min_event: float = 0.0
 
 
+_SYMBOL, _RECV, _EVENT, _TRADE_ID = itemgetter(0), itemgetter(RECV_INDEX), itemgetter(EVENT_INDEX), \
+    itemgetter(TRADE_ID_INDEX)
+
+
 def summarize(channel: str, rows: Sequence[Sequence[Any]]) -> dict[str, Summary]:
-    """Per symbol: first and last receive time and (trades) the lowest and highest integer id."""
-    groups: dict[str, list[Sequence[Any]]] = {}
-    symbols = set(map(itemgetter(0), rows))
+    """Per symbol: first and last receive time and (trades) the lowest and highest integer id.
+
+    Every flush summarizes what it takes, so the loops here run in C (map, min, max): no Python per row
+    unless a buffer mixes symbols (grouped) or holds trades without integer ids (filtered).
+    """
+    symbols = set(map(_SYMBOL, rows))
     if len(symbols) == 1:
-        groups[symbols.pop()] = list(rows)
+        groups: dict[str, Sequence[Sequence[Any]]] = {symbols.pop(): rows}
     else:
+        grouped: dict[str, list[Sequence[Any]]] = {}
         for row in rows:
-            groups.setdefault(row[0], []).append(row)
+            grouped.setdefault(row[0], []).append(row)
+        groups = dict(grouped)
     out = {}
     for symbol, group in groups.items():
-        recvs = list(map(itemgetter(RECV_INDEX), group))
-        ids = [i for i in map(itemgetter(TRADE_ID_INDEX), group) if i is not None] if channel == TRADES else []
-        events = list(map(itemgetter(EVENT_INDEX), group))
-        out[symbol] = Summary(min(recvs), max(recvs), min(ids) if ids else None, max(ids) if ids else None,
+        recvs = list(map(_RECV, group))
+        events = list(map(_EVENT, group))
+        out[symbol] = Summary(min(recvs), max(recvs), *_id_range(group) if channel == TRADES else (None, None),
                               max(events), min(events))
     return out
+
+
+def _id_range(rows: Sequence[Sequence[Any]]) -> tuple[int | None, int | None]:
+    """Lowest and highest integer trade id of ``rows`` (None where a trade has only a text id)."""
+    ids = list(map(_TRADE_ID, rows))
+    try:
+        return (min(ids), max(ids)) if ids else (None, None)
+    except TypeError:  # None among the ids: only the integer ones count
+        known = [i for i in ids if i is not None]
+        return (min(known), max(known)) if known else (None, None)
 
 
 @dataclass
