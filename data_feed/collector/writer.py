@@ -1,8 +1,8 @@
 """The collector's writer: buffered records (``collector.callbacks``) into Redis streams.
 
-A flusher writes the buffers to Redis every ``batch_max_ms`` or when
-``batch_max_records`` are waiting, one flush at a time, in order (steps 1-3 are
-``collector.delivery``):
+A flusher writes the buffers to Redis every ``batch_max_ms`` or as soon as one
+channel's buffer holds ``batch_max_records`` (a full batch), one flush at a time,
+in order (steps 1-3 are ``collector.delivery``):
 
 1. each batch gets its explicit entry id (``cache.EntryIds``) once, so a write
    retried after a lost reply is refused by Redis instead of added twice;
