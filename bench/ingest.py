@@ -4,10 +4,12 @@ Both paths run cryptofeed's real ``Binance.message_handler`` over the same
 pre-built combined-stream ``aggTrade`` frames. The baseline's callback does
 nothing; the measured path is the collector's own feed class and StreamWriter,
 writing batches to a private redis-server, timed until the last record is in
-Redis (verified by counting). Prints the figures and ends with
-``RESULT ingest_ratio <collector rate / bare rate>`` (target >= 0.6).
+Redis (verified by counting). The two paths alternate for ``--rounds`` rounds, so drift and other load hit
+both alike; each round prints both rates and their ratio, with the CPU time of this thread per record (less
+sensitive than wall time to other processes on the machine) and the load average around the run. Ends with
+``RESULT ingest_ratio <best collector rate / best bare rate>`` over the interleaved rounds (target >= 0.8).
 
-    .venv/bin/python bench/ingest.py [--frames 100000] [--rounds 3]
+    .venv/bin/python bench/ingest.py [--frames 100000] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -58,7 +61,21 @@ async def _drive(feed: Any, frames: list[str]) -> None:
             await asyncio.sleep(0)
 
 
-async def bare_rate(frames: list[str]) -> float:
+class Timing:
+    """Wall and thread CPU time of one path over the frames."""
+
+    def __init__(self) -> None:
+        self.wall = self.cpu = 0.0
+
+    def __enter__(self) -> Timing:
+        self.wall, self.cpu = time.perf_counter(), time.thread_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.thread_time() - self.cpu
+
+
+async def bare_rate(frames: list[str]) -> Timing:
     count = 0
 
     async def noop(obj: Any, receipt: float) -> None:
@@ -66,14 +83,13 @@ async def bare_rate(frames: list[str]) -> float:
         count += 1
 
     feed = Binance(symbols=["BTC-USDT"], channels=[TRADES], callbacks={TRADES: noop})
-    start = time.perf_counter()
-    await _drive(feed, frames)
-    elapsed = time.perf_counter() - start
+    with Timing() as timing:
+        await _drive(feed, frames)
     assert count == len(frames), count
-    return len(frames) / elapsed
+    return timing
 
 
-async def collector_rate(frames: list[str], url: str) -> float:
+async def collector_rate(frames: list[str], url: str) -> Timing:
     client = aioredis.Redis.from_url(url)
     await client.flushall()
     writer = StreamWriter(client, "BINANCE", RedisConfig(stream_maxlen=10_000_000))
@@ -81,14 +97,13 @@ async def collector_rate(frames: list[str], url: str) -> float:
                                         callbacks={TRADES: writer.callbacks()[TRADES]})
     writer.feed = feed
     writer.start(asyncio.get_running_loop())
-    start = time.perf_counter()
-    await _drive(feed, frames)
-    await writer.stop()
-    elapsed = time.perf_counter() - start
+    with Timing() as timing:
+        await _drive(feed, frames)
+        await writer.stop()
     await client.aclose()
     landed = count_records(url)
     assert landed == len(frames), f"{landed} records in Redis, expected {len(frames)}"
-    return len(frames) / elapsed
+    return timing
 
 
 def count_records(url: str) -> int:
@@ -100,19 +115,29 @@ def count_records(url: str) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     prime_symbols()
     frames = make_frames(args.frames)
+    n = len(frames)
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp, PrivateRedis(Path(tmp), persist=False) as server:
-        bare, coll = [], []
+        bare: list[Timing] = []
+        coll: list[Timing] = []
         for r in range(args.rounds):  # alternate so drift hits both paths alike
             bare.append(asyncio.run(bare_rate(frames)))
             coll.append(asyncio.run(collector_rate(frames, server.url)))
-            print(f"round {r + 1}: bare parse {bare[-1]:,.0f} frames/s; collector into Redis {coll[-1]:,.0f} records/s")
-    best_bare, best_coll = max(bare), max(coll)
-    print(f"best bare parse: {best_bare:,.0f} frames/s ({args.frames:,} aggTrade frames)")
+            b, c = bare[-1], coll[-1]
+            print(f"round {r + 1}: bare parse {n / b.wall:,.0f} frames/s, collector into Redis {n / c.wall:,.0f} "
+                  f"records/s: ratio {b.wall / c.wall:.3f} (CPU {b.cpu / n * 1e6:.2f} vs {c.cpu / n * 1e6:.2f} us "
+                  f"per record: {b.cpu / c.cpu:.3f})")
+    best_bare, best_coll = n / min(t.wall for t in bare), n / min(t.wall for t in coll)
+    cpu_ratio = min(t.cpu for t in bare) / min(t.cpu for t in coll)
+    print(f"load average (1, 5, 15 min) before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
+          f"after {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
+    print(f"best bare parse: {best_bare:,.0f} frames/s ({n:,} aggTrade frames)")
     print(f"best collector:  {best_coll:,.0f} records/s into Redis (verified by counting)")
+    print(f"best CPU per record: ratio {cpu_ratio:.3f}")
     print(f"RESULT ingest_ratio {best_coll / best_bare:.3f}")
 
 

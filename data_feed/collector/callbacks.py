@@ -1,17 +1,23 @@
 """cryptofeed callbacks: normalized objects into the writer's buffers, the collector's hot path.
 
-Each ``__call__`` converts, appends a tuple to the writer's buffer for its channel and counts:
-no I/O, and times stay float seconds as cryptofeed gives them (the aggregator converts whole
-columns to int64 nanoseconds, far cheaper than per record). The callbacks also carry
-cryptofeed's backend hooks (``start``/``stop``), so the FeedHandler starts the writer's flusher
-and flushes it at stop. Row layouts follow ``schemas.batch_columns(channel)``.
+Each callback converts, appends one tuple to its channel's buffer and, when a full batch waits
+there, wakes the flusher: no I/O, no counters, no metric lookups (the flusher counts per batch),
+and times stay float seconds as cryptofeed gives them (the aggregator converts whole columns to
+int64 nanoseconds, far cheaper than per record). Row layouts follow ``schemas.batch_columns(channel)``.
+
+A callback is a plain coroutine function built once per writer and channel, with the buffer, the
+batch size and the wake-up bound in its closure: calling it costs what cryptofeed's own dispatch
+costs, where an object with a Python ``__call__`` costs a method lookup more for every record. It
+carries cryptofeed's backend hooks (``start``/``stop`` attributes), so the FeedHandler starts the
+writer's flusher and flushes it at stop.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from cryptofeed.defines import ASK, BID, CANDLES, FUNDING, L2_BOOK, LIQUIDATIONS, OPEN_INTEREST, TICKER
 from cryptofeed.defines import TRADES as CF_TRADES
@@ -27,16 +33,25 @@ CRYPTOFEED_CHANNEL: dict[str, str] = {
     Channel.TRADES: CF_TRADES, Channel.L2_BOOK: L2_BOOK, Channel.TICKER: TICKER, Channel.FUNDING: FUNDING,
     Channel.OPEN_INTEREST: OPEN_INTEREST, Channel.LIQUIDATIONS: LIQUIDATIONS, Channel.CANDLES: CANDLES}
 OUR_CHANNEL: dict[str, str] = {cf: str(ours) for ours, cf in CRYPTOFEED_CHANNEL.items()}
-TRADES_BUFFER, BOOK_BUFFER, TICKER_BUFFER = Channel.TRADES.value, Channel.L2_BOOK.value, Channel.TICKER.value
 
 # Some cryptofeed classes hand over exchange times in epoch milliseconds (Bybit's books, tickers, candles);
 # as seconds such a value would lie past the year 5000, so anything above this is milliseconds.
 MS_EPOCH_THRESHOLD = 1e11
 
 
+class Callback(Protocol):
+    """What cryptofeed awaits per record, with its backend protocol (``start(loop, multiprocess)``, ``stop()``)."""
+
+    def __call__(self, obj: Any, receipt: float) -> Coroutine[Any, Any, None]: ...
+
+    def start(self, loop: asyncio.AbstractEventLoop, multiprocess: bool = False) -> None: ...
+
+    def stop(self) -> Coroutine[Any, Any, None]: ...
+
+
 @dataclass(frozen=True)
 class FullBook:
-    """A cryptofeed book presented as a snapshot message (no delta): the BookCallback writes every level."""
+    """A cryptofeed book presented as a snapshot message (no delta): the book callback writes every level."""
 
     source: Any
 
@@ -59,60 +74,59 @@ class FullBook:
     delta = None
 
 
-class _Callback:
-    """A cryptofeed callback with backend hooks, so FeedHandler starts the flusher and flushes at stop.
-
-    The ``__call__`` of each subclass is the hot path: convert, append a tuple, count. Nothing else.
-    """
-
-    def __init__(self, writer: StreamWriter) -> None:
-        self.writer = writer
-
-    def start(self, loop: asyncio.AbstractEventLoop, multiprocess: bool = False) -> None:
-        self.writer.start(loop, multiprocess)
-
-    async def stop(self) -> None:
-        await self.writer.stop()
+def _hooked(fn: Callable[[Any, float], Coroutine[Any, Any, None]], writer: StreamWriter) -> Callback:
+    """``fn`` with cryptofeed's backend hooks: the FeedHandler starts the writer's flusher and stops it."""
+    vars(fn).update(start=writer.start, stop=writer.stop)
+    return cast(Callback, fn)
 
 
-class TradeCallback(_Callback):
-    async def __call__(self, t: Trade, receipt: float) -> None:
+def trade_callback(writer: StreamWriter) -> Callback:
+    rows, full, wake = writer.buffers[Channel.TRADES.value], writer.batch_max_records, writer.wake
+    append = rows.append
+
+    async def on_trade(t: Trade, receipt: float) -> None:
         try:
             tid, tid_text = int(t.id), None
         except (TypeError, ValueError):
             tid, tid_text = None, None if t.id is None else str(t.id)
-        w = self.writer
-        w.buffers[TRADES_BUFFER].append((t.symbol, t.timestamp or receipt, receipt, tid, tid_text, t.side,
-                                         float(t.price), float(t.amount)))
-        w.pending += 1
-        if w.pending >= w.batch_max_records:
-            w._kick.set()
+        append((t.symbol, t.timestamp or receipt, receipt, tid, tid_text, t.side, float(t.price), float(t.amount)))
+        if len(rows) >= full:
+            wake()
+
+    return _hooked(on_trade, writer)
 
 
-class TickerCallback(_Callback):
-    async def __call__(self, t: Ticker, receipt: float) -> None:
-        w = self.writer
-        w.buffers[TICKER_BUFFER].append((t.symbol, _seconds(t.timestamp) or receipt, receipt, float(t.bid),
-                                         float(t.ask)))
-        w.count(1)
+def ticker_callback(writer: StreamWriter) -> Callback:
+    rows, full, wake = writer.buffers[Channel.TICKER.value], writer.batch_max_records, writer.wake
+
+    async def on_ticker(t: Ticker, receipt: float) -> None:
+        rows.append((t.symbol, _seconds(t.timestamp) or receipt, receipt, float(t.bid), float(t.ask)))
+        if len(rows) >= full:
+            wake()
+
+    return _hooked(on_ticker, writer)
 
 
-class BookCallback(_Callback):
-    """One row per level change; a delta-less callback is a full snapshot that replaces the book."""
+def book_callback(writer: StreamWriter) -> Callback:
+    """One row per level change; a delta-less message is a full snapshot that replaces the book."""
+    rows, full, wake = writer.buffers[Channel.L2_BOOK.value], writer.batch_max_records, writer.wake
+    monotonic_recv = writer.monotonic_recv
 
-    async def __call__(self, book: OrderBook, receipt: float) -> None:
-        w = self.writer
-        ts_recv = w.monotonic_recv(book.symbol, receipt)
+    async def on_book(book: OrderBook, receipt: float) -> None:
+        symbol = book.symbol
+        ts_recv = monotonic_recv(symbol, receipt)
         ts_event = _seconds(book.timestamp) or ts_recv
         seq = book.sequence_number
-        rows = w.buffers[BOOK_BUFFER]
         snapshot = book.delta is None
         changes = book.book.to_dict() if snapshot else book.delta
         for side, key in (("bid", BID), ("ask", ASK)):
             levels = changes[key].items() if snapshot else changes[key]
-            for price, size in levels:
-                rows.append((book.symbol, ts_event, ts_recv, side, float(price), float(size), snapshot, seq))
-        w.count(len(changes[BID]) + len(changes[ASK]))
+            rows.extend([(symbol, ts_event, ts_recv, side, float(price), float(size), snapshot, seq)
+                         for price, size in levels])
+        if len(rows) >= full:
+            wake()
+
+    return _hooked(on_book, writer)
 
 
 def _seconds(value: Any) -> float | None:
@@ -132,39 +146,53 @@ def _opt_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-class FundingCallback(_Callback):
-    async def __call__(self, f: Funding, receipt: float) -> None:
-        ts = _seconds(f.timestamp) or receipt
-        row = (f.symbol, ts, receipt, _opt_float(f.mark_price), _opt_float(f.rate), _opt_float(f.predicted_rate),
-               _ns(f.next_funding_time))
-        self.writer.buffers[Channel.FUNDING.value].append(row)
-        self.writer.count(1)
+def funding_callback(writer: StreamWriter) -> Callback:
+    rows, full, wake = writer.buffers[Channel.FUNDING.value], writer.batch_max_records, writer.wake
+
+    async def on_funding(f: Funding, receipt: float) -> None:
+        rows.append((f.symbol, _seconds(f.timestamp) or receipt, receipt, _opt_float(f.mark_price),
+                     _opt_float(f.rate), _opt_float(f.predicted_rate), _ns(f.next_funding_time)))
+        if len(rows) >= full:
+            wake()
+
+    return _hooked(on_funding, writer)
 
 
-class OpenInterestCallback(_Callback):
-    async def __call__(self, o: OpenInterest, receipt: float) -> None:
-        ts = _seconds(o.timestamp) or receipt
-        self.writer.buffers[Channel.OPEN_INTEREST.value].append((o.symbol, ts, receipt, float(o.open_interest)))
-        self.writer.count(1)
+def open_interest_callback(writer: StreamWriter) -> Callback:
+    rows, full, wake = writer.buffers[Channel.OPEN_INTEREST.value], writer.batch_max_records, writer.wake
+
+    async def on_open_interest(o: OpenInterest, receipt: float) -> None:
+        rows.append((o.symbol, _seconds(o.timestamp) or receipt, receipt, float(o.open_interest)))
+        if len(rows) >= full:
+            wake()
+
+    return _hooked(on_open_interest, writer)
 
 
-class LiquidationCallback(_Callback):
-    async def __call__(self, liq: Liquidation, receipt: float) -> None:
+def liquidation_callback(writer: StreamWriter) -> Callback:
+    rows, full, wake = writer.buffers[Channel.LIQUIDATIONS.value], writer.batch_max_records, writer.wake
+
+    async def on_liquidation(liq: Liquidation, receipt: float) -> None:
         oid = None if liq.id is None else str(liq.id)
-        ts = _seconds(liq.timestamp) or receipt
-        row = (liq.symbol, ts, receipt, oid, liq.side, float(liq.price), float(liq.quantity), liq.status)
-        self.writer.buffers[Channel.LIQUIDATIONS.value].append(row)
-        self.writer.count(1)
+        rows.append((liq.symbol, _seconds(liq.timestamp) or receipt, receipt, oid, liq.side, float(liq.price),
+                     float(liq.quantity), liq.status))
+        if len(rows) >= full:
+            wake()
+
+    return _hooked(on_liquidation, writer)
 
 
-class CandleCallback(_Callback):
+def candle_callback(writer: StreamWriter) -> Callback:
     """Every candle update; ``closed`` marks the final one (cryptofeed 2.4.1's Bybit sends it as ``trades``)."""
+    rows, full, wake = writer.buffers[Channel.CANDLES.value], writer.batch_max_records, writer.wake
 
-    async def __call__(self, c: Candle, receipt: float) -> None:
+    async def on_candle(c: Candle, receipt: float) -> None:
         trades = None if c.trades is None or isinstance(c.trades, bool) else int(c.trades)
         closed = c.closed if isinstance(c.closed, bool) else (c.trades if isinstance(c.trades, bool) else None)
-        ts = _seconds(c.timestamp) or receipt
-        row = (c.symbol, ts, receipt, _ns(c.start), _ns(c.stop), str(c.interval), trades, float(c.open),
-               float(c.high), float(c.low), float(c.close), float(c.volume), closed)
-        self.writer.buffers[Channel.CANDLES.value].append(row)
-        self.writer.count(1)
+        rows.append((c.symbol, _seconds(c.timestamp) or receipt, receipt, _ns(c.start), _ns(c.stop),
+                     str(c.interval), trades, float(c.open), float(c.high), float(c.low), float(c.close),
+                     float(c.volume), closed))
+        if len(rows) >= full:
+            wake()
+
+    return _hooked(on_candle, writer)

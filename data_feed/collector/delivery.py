@@ -50,6 +50,9 @@ SPILL_FILES_PER_FLUSH = 50  # spilled files written back per stream and flush, a
 
 
 def _chunks(rows: list[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
+    if len(rows) <= size:
+        yield rows  # the usual flush: one batch, no copy
+        return
     for start in range(0, len(rows), size):
         yield rows[start : start + size]
 
@@ -100,6 +103,16 @@ class Delivery:
         self.frames_reported = (0, 0)
         self.retry_delay = 0.0  # after a failed write, how long the flusher waits (doubling, bounded)
         self._bounded: set[str] = set()  # streams at their bound (logged once per episode)
+        self._children: dict[tuple[Any, ...], Any] = {}  # labelled metrics, looked up once (see ``child``)
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once per writer: prometheus_client takes a lock and builds the
+        key on every ``labels`` call, and a flush would do that for every stream and channel it touches."""
+        key = (metric, *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def encode(self, taken: dict[str, list[tuple[Any, ...]]]) -> list[Batch]:
         out = []
@@ -210,7 +223,7 @@ class Delivery:
         lengths = results[len(results) - 1 - len(plan.watched):-1]
         for key, length in zip(plan.watched, lengths, strict=True):
             self.lengths[key] = int(length)
-            metrics.STREAM_LENGTH.labels(key).set(int(length))
+            self.child(metrics.STREAM_LENGTH, key).set(int(length))
             if self.room(key) > 0 and key in self._bounded and not self.spill.has(key):
                 self._bounded.discard(key)
                 LOG.info("exchange=%s: stream %s has room again; spill drained", self.exchange, key)
@@ -277,10 +290,10 @@ class Delivery:
     def _account(self, plan: Plan, frames: tuple[int, int]) -> None:
         for batch in plan.direct:
             self.records_cached[batch.channel] += len(batch.rows)
-            metrics.RECORDS_CACHED.labels(self.exchange, batch.channel).inc(len(batch.rows))
-            metrics.ENTRIES_CACHED.labels(self.exchange, batch.channel).inc()
+            self.child(metrics.RECORDS_CACHED, self.exchange, batch.channel).inc(len(batch.rows))
+            self.child(metrics.ENTRIES_CACHED, self.exchange, batch.channel).inc()
         if frames[0] > self.frames_reported[0]:
-            metrics.FRAMES_RECEIVED.labels(self.exchange).inc(frames[0] - self.frames_reported[0])
+            self.child(metrics.FRAMES_RECEIVED, self.exchange).inc(frames[0] - self.frames_reported[0])
         self.frames_reported = frames
 
     def drainable(self) -> bool:

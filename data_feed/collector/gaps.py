@@ -61,23 +61,52 @@ class Summary:
     min_event: float = 0.0
 
 
+_SYMBOL, _RECV, _EVENT, _TRADE_ID = itemgetter(0), itemgetter(RECV_INDEX), itemgetter(EVENT_INDEX), \
+    itemgetter(TRADE_ID_INDEX)
+
+
+# Every flush accounts what it takes, so the loops below run in C (map, min, max): no Python per row unless
+# a buffer mixes symbols (grouped) or holds trades without integer ids (filtered).
+
+def _by_symbol(rows: Sequence[Sequence[Any]]) -> dict[str, Sequence[Sequence[Any]]]:
+    symbols = set(map(_SYMBOL, rows))
+    if len(symbols) == 1:
+        return {symbols.pop(): rows}
+    grouped: dict[str, list[Sequence[Any]]] = {}
+    for row in rows:
+        grouped.setdefault(row[0], []).append(row)
+    return dict(grouped)
+
+
 def summarize(channel: str, rows: Sequence[Sequence[Any]]) -> dict[str, Summary]:
     """Per symbol: first and last receive time and (trades) the lowest and highest integer id."""
-    groups: dict[str, list[Sequence[Any]]] = {}
-    symbols = set(map(itemgetter(0), rows))
-    if len(symbols) == 1:
-        groups[symbols.pop()] = list(rows)
-    else:
-        for row in rows:
-            groups.setdefault(row[0], []).append(row)
     out = {}
-    for symbol, group in groups.items():
-        recvs = list(map(itemgetter(RECV_INDEX), group))
-        ids = [i for i in map(itemgetter(TRADE_ID_INDEX), group) if i is not None] if channel == TRADES else []
-        events = list(map(itemgetter(EVENT_INDEX), group))
-        out[symbol] = Summary(min(recvs), max(recvs), min(ids) if ids else None, max(ids) if ids else None,
+    for symbol, group in _by_symbol(rows).items():
+        recvs = list(map(_RECV, group))
+        events = list(map(_EVENT, group))
+        out[symbol] = Summary(min(recvs), max(recvs), *_id_range(group) if channel == TRADES else (None, None),
                               max(events), min(events))
     return out
+
+
+def newest(channel: str, rows: Sequence[Sequence[Any]]) -> dict[str, Mark]:
+    """Per symbol, the mark ``rows`` reach: newest receive time, highest integer trade id, newest exchange time
+    (what every flush needs; ``summarize`` also finds the oldest, which only closing a gap needs)."""
+    out = {}
+    for symbol, group in _by_symbol(rows).items():
+        last_id = _id_range(group, lowest=False)[1] if channel == TRADES else None
+        out[symbol] = Mark(max(map(_RECV, group)), last_id, max(map(_EVENT, group)))
+    return out
+
+
+def _id_range(rows: Sequence[Sequence[Any]], lowest: bool = True) -> tuple[int | None, int | None]:
+    """Lowest (unless not ``lowest``) and highest integer trade id of ``rows`` (None where only text ids)."""
+    ids = list(map(_TRADE_ID, rows))
+    try:
+        return (min(ids) if lowest else None, max(ids)) if ids else (None, None)
+    except TypeError:  # None among the ids: only the integer ones count
+        known = [i for i in ids if i is not None]
+        return (min(known) if lowest else None, max(known)) if known else (None, None)
 
 
 @dataclass
@@ -100,8 +129,8 @@ class GapTracker:
         for (gap_channel, gap_symbol), gaps in list(self.open.items()):
             if gap_channel == channel and gaps:
                 out += self._close(channel, gap_symbol, gaps, rows)
-        for symbol, summary in summarize(channel, rows).items():
-            self._advance(channel, symbol, summary)
+        for symbol, mark in newest(channel, rows).items():
+            self._advance(channel, symbol, mark)
         return out
 
     def _close(self, channel: str, symbol: str, gaps: list[OpenGap], rows: Sequence[Sequence[Any]]) -> list[GapRow]:
@@ -109,7 +138,7 @@ class GapTracker:
         before = [r for r in rows[:boundary] if r[0] == symbol]
         after = [r for r in rows[boundary:] if r[0] == symbol]
         if before:  # rows that preceded the outage: they raise what the gap starts from
-            self._advance(channel, symbol, summarize(channel, before)[symbol])
+            self._advance(channel, symbol, newest(channel, before)[symbol])
             mark = self.marks[(channel, symbol)]
             for gap in gaps:
                 gap.since, gap.after_id, gap.since_event = mark.ts_recv, mark.last_id, mark.ts_event
@@ -121,8 +150,7 @@ class GapTracker:
         first = summarize(channel, after)[symbol]
         return [self._row(channel, symbol, gap, first.first_recv, first.min_id, first.min_event) for gap in gaps]
 
-    def _advance(self, channel: str, symbol: str, summary: Summary) -> None:
-        new = Mark(summary.last_recv, summary.max_id, summary.max_event)
+    def _advance(self, channel: str, symbol: str, new: Mark) -> None:
         old = self.marks.get((channel, symbol))
         self.marks[(channel, symbol)] = new if old is None else old.merged(new)
 

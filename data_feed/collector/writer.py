@@ -1,8 +1,8 @@
 """The collector's writer: buffered records (``collector.callbacks``) into Redis streams.
 
-A flusher writes the buffers to Redis every ``batch_max_ms`` or when
-``batch_max_records`` are waiting, one flush at a time, in order (steps 1-3 are
-``collector.delivery``):
+A flusher writes the buffers to Redis every ``batch_max_ms`` or as soon as one
+channel's buffer holds ``batch_max_records`` (a full batch), one flush at a time,
+in order (steps 1-3 are ``collector.delivery``):
 
 1. each batch gets its explicit entry id (``cache.EntryIds``) once, so a write
    retried after a lost reply is refused by Redis instead of added twice;
@@ -58,14 +58,15 @@ from data_feed.cache.streams import (
 )
 from data_feed.collector.callbacks import (
     OUR_CHANNEL,
-    BookCallback,
-    CandleCallback,
+    Callback,
     FullBook,
-    FundingCallback,
-    LiquidationCallback,
-    OpenInterestCallback,
-    TickerCallback,
-    TradeCallback,
+    book_callback,
+    candle_callback,
+    funding_callback,
+    liquidation_callback,
+    open_interest_callback,
+    ticker_callback,
+    trade_callback,
 )
 from data_feed.collector.delivery import Batch, Delivery
 from data_feed.collector.gaps import EVENT_INDEX, RECV_INDEX, GapRow, GapTracker
@@ -93,9 +94,9 @@ class StreamWriter:
         self.cfg = cfg
         self.spill = spill or Spill(Path(tempfile.mkdtemp(prefix="data-feed-spill-")), cfg.spill_max_mb * BYTES_PER_MB)
         self.subscription = {ch: tuple(syms) for ch, syms in (subscription or {}).items()}
+        # one list per channel for the writer's life: the callbacks hold them, a flush empties them in place
         self.buffers: dict[str, list[tuple[Any, ...]]] = {
             name: [] for name in (*CHANNEL_OF_CALLBACK.values(), GAPS_CHANNEL)}
-        self.pending = 0
         self.feed: Any = None  # the cryptofeed feed, whose frames the writer reports
         self.records_cached: dict[str, int] = dict.fromkeys(self.buffers, 0)
         self.delivery = Delivery(client, exchange, cfg, self.spill, self.records_cached)
@@ -106,6 +107,7 @@ class StreamWriter:
         self._lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
         self._kick = asyncio.Event()
+        self.wake = self._kick.set  # a full batch waits: flush now rather than at the next interval
         self._stopping = asyncio.Event()
         self._stopped = False
         self._prepared = False
@@ -114,13 +116,13 @@ class StreamWriter:
         self._snapshot_checked = 0.0
         self.batch_max_records = cfg.batch_max_records
         self.bus: Publisher | None = None  # set when the bus runs: each accepted batch is also published
-        self.trade = TradeCallback(self)
-        self.book = BookCallback(self)
-        self.ticker = TickerCallback(self)
-        self.funding = FundingCallback(self)
-        self.open_interest = OpenInterestCallback(self)
-        self.liquidations = LiquidationCallback(self)
-        self.candles = CandleCallback(self)
+        self.trade = trade_callback(self)
+        self.book = book_callback(self)
+        self.ticker = ticker_callback(self)
+        self.funding = funding_callback(self)
+        self.open_interest = open_interest_callback(self)
+        self.liquidations = liquidation_callback(self)
+        self.candles = candle_callback(self)
 
     @property
     def frames_received(self) -> int:
@@ -139,12 +141,12 @@ class StreamWriter:
         self._last_recv[symbol] = ts_recv
         return ts_recv
 
-    def count(self, n: int) -> None:
-        self.pending += n
-        if self.pending >= self.batch_max_records:
-            self._kick.set()
+    @property
+    def pending(self) -> int:
+        """Records and gap rows buffered, not yet taken by a flush."""
+        return sum(map(len, self.buffers.values()))
 
-    def callbacks(self) -> dict[str, Any]:
+    def callbacks(self) -> dict[str, Callback]:
         return {TRADES: self.trade, L2_BOOK: self.book, TICKER: self.ticker, FUNDING: self.funding,
                 OPEN_INTEREST: self.open_interest, LIQUIDATIONS: self.liquidations, CANDLES: self.candles}
 
@@ -182,8 +184,10 @@ class StreamWriter:
 
     def _add_gap_rows(self, rows: list[GapRow]) -> None:
         self._count_gaps(rows)
-        self.buffers[GAPS_CHANNEL].extend(rows)
-        self.count(len(rows))
+        buffer = self.buffers[GAPS_CHANNEL]
+        buffer.extend(rows)
+        if len(buffer) >= self.batch_max_records:
+            self.wake()
 
     def _count_gaps(self, rows: list[GapRow]) -> None:
         for _, _, _, channel, reason, _, _, _, missing_from, missing_to in rows:
@@ -232,10 +236,12 @@ class StreamWriter:
 
     async def _flush_loop(self) -> None:
         interval = self.cfg.batch_max_ms / 1000
+        loop = asyncio.get_running_loop()
         try:
             while not self._stopping.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._kick.wait(), timeout=interval)
+                timer = loop.call_later(interval, self.wake)  # a plain timer: wait_for would start a task per wait
+                await self._kick.wait()
+                timer.cancel()
                 self._kick.clear()
                 if self._stopping.is_set():
                     break
@@ -336,15 +342,13 @@ class StreamWriter:
             if done.overflow:
                 self._add_gap_rows(done.overflow)
             if done.returned_gaps:
-                self.buffers[GAPS_CHANNEL] = [*done.returned_gaps, *self.buffers[GAPS_CHANNEL]]
-                self.pending += len(done.returned_gaps)
+                self.buffers[GAPS_CHANNEL][:0] = done.returned_gaps
             self._publish(done.published, done.published_gaps)
 
     def _take(self) -> dict[str, list[tuple[Any, ...]]]:
-        taken = {ch: rows for ch, rows in self.buffers.items() if rows}
+        taken = {ch: rows.copy() for ch, rows in self.buffers.items() if rows}
         for ch in taken:
-            self.buffers[ch] = []
-        self.pending -= sum(len(rows) for rows in taken.values())
+            self.buffers[ch].clear()
         closed: list[GapRow] = []
         for channel, rows in taken.items():
             if channel != GAPS_CHANNEL:
@@ -358,7 +362,7 @@ class StreamWriter:
     def _sample_latency(self, channel: str, rows: list[tuple[Any, ...]]) -> None:
         """Exchange-to-receipt latency of a few of a flush's rows, evenly spread: the callbacks stay as cheap
         as they are, and a flush costs a handful of observations whatever its size."""
-        histogram = metrics.RECEIPT_LATENCY.labels(self.exchange, channel)
+        histogram = self.delivery.child(metrics.RECEIPT_LATENCY, self.exchange, channel)
         step = -(-len(rows) // metrics.RECEIPT_SAMPLES_PER_FLUSH)
         for row in rows[::step]:
             histogram.observe(max(0.0, row[RECV_INDEX] - row[EVENT_INDEX]))
@@ -368,7 +372,7 @@ class StreamWriter:
         from here, whether or not Redis takes what they held."""
         if frames != self._frames_seen:
             self._frames_seen = frames
-            metrics.LAST_FRAME.labels(self.exchange).set(time.time())
+            self.delivery.child(metrics.LAST_FRAME, self.exchange).set(time.time())
 
     def _publish(self, batches: list[Batch], gaps: list[tuple[Any, ...]]) -> None:
         """Accepted batches (in Redis or the spill) go on the bus too; dropped ones are gaps rows instead."""

@@ -267,3 +267,34 @@ def test_restart_and_reconnect_gaps_are_announced_on_the_bus_when_they_open(tmp_
     last_cached_ns = round((T0 + 10 / 1000) * 1e6) * 1000  # trade 10's exchange time, as the mark holds it
     assert [r[8] for r in got] == [last_cached_ns, last_cached_ns]
     assert not [r for r in _gap_rows(redis_url) if str(r[7]).startswith(OPEN_NOTICE)], "notices are never cached"
+
+
+def test_a_full_batch_of_one_channel_wakes_the_flusher_before_the_interval(tmp_path: Path, redis_url: str) -> None:
+    """The callbacks count nothing: a buffer at ``batch_max_records`` wakes the flusher, a partial one waits."""
+    async def scenario() -> tuple[list[int], list[int]]:
+        cfg = RedisConfig(stream_maxlen=1000, batch_max_records=10, batch_max_ms=60_000)
+        writer = StreamWriter(aioredis.Redis.from_url(redis_url), "BINANCE", cfg, Spill(tmp_path / "spill", 10**7),
+                              {"trades": ("BTC-USDT",)})
+        writer.start(asyncio.get_running_loop())
+        await _trades(writer, 1, 9)
+        await asyncio.sleep(0.3)
+        partial = _stream_ids(redis_url)  # nine wait: the interval is a minute away
+        await _trades(writer, 10, 10)
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if _stream_ids(redis_url):
+                break
+        full = _stream_ids(redis_url)
+        await writer.stop()
+        return partial, full
+
+    partial, full = asyncio.run(scenario())
+    assert partial == [] and full == list(range(1, 11))
+
+
+def test_every_callback_carries_cryptofeeds_backend_hooks_to_the_writer(tmp_path: Path, redis_url: str) -> None:
+    """cryptofeed starts and stops backends through ``start``/``stop`` attributes of the callbacks it was given."""
+    writer = _writer(redis_url, tmp_path)
+    for callback in writer.callbacks().values():
+        assert callback.start == writer.start and callback.stop == writer.stop
+    assert writer.pending == 0

@@ -74,6 +74,8 @@ class CollectorFeedMixin:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._df_subscribed: set[str] = set()
         super().__init__(*args, **kwargs)
+        # the exchange class's handler, looked up once: per frame, super() would build a proxy and search the MRO
+        self._parse: Callable[[Any, Any, float], Awaitable[None]] = super().message_handler  # type: ignore[misc]
 
     def connect(self) -> list[Any]:
         """cryptofeed's connections, each remembering when its last frame came before it reopens.
@@ -89,7 +91,7 @@ class CollectorFeedMixin:
     async def message_handler(self, msg: str, conn: Any, timestamp: float) -> None:
         self.frames_received += 1
         try:
-            await super().message_handler(msg, conn, timestamp)  # type: ignore[misc]
+            await self._parse(msg, conn, timestamp)
         except GapRecorded as err:
             metrics.BAD_FRAMES.labels(self.id).inc()
             LOG.error("exchange=%s conn=%s: skipped a frame: %s", self.id, getattr(conn, "uuid", "?"), err)
