@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: install run test test-chaos test-deploy test-docker lint bench clean dashboards dashboards-check lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py featurizer/_kernels.pyx  # the Cython kernels build at install
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"

@@ -28,11 +28,11 @@ from typing import Any
 import botocore.exceptions
 
 from data_feed.contracts.schemas import NS_PER_SECOND
-from data_feed.lake.catalog import MaintenanceBusy
+from data_feed.lake.catalog import LOCK_FILE, MaintenanceBusy
 
 LOG = logging.getLogger("data_feed.lake")
 
-LEASE_OBJECT_NAME = "_maintenance.lock"
+LEASE_OBJECT_NAME = LOCK_FILE  # the local lake's lock file name, as an object under the lake prefix
 LEASE_TTL_SECONDS = 120.0
 RENEWALS_PER_TTL = 3
 CONFLICT_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "412", "409"})
