@@ -104,6 +104,8 @@ def values_schema() -> dict[str, Any]:
     schema = _object({
         "image": _image("the data-feed image every role runs (ENTRYPOINT data-feed)"),
         "imagePullSecrets": _k8s("pod imagePullSecrets", "array"),
+        "fullnameOverride": {"type": "string", "maxLength": 40, "pattern": "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$",
+                             "description": "the prefix of every object name; empty = the release name"},
         "exchanges": {"type": "array", "minItems": 1, "uniqueItems": True,
                       "items": {"type": "string", "pattern": "^[A-Z0-9_]+$"},
                       "description": "one collector workload per exchange"},

@@ -603,3 +603,26 @@ def test_checkov_passes_on_the_chart_and_every_rendered_value_set_with_reasoned_
     chart_wide = yaml.safe_load((CHART / ".checkov.yaml").read_text())["skip-check"]
     commented = (CHART / ".checkov.yaml").read_text()
     assert all(f"# {check} " in commented for check in chart_wide)
+
+
+def test_a_long_release_name_fails_naming_the_object_and_fullname_override_shortens_every_name() -> None:
+    """Helm allows release names of 53 characters; with the longest suffix the chart makes
+    (``-collector-binance-futures``) that passes Kubernetes' 63. Rendering fails with the name and the fix
+    instead of objects the API server refuses; ``fullnameOverride`` is the fix, and every name fits."""
+    release = "r" * 53
+    flags = ["-f", str(VALUE_SETS["all-flags-on"]), "--set", "exchanges={BINANCE,BINANCE_FUTURES}"]
+    failed = subprocess.run([tool("helm"), "template", release, str(CHART), *flags], capture_output=True,
+                            text=True, timeout=60)
+    assert failed.returncode != 0
+    assert f"{release}-collector-binance-futures would be 79 characters, over Kubernetes' 63" in failed.stderr
+    assert "set fullnameOverride to a prefix of at most 37 characters" in failed.stderr
+    result = subprocess.run([tool("helm"), "template", release, str(CHART), *flags, "--set", "fullnameOverride=df"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    docs = _docs(result.stdout)
+    names = [d["metadata"]["name"] for d in docs]
+    assert "df-collector-binance-futures" in names and "df-config" in names
+    assert all(len(n) <= 63 and (n.startswith("df-") or n == "df") for n in names), names
+    assert all(d["metadata"]["labels"]["app.kubernetes.io/instance"] == release for d in docs)  # still the release
+    wrong = _helm("template", "t", str(CHART), "--set", "fullnameOverride=Not_A_Name")
+    assert wrong.returncode != 0 and "fullnameOverride" in wrong.stderr

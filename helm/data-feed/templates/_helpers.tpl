@@ -26,16 +26,31 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* the prefix of every object name: fullnameOverride, else the release name. Fails when the longest name
+the chart makes from it (a collector, the gateway's consumer Service, a dashboard) would pass Kubernetes'
+63 characters, instead of rendering names the API server refuses. */}}
+{{- define "data-feed.prefix" -}}
+{{- $prefix := default .Release.Name .Values.fullnameOverride -}}
+{{- $longest := "gateway-consumers" -}}
+{{- range .Values.exchanges }}{{ $n := printf "collector-%s" (lower . | replace "_" "-") }}{{ if gt (len $n) (len $longest) }}{{ $longest = $n }}{{ end }}{{ end }}
+{{- if .Values.grafanaDashboards.enabled }}{{ range $path, $_ := .Files.Glob "files/dashboards/*.json" }}{{ $n := printf "dashboard-%s" (base $path | trimSuffix ".json") }}{{ if gt (len $n) (len $longest) }}{{ $longest = $n }}{{ end }}{{ end }}{{ end }}
+{{- $name := printf "%s-%s" $prefix $longest -}}
+{{- if gt (len $name) 63 -}}
+{{- fail (printf "object name %s would be %d characters, over Kubernetes' 63: set fullnameOverride to a prefix of at most %d characters (now %q)" $name (len $name) (sub 62 (len $longest)) $prefix) -}}
+{{- end -}}
+{{- $prefix -}}
+{{- end }}
+
 {{- define "data-feed.serviceAccountName" -}}
-{{- default (printf "%s-data-feed" .Release.Name) .Values.serviceAccount.name }}
+{{- default (printf "%s-data-feed" (include "data-feed.prefix" $)) .Values.serviceAccount.name }}
 {{- end }}
 
 {{- define "data-feed.busHost" -}}
-{{ .Release.Name }}-bus
+{{ include "data-feed.prefix" $ }}-bus
 {{- end }}
 
 {{- define "data-feed.redisHost" -}}
-{{ .Release.Name }}-redis
+{{ include "data-feed.prefix" $ }}-redis
 {{- end }}
 
 {{/* where the Redis URL comes from: builtin, url or secret */}}
@@ -187,7 +202,7 @@ containers:
 volumes:
   - name: config
     configMap:
-      name: {{ $root.Release.Name }}-config
+      name: {{ include "data-feed.prefix" $root }}-config
   - name: run
     emptyDir: {}
   - name: data
