@@ -48,7 +48,8 @@ def build_feed(exchange: str, cfg: Config, writer: StreamWriter) -> object:
                candle_closed_only=False, config={"log": {"disabled": True}, **feed_config(exchange, sim)})
     writer.feed = feed
     feed.gap_writer = writer  # disconnects, sequence gaps, resyncs and bad frames become gaps rows
-    feed.after_frame = writer.frame_done
+    if writer.live is not None:  # bus.publish_on_receipt: no per-frame call otherwise
+        feed.after_frame = writer.frame_done
     return feed
 
 
