@@ -15,7 +15,7 @@ simulator tick before sending it) and the wall time the slice reached this subsc
 Prints p50/p99/max of both, the frame rate achieved, and ends with
 ``RESULT features_latency_p99_ms <p99 of last frame -> published>``.
 
-    .venv/bin/python bench/latency.py [--rate 10000] [--seconds 20]
+    .venv/bin/python bench/latency.py [--rate 10000] [--seconds 20] [--publish-on-receipt]
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_config(tmp: Path, rate: float) -> tuple[Path, str]:
+def write_config(tmp: Path, rate: float, on_receipt: bool = False) -> tuple[Path, str]:
     sub_endpoint = f"tcp://127.0.0.1:{free_port()}"
     data: dict[str, Any] = yaml.safe_load((ROOT / "configs" / "data-feed-config.yaml").read_text())
     binance = data["exchanges"]["BINANCE"]
@@ -58,7 +58,7 @@ def write_config(tmp: Path, rate: float) -> tuple[Path, str]:
     data["lake"].update(root=str(tmp / "lake"))
     data["spawner"].update(run_dir=str(tmp / "run"), http_port=0)
     data["database"]["url"] = f"sqlite:///{tmp / 'run' / 'df.db'}"
-    data["bus"].update(subscribe_endpoint=sub_endpoint)
+    data["bus"].update(subscribe_endpoint=sub_endpoint, publish_on_receipt=on_receipt)
     data["featurizer"].update(intervals=["1s"], allowed_lateness_seconds=0)
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -85,10 +85,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=10_000, help="trade frames per second, all symbols")
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--publish-on-receipt", action="store_true",
+                        help="bus.publish_on_receipt: collectors publish each frame's rows, not each flush")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="df-latency-") as tmpdir:
         tmp = Path(tmpdir)
-        config, endpoint = write_config(tmp, args.rate)
+        config, endpoint = write_config(tmp, args.rate, args.publish_on_receipt)
         got: list[tuple[float, list[Any]]] = []
         stop = threading.Event()
         listener = threading.Thread(target=listen, args=(endpoint, stop, got), daemon=True)

@@ -48,6 +48,8 @@ def build_feed(exchange: str, cfg: Config, writer: StreamWriter) -> object:
                candle_closed_only=False, config={"log": {"disabled": True}, **feed_config(exchange, sim)})
     writer.feed = feed
     feed.gap_writer = writer  # disconnects, sequence gaps, resyncs and bad frames become gaps rows
+    if writer.live is not None:  # bus.publish_on_receipt: no per-frame call otherwise
+        feed.after_frame = writer.frame_done
     return feed
 
 
@@ -70,6 +72,8 @@ def run(exchange: str, cfg: Config, status: RoleStatus | None = None) -> None:
     writer = StreamWriter(client, exchange, cfg.redis, spill, channels)
     writer.answers_snapshot_requests = ex.source != "replay"
     writer.bus = Publisher(endpoints(cfg)[0], cfg.bus.high_water_mark) if cfg.bus.enabled else None
+    if writer.bus is not None and cfg.bus.publish_on_receipt:
+        writer.publish_on_receipt()
     fh = FeedHandler(config={"log": {"disabled": True}, "uvloop": False})
     recorder = start_recording(exchange, ex)  # before the feed exists: it fetches symbols when built
     fh.add_feed(build_feed(exchange, cfg, writer))

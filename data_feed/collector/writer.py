@@ -17,6 +17,11 @@ in order (steps 1-3 are ``collector.delivery``):
    reads the marks and writes a ``restart`` gap for its downtime; reconnects,
    stalls and skipped frames become gaps rows bounded by the same marks.
 
+With the bus running, accepted batches (in Redis or the spill) go on it after each flush. With
+``bus.publish_on_receipt`` each frame's rows go on it within the frame's event-loop pass instead
+(``collector.bus_feed``), and the flush keeps the lake's accounting (a drop it makes is an ``overflow``
+gaps row, on the bus too).
+
 Stop: cryptofeed calls ``stop()``; the flush in flight completes (never cancelled
 mid-write), then the flusher writes what is left, closing every open gap and a
 ``stopped`` row per channel and symbol. An unexpected error in the flusher is
@@ -56,6 +61,7 @@ from data_feed.cache.streams import (
     parse_mark_field,
     stream_key,
 )
+from data_feed.collector.bus_feed import BusFeed
 from data_feed.collector.callbacks import (
     OUR_CHANNEL,
     Callback,
@@ -116,6 +122,7 @@ class StreamWriter:
         self._snapshot_checked = 0.0
         self.batch_max_records = cfg.batch_max_records
         self.bus: Publisher | None = None  # set when the bus runs: each accepted batch is also published
+        self.live: BusFeed | None = None  # bus.publish_on_receipt: every row published as it arrives instead
         self.trade = trade_callback(self)
         self.book = book_callback(self)
         self.ticker = ticker_callback(self)
@@ -123,6 +130,16 @@ class StreamWriter:
         self.open_interest = open_interest_callback(self)
         self.liquidations = liquidation_callback(self)
         self.candles = candle_callback(self)
+
+    def publish_on_receipt(self) -> None:
+        """Rows go on ``self.bus`` as they arrive (``bus_feed``), not behind the Redis write."""
+        assert self.bus is not None, "publish_on_receipt needs the bus"
+        self.live = BusFeed(self.bus, self.exchange, self.buffers)
+
+    def frame_done(self) -> None:
+        """The feed's hook after each frame: its rows go on the bus within this loop pass."""
+        if self.live is not None:
+            self.live.frame_done()
 
     @property
     def frames_received(self) -> int:
@@ -343,12 +360,21 @@ class StreamWriter:
                 self._add_gap_rows(done.overflow)
             if done.returned_gaps:
                 self.buffers[GAPS_CHANNEL][:0] = done.returned_gaps
-            self._publish(done.published, done.published_gaps)
+                if self.live is not None:
+                    self.live.returned(GAPS_CHANNEL, len(done.returned_gaps))
+            if self.live is None:
+                self._publish(done.published, done.published_gaps)
+            elif done.overflow:
+                self.live.publish()  # the bus carried those records: their loss goes on it now
 
     def _take(self) -> dict[str, list[tuple[Any, ...]]]:
+        if self.live is not None:
+            self.live.publish()  # whatever the frames' passes have not published yet, before it leaves the buffers
         taken = {ch: rows.copy() for ch, rows in self.buffers.items() if rows}
         for ch in taken:
             self.buffers[ch].clear()
+        if self.live is not None:
+            self.live.taken()
         closed: list[GapRow] = []
         for channel, rows in taken.items():
             if channel != GAPS_CHANNEL:
@@ -357,6 +383,8 @@ class StreamWriter:
         if closed:
             self._count_gaps(closed)
             taken.setdefault(GAPS_CHANNEL, []).extend(closed)
+            if self.live is not None:
+                self.live.extra_gaps(closed)
         return taken
 
     def _sample_latency(self, channel: str, rows: list[tuple[Any, ...]]) -> None:

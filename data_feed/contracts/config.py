@@ -256,6 +256,9 @@ class BusConfig(_Frozen):
                                            "connect; null = ipc socket in spawner.run_dir")
     high_water_mark: int = Field(default=100_000, gt=0, description="batches queued per socket before a "
                                  "publisher counts them as dropped")
+    publish_on_receipt: bool = Field(default=False, description="collectors publish each frame's rows within its "
+                                     "event-loop pass, not after the flush's Redis write (lower latency; a "
+                                     "collector killed before its flush leaves live slices the lake lacks)")
 
 
 class FeaturizerConfig(_Frozen):

@@ -1,5 +1,6 @@
 """End to end: the live featurizer under `data-feed run` (simulator -> collectors -> bus -> featurizer -> Redis
--> aggregator -> lake) lands `features` that `data-feed query` reads, equal to `featurizer backfill` over the lake."""
+-> aggregator -> lake) lands `features` that `data-feed query` reads, equal to `featurizer backfill` over the lake,
+whether collectors publish after their flush or on receipt."""
 
 from __future__ import annotations
 
@@ -22,10 +23,13 @@ RUN_SECONDS = 20
 KEY = ["exchange", "symbol", "interval", "ts_event"]
 
 
-@pytest.fixture(scope="module")
-def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+@pytest.fixture(scope="module", params=[False, True], ids=["publish-after-flush", "publish-on-receipt"])
+def session(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """One run each way collectors feed the bus (``bus.publish_on_receipt``): after the flush put the rows in
+    Redis, or as each frame's rows arrive."""
     tmp = tmp_path_factory.mktemp("featurizer-e2e")
     data = default_config_dict()
+    data["bus"]["publish_on_receipt"] = request.param
     data["lake"].update(root=str(tmp / "lake"), slice_seconds=5, allowed_lateness_seconds=1)
     data["spawner"].update(run_dir=str(tmp / "run"), http_port=0)
     data["database"]["url"] = f"sqlite:///{tmp / 'run' / 'df.db'}"

@@ -70,6 +70,7 @@ class CollectorFeedMixin:
     timeout: float
     frames_received = 0
     gap_writer: GapWriter | None = None
+    after_frame: Callable[[], None] | None = None  # the writer's: the frame's rows go on the bus this loop pass
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._df_subscribed: set[str] = set()
@@ -101,6 +102,8 @@ class CollectorFeedMixin:
             LOG.error("exchange=%s conn=%s: skipped a frame that could not be parsed (%s: %s): %r",
                       self.id, getattr(conn, "uuid", "?"), type(err).__name__, err, excerpt)
             self.connection_gap(conn, GapReason.BAD_FRAME, f"{type(err).__name__}: {err}"[:FRAME_EXCERPT_CHARS])
+        if self.after_frame is not None:
+            self.after_frame()
 
     async def subscribe(self, conn: Any) -> None:
         """Every (re)connection subscribes; a second subscribe of one connection follows a reconnect."""
