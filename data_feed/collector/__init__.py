@@ -49,7 +49,7 @@ def build_feed(exchange: str, cfg: Config, writer: StreamWriter) -> object:
     writer.feed = feed
     feed.gap_writer = writer  # disconnects, sequence gaps, resyncs and bad frames become gaps rows
     if writer.live is not None:  # bus.publish_on_receipt: no per-frame call otherwise
-        feed.after_frame = writer.frame_done
+        feed.after_frame = writer.live.frame_done
     return feed
 
 

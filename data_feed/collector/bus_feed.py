@@ -1,5 +1,5 @@
 """The collector's live feed: every row it buffers goes on the bus within one event-loop pass of its frame,
-before the cache flush (every ``redis.flush_interval_ms``) writes it to Redis.
+before the cache flush (every ``redis.batch_max_ms``) writes it to Redis.
 
 Live signals no longer wait for the flush interval and the Redis round trip; the lake's guarantees stay with
 the flush. What the bus carried that the cache then did not keep is a gaps row: a batch the full spill
@@ -42,9 +42,9 @@ class BusFeed:
         """What the buffers gained since the last publish: gaps rows first, then each channel's new rows."""
         self._scheduled = False
         by_channel: dict[str, list[Row]] = {}
-        for channel in (GAPS_CHANNEL, *self.buffers):
+        for channel in (GAPS_CHANNEL, *(c for c in self.buffers if c != GAPS_CHANNEL)):
             rows, sent = self.buffers[channel], self.sent[channel]
-            if len(rows) > sent and channel not in by_channel:
+            if len(rows) > sent:
                 by_channel[channel] = rows[sent:]
                 self.sent[channel] = len(rows)
         if by_channel:

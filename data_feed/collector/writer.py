@@ -136,11 +136,6 @@ class StreamWriter:
         assert self.bus is not None, "publish_on_receipt needs the bus"
         self.live = BusFeed(self.bus, self.exchange, self.buffers)
 
-    def frame_done(self) -> None:
-        """The feed's hook after each frame: its rows go on the bus within this loop pass."""
-        if self.live is not None:
-            self.live.frame_done()
-
     @property
     def frames_received(self) -> int:
         return int(getattr(self.feed, "frames_received", 0))

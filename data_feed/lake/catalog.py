@@ -114,8 +114,8 @@ class MaintenanceBusy(RuntimeError):
 
 @contextmanager
 def maintenance_lock(root: Path) -> Iterator[None]:
-    """The maintenance lock of the lake at ``root`` (for a lake on S3, of ``lake.root`` on the host running
-    maintenance): an exclusive ``flock`` on ``_maintenance.lock``, ``MaintenanceBusy`` when held."""
+    """The maintenance lock of the local lake at ``root`` (a lake on S3 has a lease object, ``lake.s3_lease``):
+    an exclusive ``flock`` on ``_maintenance.lock``, ``MaintenanceBusy`` when held."""
     root.mkdir(parents=True, exist_ok=True)
     with open(root / LOCK_FILE, "w") as fh:
         try:

@@ -24,8 +24,8 @@ one PUT of the partition's compaction manifest (``data_feed.lake.s3_manifest``),
 which queries and the aggregator read. S3 has no reader leases: retired files
 are deleted once ``lake.compaction_grace_seconds`` have passed since the swap,
 so the grace period must outlast the longest query (a longer one may fail,
-never see a row twice). Runs must not overlap: the maintenance lock is taken
-on ``lake.root`` of the host running it, so run compaction from one host.
+never see a row twice). Runs must not overlap, from any host: the maintenance lock is a lease object in the
+bucket (``data_feed.lake.s3_lease``).
 """
 
 from __future__ import annotations

@@ -45,7 +45,8 @@ def _received(listener: Subscriber, wait_ms: int = 500) -> dict[str, list[list[A
 async def _frame(writer: StreamWriter, first: int, last: int) -> None:
     """One frame's trades through the callbacks, then the feed's per-frame hook; then the loop's next pass."""
     await _trades(writer, first, last)
-    writer.frame_done()
+    if writer.live is not None:  # what the feed calls after each frame (feed.after_frame)
+        writer.live.frame_done()
     await asyncio.sleep(0)
 
 

@@ -5,15 +5,18 @@ over once it expires; a stalled holder that wakes after the takeover learns it l
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
 from data_feed.lake.catalog import MaintenanceBusy
+from data_feed.lake.s3 import GlueCatalog, S3Store
 from data_feed.lake.s3_lease import LEASE_OBJECT_NAME, LeaseLost, S3Lease
 from tests.harness import wait_for
 from tests.lake.conftest import BUCKET
+from tests.lake.test_s3 import _land, _s3_config
 
 
 def _client(servers: dict[str, str]) -> Any:
@@ -75,3 +78,26 @@ def test_an_expired_lease_is_taken_over_and_its_stalled_holder_learns_it_lost_it
     finally:
         taker.release()
     assert _holder(client, key) is None
+
+
+def test_a_catalog_whose_lease_was_lost_neither_swaps_nor_drops_a_partition(
+        tmp_path: Path, redis_url: str, servers: dict[str, str]) -> None:
+    """What ``LeaseLost`` is for: compaction's next manifest swap and retention's next partition drop refuse
+    once the run's lease is gone, and the lake keeps every file."""
+    cfg = _s3_config(tmp_path, servers, "lease-d/lake", "lease_d")
+    _land(cfg, redis_url)
+    assert cfg.lake.s3 is not None
+    store = S3Store(cfg.lake.s3)
+    catalog = GlueCatalog(cfg.lake.s3, store)
+    partition = ("trades", *catalog.partitions("trades")[0])
+    files = catalog.visible_files(partition)
+    assert files
+    with catalog.lock():
+        assert catalog.lease is not None
+        catalog.lease.lost.set()  # as its renewal thread does when another run took the lease over
+        with pytest.raises(LeaseLost):
+            catalog.swap(partition, [files[0].path], [], time.time_ns())
+        with pytest.raises(LeaseLost):
+            catalog.expire_partition(partition)
+    assert catalog.visible_files(partition) == files
+    assert ("trades", *partition[1:]) in {("trades", *p) for p in catalog.partitions("trades")}
