@@ -28,7 +28,7 @@ from data_feed.cache.streams import encode_batch, stream_key
 from data_feed.contracts.schemas import LAKE_CHANNELS, PARTITION_KEYS
 from data_feed.lake.glue_tables import TERRAFORM_FILE, render
 from data_feed.lake.s3 import PARTITION_GLUE_TYPES, glue_columns
-from tests.conftest import ROOT, default_config_dict
+from tests.conftest import ROOT, default_config_dict, missing
 from tests.deploy.tools import terraform_cli_config, tool
 from tests.harness import CLI, wait_for
 from tests.lake.conftest import BIN, _free_port, _wait
@@ -146,7 +146,7 @@ def test_checkov_passes_on_terraform_with_every_skip_justified() -> None:
 @pytest.fixture()
 def moto(tmp_path: Path) -> Iterator[str]:
     if not (BIN / "moto_server").exists():
-        pytest.skip("moto_server (moto[server]) not installed: make install")
+        missing("moto_server (moto[server]) not installed: make install")
     port = _free_port()
     log = tmp_path / "moto.log"
     proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],

