@@ -165,14 +165,16 @@ class Gateway:
         self._entitle(xpub, snap)
         while not self._stop.is_set():
             ready = dict(poller.poll(POLL_MS))
-            if xpub in ready:
-                self._subscription(xpub, xpub.recv(copy=False), refresher)
-            if monitor in ready:
-                self._handshake_failed(recv_monitor_message(monitor))
+            # Entitlements first: the ZAP handler admitted a subscriber from ``refresher.current``, so its
+            # subscription is decided on that snapshot too (a consumer made a moment ago is not told "denied").
             if refresher.current is not snap or time.monotonic() - checked > self.cfg.refresh_seconds:
                 snap, checked = refresher.current, time.monotonic()
                 self._entitle(xpub, snap)
                 self.flush_metrics()
+            if xpub in ready:
+                self._subscription(xpub, xpub.recv(copy=False), refresher)
+            if monitor in ready:
+                self._handshake_failed(recv_monitor_message(monitor))
             if bus.sock in ready:
                 self._drain_bus(xpub, bus)
             self._send_previews(xpub)

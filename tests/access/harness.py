@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -91,14 +92,21 @@ class Stack:
         for dataset, scope in grants:
             store.transition(self.engine, name, dataset, store.Status.REQUESTED, name)
             store.transition(self.engine, name, dataset, store.Status.GRANTED, "boss", scope=scope)
-        self.wait_known(made.public_key)
+        self.wait_known(made.public_key, len(grants))
         return made
 
-    def wait_known(self, public_key: str) -> None:
-        """Until the gateway's snapshot has the key (a handshake before that is refused, and retried)."""
+    def wait_known(self, public_key: str, grants: int = 0) -> None:
+        """Until the gateway's snapshot has the key (a handshake before that is refused, and retried) and the
+        consumer's ``grants`` grants: they are committed one by one, so a snapshot can hold the key alone."""
         zap = self.gateway.zap
         assert zap is not None
-        wait_for(lambda: public_key in zap.current().keys, 10, "the gateway to know the consumer", 0.02)
+
+        def known() -> bool:
+            snap = zap.current()
+            name = snap.keys.get(public_key)
+            return name is not None and len(snap.grants_of(name, datetime.now(UTC))) >= grants
+
+        wait_for(known, 10, "the gateway to know the consumer and its grants", 0.02)
 
     def client(self, made: store.Secrets, **kwargs: Any) -> Client:
         client = Client(self.endpoint, self.gateway.public_key, made.public_key, made.secret_key, made.consumer,
