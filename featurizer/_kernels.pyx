@@ -1140,6 +1140,11 @@ cdef class Engine:
         if self._symbols:
             self.close_below(self.watermark // self.width_ns + 1, self.watermark)
 
+    @property
+    def closed_waiting(self):
+        """Slices closed and not yet taken (``take()`` returns them): a live loop publishes as soon as one is."""
+        return self.n_out
+
     def take(self):
         """(symbol index per slice, SLICE_DTYPE slices) closed since the last call, in closing order."""
         slices = np.empty(self.n_out, dtype=SLICE_DTYPE)

@@ -65,6 +65,11 @@ class ExchangeFeaturizer:
 
     # -- output ------------------------------------------------------------------------------
 
+    @property
+    def has_closed(self) -> bool:
+        """A base slice closed since the last ``closed()``: the watermark passed its end (plus lateness)."""
+        return self.engine.closed_waiting > 0
+
     def closed(self) -> list[Closed]:
         """Slices closed since the last call: the base interval's, then every roll-up that completed."""
         return self._collect(final=False)

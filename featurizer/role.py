@@ -185,10 +185,10 @@ class Featurizer:
         n = 0
         msg = self.subscriber.recv(timeout_ms)
         while msg is not None:
-            self.ingest(*msg)
+            fx = self.ingest(*msg)
             n += 1
-            if n >= MAX_BATCHES_PER_STEP:
-                break
+            if n >= MAX_BATCHES_PER_STEP or (fx is not None and fx.has_closed):
+                break  # a slice closed: publish it now, not after the rest of a burst
             msg = self.subscriber.recv(0)
         for ex, fx in self.exchanges.items():
             self.emit(ex, fx.closed(), live=True)
@@ -199,24 +199,25 @@ class Featurizer:
     def pending(self) -> int:
         return self.sink.pending
 
-    def ingest(self, topic: bytes, payload: bytes) -> None:
+    def ingest(self, topic: bytes, payload: bytes) -> ExchangeFeaturizer | None:
+        """One bus batch into its exchange's engine; that exchange's featurizer when it took market rows."""
         try:
             channel, exchange, symbol = parse_market_topic(topic)
         except (ValueError, UnicodeDecodeError) as err:
             self._bad(topic.decode(errors="replace"), err)
-            return
+            return None
         fx = self.exchanges.get(exchange)
         if channel == GAPS_CHANNEL and fx is not None:
             self._gaps(exchange, payload)
-            return
+            return None
         if channel not in INPUT_CHANNELS:
             LOG.error("exchange=%s channel=%s symbol=%s: not a featurizer input channel; ignored", exchange, channel,
                       symbol)
-            return
+            return None
         if fx is None:
             LOG.error("exchange=%s channel=%s symbol=%s: batch for an exchange not in the config; ignored",
                       exchange, channel, symbol)
-            return
+            return None
         try:
             data = decode_rows(payload)
             self.records_in += len(data)
@@ -225,7 +226,7 @@ class Featurizer:
             late = fx.trade_rows(data) if channel == Channel.TRADES else fx.book_rows(data)
         except (ValueError, TypeError, IndexError, msgpack.UnpackException) as err:
             self._bad(topic.decode(), err)
-            return
+            return None
         if channel == Channel.L2_BOOK and (exchange, symbol) in self.awaiting_book:
             self._book_seeded(exchange, symbol, data)
         if (exchange, symbol) in self.tainted:
@@ -236,6 +237,7 @@ class Featurizer:
             LOG.warning("exchange=%s channel=%s symbol=%s: %d records arrived after their slice closed (watermark "
                         "passed by more than featurizer.allowed_lateness_seconds); counted, not in any slice",
                         exchange, channel, symbol, late)
+        return fx
 
     def _book_seeded(self, exchange: str, symbol: str, data: list[list[object]]) -> None:
         snapshots = [row for row in data if row[BOOK_SNAPSHOT_COLUMN]]

@@ -20,6 +20,7 @@ from data_feed.cache.streams import decode_batch, stream_key
 from data_feed.contracts.config import Config
 from featurizer.role import REDIS_RETRY_SECONDS, Featurizer
 from tests.conftest import make_config
+from tests.harness import wait_for
 
 T0 = 1_700_000_000.0
 SETTLE_SECONDS = 0.3
@@ -87,6 +88,24 @@ def test_closed_slices_are_published_on_the_bus_and_written_to_the_features_stre
     landed = sum(t.num_rows for t in tables)
     assert landed == len(ones) + 1
     assert tables[0].column("ts_event")[0].as_py() == int(T0) * 1_000_000_000
+
+
+def test_a_slice_is_published_as_soon_as_the_batch_closing_it_is_read_not_after_the_rest_of_a_burst(
+        rig: dict[str, Any]) -> None:
+    fz, pub = rig["fz"], rig["collector"]
+    pub.publish(b"trades.BINANCE.BTC-USDT", encode_rows([trade("BTC-USDT", T0 + 0.1, 100.0, 1.0)]))
+    pub.publish(b"trades.BINANCE.BTC-USDT", encode_rows([trade("BTC-USDT", T0 + 2.2, 101.0, 1.0)]))  # closes [T0, +1)
+    for i in range(20):  # the rest of the burst, queued behind it
+        pub.publish(b"trades.BINANCE.BTC-USDT", encode_rows([trade("BTC-USDT", T0 + 2.3 + i * 0.01, 101.0, 1.0)]))
+    wait_for(lambda: fz.subscriber.sock.poll(0), 10, "the burst on the featurizer's socket")
+    time.sleep(SETTLE_SECONDS)
+    assert fz.step(1000) == 2  # it stopped reading at the batch that closed a slice
+    assert fz.records_in == 2
+    first = rig["consumer"].recv(2000)
+    assert first is not None and first[0] == b"features.1s.BINANCE.BTC-USDT"
+    assert decode_rows(first[1])[0][1] == T0
+    pump(fz)
+    assert fz.records_in == 22
 
 
 def test_late_trade_is_counted_and_logged_and_a_bad_batch_is_skipped(rig: dict[str, Any],
