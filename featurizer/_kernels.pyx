@@ -531,6 +531,15 @@ cdef int buf_run(Slice* s, TradeBuf* b) except -1 nogil:
     return 0
 
 
+cdef int buf_peek(Slice* s, TradeBuf* b) except -1 nogil:
+    """The buffered trades into ``s`` (a copy of their slice), the buffer kept: sorted in place, which the
+    close would do the same way (the sort key is unique), so the slice it closes as is unchanged."""
+    cdef Py_ssize_t n = b.n
+    buf_run(s, b)
+    b.n = n
+    return 0
+
+
 cdef inline void merge_trades(Slice* a, const Slice* b) noexcept nogil:
     cdef double r
     if b.n_trades == 0:
@@ -862,6 +871,20 @@ cdef class _Symbol:
         s.depth_bid = self.depth_bid
         s.depth_ask = self.depth_ask
 
+    cdef bint peek(self, int64_t k, int64_t width, Slice* out) except -1 nogil:
+        """Slice k as it would close if nothing more came, into ``out``, this symbol unchanged; False when
+        slice k is not open. The trades so far are run on a copy; the book part is what its messages so far
+        sampled and integrated (to the last one, not to the watermark); last values are carried as at a close."""
+        if self.fresh or k < self.lo_k or k > self.hi_k:
+            return False
+        memcpy(out, &self.ring[k % self.cap], sizeof(Slice))
+        buf_peek(out, &self.bufs[k % self.cap])
+        if isnan(out.microprice):
+            out.microprice = self.carry_micro
+            out.depth_bid = self.carry_depth_bid
+            out.depth_ask = self.carry_depth_ask
+        return True
+
     cdef int close_one(self, int64_t width, int64_t limit, Slice* out) except -1 nogil:
         """Close the oldest open slice into ``out``: its trades in exchange order, the mid integrated to
         its end (never past ``limit``, the watermark at a flush: time not yet seen is not extrapolated),
@@ -1139,6 +1162,24 @@ cdef class Engine:
         """Close every slice up to and including the one holding the watermark (at stop, end of batch)."""
         if self._symbols:
             self.close_below(self.watermark // self.width_ns + 1, self.watermark)
+
+    def peek(self):
+        """(symbol index per slice, SLICE_DTYPE slices): each symbol's open slice holding the watermark, as it
+        would close if nothing more came (``_Symbol.peek``). The engine is unchanged: what it closes later is
+        bit for bit what it would have closed without the peek."""
+        cdef int64_t k = self.watermark // self.width_ns
+        cdef Py_ssize_t i, m = 0, n = len(self._symbols)
+        slices = np.empty(n, dtype=SLICE_DTYPE)
+        syms = np.empty(n, dtype=np.int64)
+        cdef Slice* out = <Slice*>cnp.PyArray_DATA(slices)
+        cdef int64_t* out_sym = <int64_t*>cnp.PyArray_DATA(syms)
+        if k < self.floor_k:
+            return syms[:0], slices[:0]
+        for i in range(n):
+            if (<_Symbol>self._symbols[i]).peek(k, self.width_ns, &out[m]):
+                out_sym[m] = i
+                m += 1
+        return syms[:m], slices[:m]
 
     @property
     def closed_waiting(self):

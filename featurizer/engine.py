@@ -74,6 +74,13 @@ class ExchangeFeaturizer:
         """Slices closed since the last call: the base interval's, then every roll-up that completed."""
         return self._collect(final=False)
 
+    def provisional(self) -> list[Closed]:
+        """Each symbol's open base slice holding the watermark, as it would close if nothing more came (one slice
+        per batch, ``complete`` False); the engine is unchanged, so the slices it closes later are too."""
+        sym_ids, slices = self.engine.peek()
+        return [Closed(self.base, self.engine.symbols[int(index)], slices[i : i + 1], complete=False)
+                for i, index in enumerate(sym_ids)]
+
     def flush(self) -> list[Closed]:
         """At stop or the end of a backfill: close every open slice and return all; those reaching past the
         watermark (the newest event time seen) are marked incomplete."""

@@ -45,6 +45,7 @@ from data_feed.bus.wire import (
     endpoints,
     features_topic,
     parse_market_topic,
+    provisional_topic,
 )
 from data_feed.cache.spill import Spill
 from data_feed.cache.streams import BOOK_SNAPSHOT_REQUEST_KEY, Mark, collector_state_key, parse_mark_field
@@ -100,6 +101,9 @@ class Featurizer:
         self.suppressed = 0  # slices not emitted: their key is already in the cache
         self.records_in = 0  # market-data records taken from the bus
         self.newest_recv: dict[str, float] = {}  # per exchange: receive time of the newest record read
+        self.provisional_s = cfg.featurizer.provisional_ms / 1000
+        self._provisional_due = 0.0
+        self._provisional_sent: dict[tuple[str, str], tuple[int, int, int]] = {}  # what each symbol's last showed
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -192,6 +196,10 @@ class Featurizer:
             msg = self.subscriber.recv(0)
         for ex, fx in self.exchanges.items():
             self.emit(ex, fx.closed(), live=True)
+        if self.provisional_s and time.monotonic() >= self._provisional_due:
+            self._provisional_due = time.monotonic() + self.provisional_s
+            for ex, fx in self.exchanges.items():
+                self.publish_provisional(ex, fx.provisional())
         self.sink.write()
         return n
 
@@ -315,6 +323,21 @@ class Featurizer:
             if live and exchange in self.newest_recv:
                 metrics.FEATURE_FRAME_LATENCY.labels(exchange, batch.interval).observe(
                     max(0.0, time.time() - self.newest_recv[exchange]))
+
+    def publish_provisional(self, exchange: str, batches: list[Closed]) -> None:
+        """Open slices that changed since their last update, on the bus only (``provisional_topic``): a consumer
+        sees the slice build up; the final one follows on the features topic when it closes, and only that one
+        is cached and landed."""
+        now = time.time()
+        for batch in batches:
+            head = batch.slices[0]
+            state = (int(head["start"]), int(head["n_trades"]), int(head["n_updates"]))
+            if self._provisional_sent.get((exchange, batch.symbol)) == state:
+                continue
+            self._provisional_sent[(exchange, batch.symbol)] = state
+            out = rows(batch.symbol, batch.interval, batch.slices, now, np.zeros(len(batch.slices), dtype=bool))
+            self.publisher.publish(provisional_topic(batch.interval, exchange, batch.symbol), encode_rows(out))
+            metrics.FEATURE_PROVISIONAL.labels(exchange, batch.interval).inc()
 
     def _not_yet_emitted(self, exchange: str, batch: Closed) -> npt.NDArray[np.bool_]:
         """Which slices of ``batch`` are not already in the cache (an earlier run stopped inside them)."""

@@ -80,6 +80,15 @@ def features_topic(interval: str, exchange: str, symbol: str) -> bytes:
     return TOPIC_SEPARATOR.join((FEATURES_CHANNEL, interval, exchange, symbol)).encode()
 
 
+PROVISIONAL_PREFIX = "open-"  # features.open-1s.E.S: the open 1s slice so far (featurizer.provisional_ms)
+
+
+def provisional_topic(interval: str, exchange: str, symbol: str) -> bytes:
+    """Where the featurizer publishes the open slice of ``interval`` as it stands: ``features.open-1s.E.S``. A
+    subscription to ``features.1s.`` never sees it; ``features.open-`` is every provisional update."""
+    return features_topic(PROVISIONAL_PREFIX + interval, exchange, symbol)
+
+
 def channel_prefix(channel: str) -> bytes:
     """Subscription prefix for every exchange and symbol of a channel."""
     return (channel + TOPIC_SEPARATOR).encode()

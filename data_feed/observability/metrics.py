@@ -73,6 +73,9 @@ BUS_DROPPED = Counter("data_feed_bus_dropped_batches_total", "Bus batches a publ
                       ["channel"])
 FEATURE_SLICES = Counter("data_feed_feature_slices_total", "Feature slices the featurizer closed and published",
                          ["exchange", "interval"])
+FEATURE_PROVISIONAL = Counter("data_feed_feature_provisional_total",
+                              "Provisional updates of open slices published (featurizer.provisional_ms)",
+                              ["exchange", "interval"])
 FEATURE_LATE_RECORDS = Counter(
     "data_feed_feature_late_records_total", "Records that reached the featurizer after their slice had closed",
     ["exchange", "channel"],
@@ -316,6 +319,7 @@ def _export_writers(cfg: Any) -> None:
             for interval in cfg.featurizer.intervals:
                 FEATURE_SLICES.labels(exchange, interval).inc(0)
                 FEATURE_FRAME_LATENCY.labels(exchange, interval)
+            FEATURE_PROVISIONAL.labels(exchange, cfg.featurizer.intervals[0]).inc(0)  # only the first has them
             for channel in (Channel.TRADES, Channel.L2_BOOK):
                 FEATURE_LATE_RECORDS.labels(exchange, channel).inc(0)
             FEATURE_LATENCY.labels(exchange).set(0)

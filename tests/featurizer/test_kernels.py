@@ -395,3 +395,57 @@ def test_a_lateness_longer_than_the_ring_grows_it_and_closes_nothing_before_the_
     assert len(engine.take()[1]) == 0  # nothing closed yet
     engine.flush()
     assert_identical(engine.take()[1], kernel_trades(df.assign(ts=df["ts"] // 1000 * 1000), SECOND))
+
+
+# -- provisional slices: a peek at the open slice ---------------------------------------------------------
+
+
+def test_peeks_leave_every_closed_slice_bit_identical_and_a_peek_after_a_slices_last_data_is_its_close() -> None:
+    """Trades newest first within messages (so a peek sorts the open slice's buffer) and book messages between
+    them: an engine peeked at after every batch closes exactly what one never peeked at closes; a peek once a slice
+    has all its data equals the slice it then closes, field for field."""
+    df = synthetic_trades(12_000, seed=21, span_s=30)
+    df["ts"] = df["ts"] // 1000 * 1000
+    df["id"] = np.arange(len(df)) + 1
+    order = newest_first_messages(len(df), np.random.default_rng(22))
+    book = synthetic_book(300, seed=23)
+    book_rows = [["X", e / 1e9, r / 1e9, s, p, q, bool(snap), 0] for e, r, s, p, q, snap in
+                 zip(book["ts_event"], book["ts_recv"], book["side"], book["price"], book["size"], book["snapshot"],
+                     strict=True)]
+    plain, peeked = (Engine(SECOND, SECOND, TOP_LEVELS, DEPTH_BPS) for _ in range(2))
+    seen_open, fed = 0, 0
+    for chunk in np.array_split(order, 200):
+        rows = collector_rows(df, chunk)
+        newest = max(r[1] for r in rows)
+        upto = fed
+        while upto < len(book_rows) and book_rows[upto][1] <= newest:  # whole messages: rows of one share a time
+            upto += 1
+        for engine in (plain, peeked):
+            engine.trade_rows(rows)
+            engine.book_rows(book_rows[fed:upto])
+        fed = upto
+        syms, open_now = peeked.peek()
+        seen_open += len(open_now)
+        assert (syms == 0).all() and (open_now["start"] == peeked.watermark // SECOND * SECOND).all()
+    for engine in (plain, peeked):
+        engine.flush()
+    assert seen_open >= 150 and fed > 100 and peeked.late_trades == plain.late_trades < 20
+    closed = peeked.take()[1]
+    assert (closed["n_updates"] > 0).sum() >= 10 and (closed["n_trades"] > 0).sum() >= 20
+    assert_identical(closed, plain.take()[1])
+
+    engine = Engine(SECOND, 0, TOP_LEVELS, DEPTH_BPS)
+    second = df[(df["ts"] >= T0 + SECOND) & (df["ts"] < T0 + 2 * SECOND)]
+    assert len(second) > 10
+    engine.trade_rows(collector_rows(second, np.arange(len(second))[::-1]))  # newest first: an unsorted buffer
+    _, before = engine.peek()
+    engine.trade_rows([["X", (T0 + 2 * SECOND) / 1e9 + 0.5, 0.0, None, None, "buy", 1.0, 1.0]])  # closes it
+    _, closed = engine.take()
+    assert len(before) == 1 and before["start"][0] == T0 + SECOND and before["n_trades"][0] == len(second)
+    assert closed.tobytes() == before.tobytes()  # the peek was exactly the slice it closed as
+
+
+def test_peek_of_an_engine_with_nothing_open_is_empty() -> None:
+    engine = Engine(SECOND, 0)
+    syms, slices = engine.peek()
+    assert len(syms) == 0 and len(slices) == 0 and slices.dtype == SLICE_DTYPE

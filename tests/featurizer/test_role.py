@@ -9,15 +9,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import redis
 import zmq
+from prometheus_client import REGISTRY
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from data_feed.bus.wire import Proxy, Publisher, Subscriber, decode_rows, encode_rows, endpoints
 from data_feed.cache.streams import decode_batch, stream_key
 from data_feed.contracts.config import Config
+from data_feed.contracts.schemas import batch_columns
 from featurizer.role import REDIS_RETRY_SECONDS, Featurizer
 from tests.conftest import make_config
 from tests.harness import wait_for
@@ -189,3 +192,47 @@ def test_an_outage_announced_open_keeps_its_symbols_slices_incomplete_until_its_
                                     8: True}
     assert all(complete["BTC-USDT"].values()), complete["BTC-USDT"]
     assert fz.open_windows == {}
+
+
+def test_provisional_updates_show_the_open_slice_building_up_on_the_bus_only_and_the_final_one_follows(
+        rig: dict[str, Any]) -> None:
+    base: Config = rig["cfg"]
+    cfg = base.model_copy(update={"featurizer": base.featurizer.model_copy(update={"provisional_ms": 1})})
+    fz, pub, consumer, client = Featurizer(cfg, rig["client"]), rig["collector"], rig["consumer"], rig["client"]
+    try:
+        time.sleep(SETTLE_SECONDS)
+        topic, final_topic = b"features.open-1s.BINANCE.BTC-USDT", b"features.1s.BINANCE.BTC-USDT"
+        shown: list[list[Any]] = []
+        for t, price, amount in ((0.1, 100.0, 1.0), (0.4, 102.0, 3.0)):
+            pub.publish(b"trades.BINANCE.BTC-USDT", encode_rows([trade("BTC-USDT", T0 + t, price, amount)]))
+            wait_for(lambda: fz.subscriber.sock.poll(0), 10, "the trade on the featurizer's socket")
+            time.sleep(0.01)
+            fz.step(100)
+            got = received(consumer)
+            assert list(got) == [topic]  # nothing has closed: only the open slice, as it stands
+            shown += got[topic]
+        cols = {name: i for i, name in enumerate(batch_columns("features"))}
+        assert [r[cols["trade_count"]] for r in shown] == [1, 2]
+        assert all(r[cols["ts_event"]] == T0 and r[cols["interval"]] == "1s" and r[cols["complete"]] is False
+                   for r in shown)
+        assert shown[-1][cols["vwap"]] == pytest.approx((100.0 + 306.0) / 4.0, rel=1e-12)
+        time.sleep(0.01)
+        fz.step(50)
+        assert received(consumer) == {}  # unchanged since the last update: not sent again
+        pub.publish(b"trades.BINANCE.BTC-USDT", encode_rows([trade("BTC-USDT", T0 + 2.5, 101.0, 1.0)]))
+        pump(fz)
+        got = received(consumer)
+        final = got[final_topic][0]
+        assert final[cols["ts_event"]] == T0 and final[cols["complete"]] is True
+        value_columns = [c for c in cols if c not in ("ts_recv", "complete")]
+        np.testing.assert_equal([final[cols[c]] for c in value_columns], [shown[-1][cols[c]] for c in value_columns])
+        assert [(r[cols["ts_event"]], r[cols["trade_count"]]) for r in got[topic]] == [(T0 + 2, 1)]
+        landed = [decode_batch("features", f) for _, f in client.xrange(stream_key("BINANCE", "features"))]
+        finals = len(got[final_topic]) + len(got.get(b"features.2s.BINANCE.BTC-USDT", []))
+        assert sum(t.num_rows for t in landed) == finals
+        assert all(t.column("complete").to_pylist() == [True] * t.num_rows for t in landed)
+        assert REGISTRY.get_sample_value("data_feed_feature_provisional_total",
+                                         {"exchange": "BINANCE", "interval": "1s"}) >= 3
+    finally:
+        fz.publisher.close()
+        fz.subscriber.close()
