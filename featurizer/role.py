@@ -27,7 +27,9 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from types import FrameType
 from typing import Any
 
@@ -37,6 +39,7 @@ import numpy.typing as npt
 import redis
 
 from data_feed.bus.wire import (
+    CONFIRMED,
     Publisher,
     Subscriber,
     channel_prefix,
@@ -77,13 +80,29 @@ RECV_COLUMN = batch_columns(Channel.TRADES).index("ts_recv")  # of trades and l2
 MAX_WINDOWS_PER_SYMBOL = 1000  # the newest kept: older ones lie before every slice still open
 
 
+HOLD_FLUSHES = 100  # a published slice waits this many collector flushes for its rows' confirmation...
+HOLD_MIN_SECONDS = 10.0  # ...and at least this long, then lands as incomplete
+
+
+@dataclass(frozen=True)
+class Held:
+    """A slice published from bus rows, waiting for its collector to confirm the cache has them."""
+
+    received: float  # the newest receive time of any record read when it closed
+    closed_at: float
+    batch: Closed
+
+
 class Featurizer:
     def __init__(self, cfg: Config, client: redis.Redis) -> None:
         self.cfg = cfg
         self.client = client
         publish, subscribe = endpoints(cfg)
-        self.subscriber = Subscriber(subscribe, [channel_prefix(ch) for ch in (*INPUT_CHANNELS, GAPS_CHANNEL)],
-                                     cfg.bus.high_water_mark)
+        # collectors that publish on receipt say after each flush up to when the cache has their rows: a slice
+        # is published at once and landed once that covers what it was built from (``_confirmed``)
+        self.hold = cfg.bus.publish_on_receipt
+        inputs = (*INPUT_CHANNELS, GAPS_CHANNEL, *((CONFIRMED,) if self.hold else ()))
+        self.subscriber = Subscriber(subscribe, [channel_prefix(ch) for ch in inputs], cfg.bus.high_water_mark)
         self.subscriber.on_loss = self._bus_loss
         self.publisher = Publisher(publish, cfg.bus.high_water_mark)
         self.exchanges = {ex: ExchangeFeaturizer(ex, cfg.featurizer) for ex in cfg.exchanges}
@@ -102,6 +121,10 @@ class Featurizer:
         self.records_in = 0  # market-data records taken from the bus
         self.newest_recv: dict[str, float] = {}  # per exchange: receive time of the newest record read
         self.provisional_s = cfg.featurizer.provisional_ms / 1000
+        self.received_max: dict[str, float] = {}  # per exchange: the newest receive time of any record read
+        self.held: dict[str, deque[Held]] = {ex: deque() for ex in cfg.exchanges}  # published, not yet landed
+        self.confirmed_up_to: dict[str, float] = {}  # per exchange: records received up to here are cached
+        self.hold_seconds = max(HOLD_MIN_SECONDS, HOLD_FLUSHES * cfg.redis.batch_max_ms / 1000)
         self._provisional_due = 0.0
         self._provisional_sent: dict[tuple[str, str], tuple[int, int, int]] = {}  # what each symbol's last showed
 
@@ -168,6 +191,7 @@ class Featurizer:
             pass
         for ex, fx in self.exchanges.items():
             self.emit(ex, fx.flush())
+        self.release_unconfirmed(everything=True)  # the collectors stopped first: their last flush said it all
         deadline = time.monotonic() + self.cfg.spawner.stop_timeout_seconds / 2
         while self.sink.pending and time.monotonic() < deadline:
             self.sink.write()
@@ -196,6 +220,8 @@ class Featurizer:
             msg = self.subscriber.recv(0)
         for ex, fx in self.exchanges.items():
             self.emit(ex, fx.closed(), live=True)
+        if self.hold:
+            self.release_unconfirmed()  # what its confirmation already covers, and what waited too long
         if self.provisional_s and time.monotonic() >= self._provisional_due:
             self._provisional_due = time.monotonic() + self.provisional_s
             for ex, fx in self.exchanges.items():
@@ -215,8 +241,9 @@ class Featurizer:
             self._bad(topic.decode(errors="replace"), err)
             return None
         fx = self.exchanges.get(exchange)
-        if channel == GAPS_CHANNEL and fx is not None:
-            self._gaps(exchange, payload)
+        control = {GAPS_CHANNEL: self._gaps, CONFIRMED: self._confirmed}.get(channel)
+        if control is not None and fx is not None:
+            control(exchange, payload)
             return None
         if channel not in INPUT_CHANNELS:
             LOG.error("exchange=%s channel=%s symbol=%s: not a featurizer input channel; ignored", exchange, channel,
@@ -229,8 +256,7 @@ class Featurizer:
         try:
             data = decode_rows(payload)
             self.records_in += len(data)
-            if data:  # rows of a batch are in receive order
-                self.newest_recv[exchange] = float(data[-1][RECV_COLUMN])  # type: ignore[arg-type]
+            self._note_received(exchange, data)
             late = fx.trade_rows(data) if channel == Channel.TRADES else fx.book_rows(data)
         except (ValueError, TypeError, IndexError, msgpack.UnpackException) as err:
             self._bad(topic.decode(), err)
@@ -246,6 +272,11 @@ class Featurizer:
                         "passed by more than featurizer.allowed_lateness_seconds); counted, not in any slice",
                         exchange, channel, symbol, late)
         return fx
+
+    def _note_received(self, exchange: str, data: list[list[object]]) -> None:
+        if data:  # rows of a batch are in receive order
+            self.newest_recv[exchange] = recv = float(data[-1][RECV_COLUMN])  # type: ignore[arg-type]
+            self.received_max[exchange] = max(recv, self.received_max.get(exchange, recv))
 
     def _book_seeded(self, exchange: str, symbol: str, data: list[list[object]]) -> None:
         snapshots = [row for row in data if row[BOOK_SNAPSHOT_COLUMN]]
@@ -313,16 +344,57 @@ class Featurizer:
             slices: Slices = batch.slices[keep]
             if len(slices) == 0:
                 continue
-            complete = self._complete(exchange, batch)[keep]
-            out = rows(batch.symbol, batch.interval, slices, now, complete)
+            kept = replace(batch, slices=slices, complete=np.broadcast_to(batch.complete, keep.shape)[keep])
+            out = rows(batch.symbol, batch.interval, slices, now, self._complete(exchange, kept))
             self.publisher.publish(features_topic(batch.interval, exchange, batch.symbol), encode_rows(out))
-            self.sink.add(exchange, out)
+            if self.hold:
+                self.held[exchange].append(Held(self.received_max.get(exchange, 0.0), now, kept))
+            else:
+                self.sink.add(exchange, out)
             metrics.FEATURE_SLICES.labels(exchange, batch.interval).inc(len(out))
             end_ns = int(slices["start"][-1]) + interval_ns(batch.interval)
             metrics.FEATURE_LATENCY.labels(exchange).set(now - end_ns / NS_PER_SECOND)
             if live and exchange in self.newest_recv:
                 metrics.FEATURE_FRAME_LATENCY.labels(exchange, batch.interval).observe(
                     max(0.0, time.time() - self.newest_recv[exchange]))
+
+    def _confirmed(self, exchange: str, payload: bytes) -> None:
+        """A collector's rows received up to a time are cached: land the slices built from rows up to it."""
+        try:
+            up_to = float(decode_rows(payload)[0][0])  # type: ignore[arg-type]
+        except (ValueError, TypeError, IndexError, msgpack.UnpackException) as err:
+            self._bad(f"{CONFIRMED}.{exchange}", err)
+            return
+        self.confirmed_up_to[exchange] = max(up_to, self.confirmed_up_to.get(exchange, up_to))
+        self.release(exchange)
+
+    def release(self, exchange: str) -> None:
+        """Land the held slices of ``exchange`` whose records the cache has, in order."""
+        held, up_to = self.held[exchange], self.confirmed_up_to.get(exchange, float("-inf"))
+        while held and held[0].received <= up_to:
+            self._land(exchange, held.popleft())
+
+    def release_unconfirmed(self, everything: bool = False) -> None:
+        """Slices held past ``hold_seconds`` (or all, at stop) without their collector saying the cache has their
+        rows (it died, or stopped, between its publish and its flush): landed as incomplete."""
+        horizon = time.time() - self.hold_seconds
+        for exchange, held in self.held.items():
+            self.release(exchange)
+            while held and (everything or held[0].closed_at < horizon):
+                self._land(exchange, held.popleft())
+
+    def _land(self, exchange: str, held: Held) -> None:
+        """Into the cache (and so the lake), ``complete`` decided now: a gap announced since the slice was
+        published (the collector restarted without caching its rows) makes it incomplete, as backfill sees it, and
+        so does a confirmation that never came."""
+        batch = held.batch
+        confirmed = held.received <= self.confirmed_up_to.get(exchange, float("-inf"))
+        complete = self._complete(exchange, batch) & confirmed
+        if not confirmed:
+            LOG.warning("exchange=%s symbol=%s interval=%s: %d slices published %.1fs ago were never confirmed "
+                        "cached by the collector; landed as incomplete", exchange, batch.symbol, batch.interval,
+                        len(batch.slices), time.time() - held.closed_at)
+        self.sink.add(exchange, rows(batch.symbol, batch.interval, batch.slices, held.closed_at, complete))
 
     def publish_provisional(self, exchange: str, batches: list[Closed]) -> None:
         """Open slices that changed since their last update, on the bus only (``provisional_topic``): a consumer

@@ -80,6 +80,16 @@ def features_topic(interval: str, exchange: str, symbol: str) -> bytes:
     return TOPIC_SEPARATOR.join((FEATURES_CHANNEL, interval, exchange, symbol)).encode()
 
 
+CONFIRMED = "confirmed"  # confirmed.E.-: a collector's rows received up to a time are cached (bus.publish_on_receipt)
+CONFIRMED_SYMBOL = "-"
+
+
+def confirmed_topic(exchange: str) -> bytes:
+    """Where a collector that publishes on receipt says, after each flush, up to which receive time its rows are
+    cached (in Redis or its spill) or accounted as gaps rows: ``confirmed.EXCHANGE.-``."""
+    return market_topic(CONFIRMED, exchange, CONFIRMED_SYMBOL)
+
+
 PROVISIONAL_PREFIX = "open-"  # features.open-1s.E.S: the open 1s slice so far (featurizer.provisional_ms)
 
 

@@ -7,6 +7,8 @@ refused comes back from delivery as an ``overflow`` gaps row, which goes on the 
 any other. Order per publish: gaps rows first, then data, so a subscriber learns of an outage before the data
 that ends it; outages the writer detects itself are announced when they open (``gaps.open_notice``).
 
+After each flush the feed says how far the cache has the rows (``confirm``): live slices land only once it has.
+
 The buffers are the writer's own lists, filled by the callbacks; the feed remembers how many rows at the head of
 each it has published, and a flush, which empties them, publishes the rest first (``publish`` then ``taken``).
 """
@@ -17,7 +19,7 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-from data_feed.bus.wire import Publisher
+from data_feed.bus.wire import Publisher, confirmed_topic, encode_rows
 from data_feed.contracts.config import GAPS_CHANNEL
 
 Row = tuple[Any, ...]
@@ -59,6 +61,13 @@ class BusFeed:
         """``n`` rows went back at the head of ``channel``'s buffer (Redis did not take them): they are on the
         bus already."""
         self.sent[channel] += n
+
+    def confirm(self, received_up_to: float) -> None:
+        """After a flush delivered what it took: every row received up to ``received_up_to`` (epoch seconds, the
+        rows' ``ts_recv``) is in Redis, in the spill, or a gaps row. The featurizer lands a slice it closed from
+        bus rows only once this covers them (``featurizer.role``), so a collector killed between its publish and
+        its flush never leaves the lake a live slice built on rows it does not have."""
+        self.bus.publish(confirmed_topic(self.exchange), encode_rows([(received_up_to,)]))
 
     def extra_gaps(self, rows: Iterable[Row]) -> None:
         """Gaps rows the flush made itself (gaps that close with the data it takes): on the bus at once."""

@@ -359,8 +359,12 @@ class StreamWriter:
                     self.live.returned(GAPS_CHANNEL, len(done.returned_gaps))
             if self.live is None:
                 self._publish(done.published, done.published_gaps)
-            elif done.overflow:
+                return
+            if done.overflow:
                 self.live.publish()  # the bus carried those records: their loss goes on it now
+            newest = [rows[-1][RECV_INDEX] for ch, rows in taken.items() if rows]
+            if newest:
+                self.live.confirm(max(newest))
 
     def _take(self) -> dict[str, list[tuple[Any, ...]]]:
         if self.live is not None:

@@ -6,6 +6,7 @@ default) rows go on the bus only once a flush has put them in Redis. A real bus 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -122,3 +123,37 @@ def test_by_default_rows_go_on_the_bus_only_after_the_flush_put_them_in_redis(
 
     before, after = asyncio.run(scenario())
     assert before == [] and after == [1, 2, 3, 4, 5] and _stream_ids(redis_url) == [1, 2, 3, 4, 5]
+
+
+def test_after_each_flush_the_feed_confirms_up_to_the_newest_receipt_the_cache_now_holds(
+        tmp_path: Path, redis_url: str, bus: tuple[str, Subscriber]) -> None:
+    """What lets the featurizer land a slice it built from bus rows: ``confirmed.EXCHANGE.-`` after the flush
+    that cached them, carrying the newest ``ts_recv`` it took, and published after those rows."""
+    pub_ep, _ = bus
+    listener = Subscriber(endpoints(make_config(tmp_path))[1], [b"trades.", b"confirmed."], BUS_HWM)
+    time.sleep(0.3)  # the subscription reaches the proxy
+
+    async def scenario() -> list[tuple[str, list[list[Any]]]]:
+        writer = _writer(redis_url, tmp_path, batch=1000)
+        writer.bus = Publisher(pub_ep, BUS_HWM)
+        writer.publish_on_receipt()
+        try:
+            await writer.flush()  # start-up: nothing taken, nothing confirmed
+            await _frame(writer, 1, 5)
+            await writer.flush()
+            await _frame(writer, 6, 9)  # on the bus, not yet flushed: not confirmed
+            out = []
+            while (msg := listener.recv(500)) is not None:
+                out.append((bytes(msg[0]).decode(), decode_rows(msg[1])))
+            return out
+        finally:
+            writer.bus.close()
+            listener.close()
+
+    got = asyncio.run(scenario())
+    topics = [topic.split(".")[0] for topic, _ in got]
+    assert topics == ["trades", "confirmed", "trades"]
+    confirmed, first, later = got[1][1][0][0], got[0][1], got[2][1]
+    assert got[1][0] == "confirmed.BINANCE.-"
+    assert confirmed == max(r[2] for r in first) and all(r[2] >= confirmed for r in later)
+    assert _stream_ids(redis_url) == [1, 2, 3, 4, 5]

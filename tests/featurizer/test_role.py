@@ -236,3 +236,100 @@ def test_provisional_updates_show_the_open_slice_building_up_on_the_bus_only_and
     finally:
         fz.publisher.close()
         fz.subscriber.close()
+
+
+def _on_receipt(rig: dict[str, Any]) -> Featurizer:
+    """A featurizer for collectors that publish on receipt (``bus.publish_on_receipt``), on the rig's bus."""
+    base: Config = rig["cfg"]
+    fz = Featurizer(base.model_copy(update={"bus": base.bus.model_copy(update={"publish_on_receipt": True})}),
+                    rig["client"])
+    time.sleep(SETTLE_SECONDS)
+    return fz
+
+
+def _landed(client: redis.Redis, interval: str = "1s") -> dict[float, bool]:
+    """Slice start (s after T0) -> complete, of the features the featurizer cached."""
+    out = {}
+    for _, fields in client.xrange(stream_key("BINANCE", "features")):
+        table = decode_batch("features", fields).to_pylist()
+        out.update({r["ts_event"] / 1e9 - T0: r["complete"] for r in table if r["interval"] == interval})
+    return out
+
+
+def test_on_receipt_a_slice_is_published_at_once_and_lands_when_its_collector_confirms_the_cache_has_its_rows(
+        rig: dict[str, Any]) -> None:
+    fz, pub, client = _on_receipt(rig), rig["collector"], rig["client"]
+    try:
+        pub.publish(b"trades.BINANCE.BTC-USDT", encode_rows([trade("BTC-USDT", T0 + 0.1, 100.0, 1.0),
+                                                             trade("BTC-USDT", T0 + 2.5, 101.0, 1.0)]))
+        pump(fz)
+        got = received(rig["consumer"])
+        assert [(r[1] - T0, r[-1]) for r in got[b"features.1s.BINANCE.BTC-USDT"]] == [(0, True)]  # at once
+        assert _landed(client) == {}  # not before the collector says its cache has the rows
+        pub.publish(b"confirmed.BINANCE.-", encode_rows([(T0 + 0.101,)]))  # a flush took only the first row
+        pump(fz)
+        assert _landed(client) == {}
+        pub.publish(b"confirmed.BINANCE.-", encode_rows([(T0 + 2.501,)]))
+        pump(fz)
+        assert _landed(client) == {0: True}
+    finally:
+        fz.publisher.close()
+        fz.subscriber.close()
+
+
+def test_on_receipt_a_slice_whose_collector_restarted_before_caching_its_rows_lands_incomplete(
+        rig: dict[str, Any]) -> None:
+    """The kill between publish and flush: the slice went out complete on the bus, built on rows the lake never
+    gets; the restarted collector announces its restart gap before confirming anything, so the slice lands
+    incomplete, as backfill over the lake sees it."""
+    from data_feed.cache.streams import Mark
+    from data_feed.collector.gaps import GapTracker
+    from data_feed.contracts.schemas import GapReason
+
+    fz, pub, client = _on_receipt(rig), rig["collector"], rig["client"]
+    try:
+        pub.publish(b"trades.BINANCE.BTC-USDT", encode_rows([trade("BTC-USDT", T0 + 0.1, 100.0, 1.0)]))
+        pub.publish(b"confirmed.BINANCE.-", encode_rows([(T0 + 0.101,)]))  # cached: the mark is this row
+        pub.publish(b"trades.BINANCE.BTC-USDT", encode_rows([trade("BTC-USDT", T0 + 0.7, 100.0, 1.0),
+                                                             trade("BTC-USDT", T0 + 2.5, 101.0, 1.0)]))
+        pump(fz)  # the collector dies here: 0.7 and 2.5 never reach Redis
+        tracker = GapTracker()
+        tracker.marks[("trades", "BTC-USDT")] = Mark(T0 + 0.101, 1, T0 + 0.1)
+        tracker.open_gap("trades", "BTC-USDT", GapReason.RESTART, T0 + 5.0, "collector not running")
+        pub.publish(b"gaps.BINANCE.BTC-USDT", encode_rows([tracker.open_notice("trades", "BTC-USDT")]))
+        (ended,) = tracker.observe("trades", [("BTC-USDT", T0 + 5.2, T0 + 5.201, 9, None, "buy", 100.0, 1.0)])
+        pub.publish(b"gaps.BINANCE.BTC-USDT", encode_rows([ended]))
+        pub.publish(b"trades.BINANCE.BTC-USDT", encode_rows([trade("BTC-USDT", T0 + 5.2, 100.0, 1.0)]))
+        pub.publish(b"confirmed.BINANCE.-", encode_rows([(T0 + 5.201,)]))  # the new incarnation's first flush
+        pump(fz)
+        published = {r[1] - T0: r[-1] for r in received(rig["consumer"])[b"features.1s.BINANCE.BTC-USDT"]}
+        assert published[0] is True  # what live subscribers saw at once
+        landed = _landed(client)
+        assert landed[0] is False and all(v is False for v in landed.values())
+    finally:
+        fz.publisher.close()
+        fz.subscriber.close()
+
+
+def test_on_receipt_a_slice_never_confirmed_lands_incomplete_after_the_hold_and_at_stop(
+        rig: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    fz, pub, client = _on_receipt(rig), rig["collector"], rig["client"]
+    try:
+        fz.hold_seconds = 0.2
+        pub.publish(b"trades.BINANCE.BTC-USDT", encode_rows([trade("BTC-USDT", T0 + 0.1, 100.0, 1.0),
+                                                             trade("BTC-USDT", T0 + 2.5, 101.0, 1.0)]))
+        with caplog.at_level(logging.WARNING):
+            pump(fz)
+            time.sleep(0.3)
+            pump(fz)
+        assert _landed(client) == {0: False}
+        assert any("never confirmed cached" in r.message and "symbol=BTC-USDT" in r.message for r in caplog.records)
+        pub.publish(b"trades.BINANCE.BTC-USDT", encode_rows([trade("BTC-USDT", T0 + 3.5, 101.0, 1.0)]))
+        fz.hold_seconds = 3600
+        pump(fz)  # closes [1, 2): held
+        fz.request_stop()
+        fz.drain()  # its collector stopped without confirming: incomplete, like everything the stop flushed
+        assert set(_landed(client)) >= {0, 1, 2, 3} and not any(_landed(client).values())
+    finally:
+        fz.publisher.close()
+        fz.subscriber.close()
