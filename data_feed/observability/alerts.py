@@ -73,6 +73,13 @@ def _collection() -> list[Alert]:
               "{{ $labels.role }} restarted {{ $value | printf \"%.0f\" }} times in 15 minutes",
               "The spawner keeps restarting {{ $labels.role }} (backoff up to spawner.restart_backoff_max_seconds): "
               "it fails again soon after each start."),
+        Alert("DataFeedProcessRestarted",
+              'changes(process_start_time_seconds{job=~".*data-feed.*"}[15m]) > 0', "1m", "warning",
+              "{{ $labels.instance }} restarted {{ $value | printf \"%.0f\" }} times in 15 minutes",
+              "A data-feed process serving its own /metrics (a role run alone: a Kubernetes pod or a compose "
+              "service, or the spawner itself) started again: its supervisor restarted it after a crash, an OOM "
+              "kill or a failed liveness probe. Roles under the spawner are the role alerts' "
+              "(data_feed_role_restarts_total)."),
         Alert("DataFeedExchangeSilent",
               "data_feed_exchange_silence_seconds > data_feed_exchange_watchdog_seconds", "1m", "critical",
               "{{ $labels.exchange }} sent no frame for {{ $value | humanizeDuration }}",
