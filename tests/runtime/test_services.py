@@ -77,6 +77,9 @@ def test_every_role_runs_alone_from_one_config_and_the_lake_holds_every_sent_tra
         for name in ORDER:
             services[name] = Service(name, config, logs)
             wait_for(services[name].ready, 60, f"{name} to answer /health with 200")
+        for service in services.values():  # what DataFeedProcessRestarted watches for a pod that restarted
+            with urllib.request.urlopen(f"http://127.0.0.1:{service.port}/metrics", timeout=5) as resp:
+                assert b"\nprocess_start_time_seconds " in resp.read(), service.name
         time.sleep(RUN_SECONDS)
         sim = SimulatorControl(cfg, cfg.simulator_urls()[0], str(cfg.simulator_cert_dir() / SIM_CERT_NAME),
                                redis.Redis.from_url(server.url), lambda exchange: True)
