@@ -27,9 +27,8 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from types import FrameType
 from typing import Any
 
@@ -58,6 +57,7 @@ from data_feed.observability import metrics
 from data_feed.observability.status import RoleStatus
 from featurizer.engine import Closed, ExchangeFeaturizer
 from featurizer.features import Slices, interval_ns, overlaps, rows
+from featurizer.hold import Held, Hold
 from featurizer.sink import FeatureSink
 
 LOG = logging.getLogger("featurizer")
@@ -80,27 +80,12 @@ RECV_COLUMN = batch_columns(Channel.TRADES).index("ts_recv")  # of trades and l2
 MAX_WINDOWS_PER_SYMBOL = 1000  # the newest kept: older ones lie before every slice still open
 
 
-HOLD_FLUSHES = 100  # a published slice waits this many collector flushes for its rows' confirmation...
-HOLD_MIN_SECONDS = 10.0  # ...and at least this long, then lands as incomplete
-
-
-@dataclass(frozen=True)
-class Held:
-    """A slice published from bus rows, waiting for its collector to confirm the cache has them."""
-
-    received: float  # the newest receive time of any record read when it closed
-    closed_at: float
-    batch: Closed
-
-
 class Featurizer:
     def __init__(self, cfg: Config, client: redis.Redis) -> None:
         self.cfg = cfg
         self.client = client
         publish, subscribe = endpoints(cfg)
-        # collectors that publish on receipt say after each flush up to when the cache has their rows: a slice
-        # is published at once and landed once that covers what it was built from (``_confirmed``)
-        self.hold = cfg.bus.publish_on_receipt
+        self.hold = cfg.bus.publish_on_receipt  # publish at once, land once confirmed (``featurizer.hold``)
         inputs = (*INPUT_CHANNELS, GAPS_CHANNEL, *((CONFIRMED,) if self.hold else ()))
         self.subscriber = Subscriber(subscribe, [channel_prefix(ch) for ch in inputs], cfg.bus.high_water_mark)
         self.subscriber.on_loss = self._bus_loss
@@ -122,9 +107,7 @@ class Featurizer:
         self.newest_recv: dict[str, float] = {}  # per exchange: receive time of the newest record read
         self.provisional_s = cfg.featurizer.provisional_ms / 1000
         self.received_max: dict[str, float] = {}  # per exchange: the newest receive time of any record read
-        self.held: dict[str, deque[Held]] = {ex: deque() for ex in cfg.exchanges}  # published, not yet landed
-        self.confirmed_up_to: dict[str, float] = {}  # per exchange: records received up to here are cached
-        self.hold_seconds = max(HOLD_MIN_SECONDS, HOLD_FLUSHES * cfg.redis.batch_max_ms / 1000)
+        self.holding = Hold(cfg.exchanges, cfg.redis.batch_max_ms, self._land)
         self._provisional_due = 0.0
         self._provisional_sent: dict[tuple[str, str], tuple[int, int, int]] = {}  # what each symbol's last showed
 
@@ -191,7 +174,7 @@ class Featurizer:
             pass
         for ex, fx in self.exchanges.items():
             self.emit(ex, fx.flush())
-        self.release_unconfirmed(everything=True)  # the collectors stopped first: their last flush said it all
+        self.holding.release_unconfirmed(everything=True)  # the collectors stopped first: their last flush said all
         deadline = time.monotonic() + self.cfg.spawner.stop_timeout_seconds / 2
         while self.sink.pending and time.monotonic() < deadline:
             self.sink.write()
@@ -221,7 +204,7 @@ class Featurizer:
         for ex, fx in self.exchanges.items():
             self.emit(ex, fx.closed(), live=True)
         if self.hold:
-            self.release_unconfirmed()  # what its confirmation already covers, and what waited too long
+            self.holding.release_unconfirmed()  # what its confirmation already covers, and what waited too long
         if self.provisional_s and time.monotonic() >= self._provisional_due:
             self._provisional_due = time.monotonic() + self.provisional_s
             for ex, fx in self.exchanges.items():
@@ -348,7 +331,7 @@ class Featurizer:
             out = rows(batch.symbol, batch.interval, slices, now, self._complete(exchange, kept))
             self.publisher.publish(features_topic(batch.interval, exchange, batch.symbol), encode_rows(out))
             if self.hold:
-                self.held[exchange].append(Held(self.received_max.get(exchange, 0.0), now, kept))
+                self.holding.add(exchange, self.received_max.get(exchange, 0.0), now, kept)
             else:
                 self.sink.add(exchange, out)
             metrics.FEATURE_SLICES.labels(exchange, batch.interval).inc(len(out))
@@ -365,30 +348,12 @@ class Featurizer:
         except (ValueError, TypeError, IndexError, msgpack.UnpackException) as err:
             self._bad(f"{CONFIRMED}.{exchange}", err)
             return
-        self.confirmed_up_to[exchange] = max(up_to, self.confirmed_up_to.get(exchange, up_to))
-        self.release(exchange)
+        self.holding.confirm(exchange, up_to)
 
-    def release(self, exchange: str) -> None:
-        """Land the held slices of ``exchange`` whose records the cache has, in order."""
-        held, up_to = self.held[exchange], self.confirmed_up_to.get(exchange, float("-inf"))
-        while held and held[0].received <= up_to:
-            self._land(exchange, held.popleft())
-
-    def release_unconfirmed(self, everything: bool = False) -> None:
-        """Slices held past ``hold_seconds`` (or all, at stop) without their collector saying the cache has their
-        rows (it died, or stopped, between its publish and its flush): landed as incomplete."""
-        horizon = time.time() - self.hold_seconds
-        for exchange, held in self.held.items():
-            self.release(exchange)
-            while held and (everything or held[0].closed_at < horizon):
-                self._land(exchange, held.popleft())
-
-    def _land(self, exchange: str, held: Held) -> None:
+    def _land(self, exchange: str, held: Held, confirmed: bool) -> None:
         """Into the cache (and so the lake), ``complete`` decided now: a gap announced since the slice was
-        published (the collector restarted without caching its rows) makes it incomplete, as backfill sees it, and
-        so does a confirmation that never came."""
+        published makes it incomplete, as backfill sees it, and so does a confirmation that never came."""
         batch = held.batch
-        confirmed = held.received <= self.confirmed_up_to.get(exchange, float("-inf"))
         complete = self._complete(exchange, batch) & confirmed
         if not confirmed:
             LOG.warning("exchange=%s symbol=%s interval=%s: %d slices published %.1fs ago were never confirmed "

@@ -271,10 +271,8 @@ class FeaturizerConfig(_Frozen):
                                             "newest event time passes its end by this much; later records are late")
     imbalance_levels: int = Field(default=5, gt=0, description="top-N levels per side of the book imbalance")
     depth_bps: float = Field(default=10.0, gt=0, description="book depth is summed within this many bps of mid")
-    provisional_ms: int = Field(default=0, ge=0, description="every this many ms, publish each symbol's open slice "
-                                "of the first interval, as it would close if nothing more came, on "
-                                "features.open-INTERVAL.EXCHANGE.SYMBOL (complete false; bus and gateway only, never "
-                                "landed); 0 = off")
+    provisional_ms: int = Field(default=0, ge=0, description="every N ms, each symbol's open first-interval slice "
+                                "as it stands, on features.open-INTERVAL.EXCHANGE.SYMBOL (never landed); 0 = off")
 
     @field_validator("intervals")
     @classmethod

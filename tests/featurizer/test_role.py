@@ -315,7 +315,7 @@ def test_on_receipt_a_slice_never_confirmed_lands_incomplete_after_the_hold_and_
         rig: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
     fz, pub, client = _on_receipt(rig), rig["collector"], rig["client"]
     try:
-        fz.hold_seconds = 0.2
+        fz.holding.hold_seconds = 0.2
         pub.publish(b"trades.BINANCE.BTC-USDT", encode_rows([trade("BTC-USDT", T0 + 0.1, 100.0, 1.0),
                                                              trade("BTC-USDT", T0 + 2.5, 101.0, 1.0)]))
         with caplog.at_level(logging.WARNING):
@@ -325,7 +325,7 @@ def test_on_receipt_a_slice_never_confirmed_lands_incomplete_after_the_hold_and_
         assert _landed(client) == {0: False}
         assert any("never confirmed cached" in r.message and "symbol=BTC-USDT" in r.message for r in caplog.records)
         pub.publish(b"trades.BINANCE.BTC-USDT", encode_rows([trade("BTC-USDT", T0 + 3.5, 101.0, 1.0)]))
-        fz.hold_seconds = 3600
+        fz.holding.hold_seconds = 3600
         pump(fz)  # closes [1, 2): held
         fz.request_stop()
         fz.drain()  # its collector stopped without confirming: incomplete, like everything the stop flushed
